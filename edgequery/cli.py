@@ -1,0 +1,68 @@
+"""The ``edgequery`` command: one sub-command per stage (see ``edgequery --help``).
+
+Each stage lives in ``edgequery/commands/<name>.py`` with a ``register(subparsers)``
+function; modules import torch and friends only inside their handlers, so ``--help``
+stays instant.  Errors a user can cause are :class:`~edgequery.errors.EdgeQueryError`:
+printed on one line, exit code 2, traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import EdgeQueryError
+
+COMMAND_MODULES = ("data", "train", "eval", "demo")
+
+EPILOG = """\
+stages, in order:
+  edgequery train gallery            ResNet-101 gallery model           -> gallery.pt
+  edgequery train query --bct        small query net, BCT-compatible    -> query.pt
+  edgequery eval                     paragon / homogeneous / heterogeneous retrieval
+  edgequery demo                     all of the above, small, into one folder
+
+run `edgequery COMMAND --help` for each command's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgequery", description="Compatible, latency-aware query encoders for heterogeneous visual search.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"edgequery {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"edgequery.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except EdgeQueryError as exc:
+        if args.debug:
+            raise
+        print(f"edgequery: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgequery: interrupted (checkpoints written so far are kept; rerun to resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"edgequery: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

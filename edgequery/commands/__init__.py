@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module per stage; see :mod:`edgequery.cli`."""

@@ -1,0 +1,49 @@
+"""``edgequery eval``: paragon, homogeneous and heterogeneous retrieval of a query net."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_data_args, say, spec_from_args, write_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="retrieval metrics of a query net against its gallery model",
+                       description="Embed the query split with the query net and the gallery split with the "
+                                   "gallery model; print Recall@1, Recall@10 and mAP@R for the paragon (g,g), "
+                                   "homogeneous (q,q) and heterogeneous (q,g) settings and write them as JSON.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--query", required=True, help="query checkpoint")
+    p.add_argument("--gallery", required=True, help="gallery checkpoint")
+    p.add_argument("--out", default="eval.json", help="JSON file to write")
+    p.add_argument("--device", default="cpu")
+    add_data_args(p, inherit=True)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint, require_compatible
+    from ..data import DataSpec, load_splits
+    from ..evaluate import evaluate_pair, format_report
+    from ..models import model_from_checkpoint
+    from ..train import resolve_device
+
+    device = resolve_device(args.device)
+    gallery = load_checkpoint(args.gallery, "gallery")
+    query = load_checkpoint(args.query, "query")
+    require_compatible(query, gallery, args.query, args.gallery)
+    base = DataSpec.from_dict(gallery["data"])
+    spec = spec_from_args(args, base=base) or base
+    splits = load_splits(spec)
+    report = evaluate_pair(model_from_checkpoint(query), model_from_checkpoint(gallery), splits, device=device)
+    report.update(query={"path": str(args.query), "arch": query["model"]["arch"],
+                         "model_version": query["model_version"], "bct": query.get("bct")},
+                  gallery={"path": str(args.gallery), "arch": gallery["model"]["arch"],
+                           "model_version": gallery["model_version"]},
+                  data=spec.to_dict())
+    if query.get("compatible_with") is None:
+        say("note: this query net was trained without BCT; heterogeneous figures show how incompatible it is")
+    print(format_report(report, f"{query['model']['arch']} vs gallery {gallery['model']['arch']}"))
+    write_json(args.out, report)
+    say(f"wrote {args.out}")
+    return 0

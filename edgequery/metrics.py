@@ -1,0 +1,80 @@
+"""Retrieval metrics: Recall@K and mAP@R, vectorised, and the three-way comparison.
+
+A gallery item is *relevant* to a query when it has the query's label.  Similarity is
+the dot product of L2-normalised embeddings (cosine), ranked high to low.
+
+* **Recall@K** (DeepFashion2-style top-k accuracy): share of queries with at least one
+  relevant item among the top K.
+* **mAP@R** (Musgrave et al., "A Metric Learning Reality Check"): for a query with R
+  relevant gallery items, the mean over the top-R ranks i that are relevant of the
+  precision at i, divided by R.
+
+:func:`compatibility_report` gives the three settings of heterogeneous search side by
+side: *paragon* (gallery model on both sides), *homogeneous* (query model on both sides)
+and *heterogeneous* (query model for queries, gallery model for the gallery).
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_KS = (1, 10)
+
+
+@torch.no_grad()
+def retrieval_metrics(query_emb: torch.Tensor, query_labels: torch.Tensor,
+                      gallery_emb: torch.Tensor, gallery_labels: torch.Tensor,
+                      ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 1024) -> dict[str, float]:
+    """Recall@K for each K in ``ks`` and mAP@R, as fractions in [0, 1].
+
+    Queries with no relevant item in the gallery count as misses for Recall and 0 for
+    mAP@R (they are rare in class-level retrieval; their number is reported).
+    """
+    if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
+        raise ValueError(f"embedding shapes do not match: {tuple(query_emb.shape)} vs {tuple(gallery_emb.shape)}")
+    if len(query_emb) != len(query_labels) or len(gallery_emb) != len(gallery_labels):
+        raise ValueError("each embedding needs exactly one label")
+    q = query_emb.float()
+    g = gallery_emb.float()
+    ql = query_labels.long()
+    gl = gallery_labels.long()
+
+    # R for every query: how many gallery items share its label.
+    classes, counts = torch.unique(gl, return_counts=True)
+    lookup = torch.zeros(int(max(ql.max(), gl.max())) + 1, dtype=torch.long)
+    lookup[classes] = counts
+    r = lookup[ql]
+    depth = min(max(int(r.max()), max(ks)), len(g))
+
+    hits = {k: 0 for k in ks}
+    ap_sum = 0.0
+    ranks = torch.arange(1, depth + 1, dtype=torch.float32)
+    for start in range(0, len(q), chunk):
+        sim = q[start:start + chunk] @ g.T
+        top = sim.topk(depth, dim=1).indices
+        rel = (gl[top] == ql[start:start + chunk, None])
+        for k in ks:
+            hits[k] += int(rel[:, :k].any(dim=1).sum())
+        rc = r[start:start + chunk]
+        within_r = ranks[None, :] <= rc[:, None]
+        relf = (rel & within_r).float()
+        precision = relf.cumsum(dim=1) / ranks
+        ap = (precision * relf).sum(dim=1) / rc.clamp(min=1)
+        ap_sum += float(ap.sum())
+    n = len(q)
+    out = {f"recall@{k}": hits[k] / n for k in ks}
+    out["map@r"] = ap_sum / n
+    out["queries_without_match"] = int((r == 0).sum())
+    return out
+
+
+def compatibility_report(query_model_on_query: torch.Tensor, query_model_on_gallery: torch.Tensor,
+                         gallery_model_on_query: torch.Tensor, gallery_model_on_gallery: torch.Tensor,
+                         query_labels: torch.Tensor, gallery_labels: torch.Tensor,
+                         ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, dict[str, float]]:
+    """Paragon (g,g), homogeneous (q,q) and heterogeneous (q,g) metrics in one call."""
+    return {
+        "paragon": retrieval_metrics(gallery_model_on_query, query_labels, gallery_model_on_gallery, gallery_labels, ks),
+        "homogeneous": retrieval_metrics(query_model_on_query, query_labels, query_model_on_gallery, gallery_labels, ks),
+        "heterogeneous": retrieval_metrics(query_model_on_query, query_labels, gallery_model_on_gallery, gallery_labels, ks),
+    }

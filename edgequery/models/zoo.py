@@ -1,0 +1,123 @@
+"""Trunks from torchvision, with the real weight-loading paths kept working.
+
+No weights can be downloaded on the machines this project is developed on, so models
+train from scratch by default.  Users who have weights pass ``--weights``:
+
+* a torchvision weights name (``IMAGENET1K_V2``, ``DEFAULT``, or the full
+  ``ResNet101_Weights.IMAGENET1K_V2``): resolved by torchvision's weights API, which
+  reads ``$TORCH_HOME/hub/checkpoints`` first and downloads only when missing;
+* a local file: a torchvision state dict (``*.pth``) for that architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import EdgeQueryError
+from .heads import EmbeddingNet
+
+BASELINE_ARCHS = ("resnet101", "mobilenet_v3_small", "mobilenet_v3_large")
+
+
+class _MobileNetV3Trunk(nn.Module):
+    """torchvision MobileNetV3 up to its penultimate layer (features, pool, Linear, h-swish)."""
+
+    def __init__(self, net: torchvision.models.MobileNetV3):
+        super().__init__()
+        self.features = net.features
+        self.avgpool = net.avgpool
+        self.pre_logits = nn.Sequential(net.classifier[0], net.classifier[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pre_logits(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _torchvision_net(name: str) -> nn.Module:
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _trunk_of(name: str, net: nn.Module) -> tuple[nn.Module, int]:
+    if name == "resnet101":
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    if name.startswith("mobilenet_v3"):
+        return _MobileNetV3Trunk(net), net.classifier[0].out_features
+    raise AssertionError(name)
+
+
+def build_trunk(name: str) -> tuple[nn.Module, int]:
+    """A randomly initialised trunk and its feature dimension."""
+    if name in BASELINE_ARCHS:
+        return _trunk_of(name, _torchvision_net(name))
+    raise EdgeQueryError(f"unknown architecture {name!r}",
+                         f"use one of {', '.join(BASELINE_ARCHS)} or an arch string of a search space")
+
+
+def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
+    """A trunk initialised from torchvision weights (by name) or a local state dict."""
+    net = _torchvision_net(name)
+    path = Path(weights)
+    if path.suffix in (".pth", ".pt", ".bin") or path.exists():
+        if not path.is_file():
+            raise EdgeQueryError(f"weights file {path} does not exist", "pass the path of a torchvision state dict")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise EdgeQueryError(f"cannot read weights file {path}: {exc}",
+                                 "pass a torchvision state dict saved with torch.save(model.state_dict())") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        # The ImageNet classifier is discarded anyway; anything else missing means a wrong file.
+        missing = [k for k in missing if not k.startswith(("fc.", "classifier.3"))]
+        if missing:
+            raise EdgeQueryError(f"{path} does not fit {name}: {len(missing)} missing keys (e.g. {missing[0]})",
+                                 f"pass a state dict of torchvision's {name}")
+    else:
+        try:
+            enum = torchvision.models.get_model_weights(name)
+            spec = weights.split(".")[-1]
+            w = enum.DEFAULT if spec == "DEFAULT" else enum[spec]
+        except KeyError:
+            choices = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
+            raise EdgeQueryError(f"{name} has no torchvision weights {weights!r}", f"use one of: {choices}") from None
+        try:
+            net.load_state_dict(w.get_state_dict(progress=True, check_hash=True))
+        except (OSError, RuntimeError) as exc:
+            raise EdgeQueryError(
+                f"could not obtain torchvision weights {w}: {exc}",
+                f"place the file in {torch.hub.get_dir()}/checkpoints/ or pass --weights /path/to/state_dict.pth",
+            ) from None
+    return _trunk_of(name, net)
+
+
+def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: str | None = None,
+                        scale: float = 16.0, margin: float = 0.0) -> EmbeddingNet:
+    """Any embedding net by arch name: a torchvision baseline or a search-space arch string."""
+    if ":" in arch:
+        from ..spaces import build_trunk_from_string
+
+        trunk, dim = build_trunk_from_string(arch)
+    elif weights:
+        trunk, dim = load_pretrained_trunk(arch, weights)
+    else:
+        trunk, dim = build_trunk(arch)
+    return EmbeddingNet(trunk, dim, embed_dim, num_classes, scale, margin)
+
+
+def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0) -> dict:
+    """The ``model`` entry of a checkpoint: enough to rebuild the net."""
+    return {"arch": arch, "embed_dim": embed_dim, "num_classes": num_classes, "scale": scale, "margin": margin}
+
+
+def model_from_checkpoint(ckpt: dict) -> EmbeddingNet:
+    """Rebuild the embedding net a gallery or query checkpoint holds (eval mode)."""
+    spec = ckpt["model"]
+    net = build_embedding_net(spec["arch"], spec["embed_dim"], spec["num_classes"],
+                              scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()

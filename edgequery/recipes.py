@@ -1,0 +1,91 @@
+"""What each training stage trains: the gallery model and query nets (BCT or not).
+
+Each recipe builds the net, decides between a fresh start and a resume, and hands a
+step function to the one loop in :mod:`edgequery.train`.  The supernet recipe lives
+with the search spaces.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .data import DataSpec, Splits, load_splits
+from .errors import EdgeQueryError
+from .models import build_embedding_net, model_from_checkpoint, model_spec
+from .train import BCTLoss, ClassifierLoss, TrainConfig, fit, prepare_output
+
+
+def _step(loss_fn):
+    def step(model, x, y, _global_step):
+        return loss_fn(model.module if hasattr(model, "module") else model, model(x), y)
+    return step
+
+
+def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str = "resnet101",
+                  embed_dim: int = 128, weights: str | None = None, scale: float = 16.0, margin: float = 0.0,
+                  force: bool = False, splits: Splits | None = None) -> dict[str, Any]:
+    """Train the gallery model (default ResNet-101 + 128-d head + cosine classifier)."""
+    identity = {"arch": arch, "embed_dim": embed_dim, "data": spec.to_dict(), "weights": weights,
+                "scale": scale, "margin": margin}
+    resume = prepare_output(out, "gallery", cfg, identity, force)
+    splits = splits or load_splits(spec)
+    model = build_embedding_net(arch, embed_dim, splits.num_classes, weights=None if resume else weights,
+                                scale=scale, margin=margin)
+
+    def payload(m):
+        return {"kind": "gallery", "model": model_spec(arch, embed_dim, splits.num_classes, scale, margin),
+                "state_dict": m.state_dict(), "data": spec.to_dict(), "classes": list(splits.classes),
+                "identity": identity, "compatible_with": None}
+
+    return fit(model, _step(ClassifierLoss()), splits, cfg, out, payload, resume=resume, desc="gallery")
+
+
+def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arch: str = "mobilenet_v3_small",
+                bct: bool = True, bct_weight: float = 1.0, weights: str | None = None,
+                spec: DataSpec | None = None, force: bool = False, splits: Splits | None = None,
+                init_state: dict | None = None) -> dict[str, Any]:
+    """Train a query net; with ``bct`` its embedding is made compatible with the gallery's.
+
+    The net embeds to the gallery's dimension and trains on the gallery's data spec
+    unless ``spec`` overrides it (it must keep the same classes: BCT's influence loss
+    uses the gallery classifier).  ``init_state`` starts from given weights (e.g. a
+    supernet's inherited subnet) instead of a random initialisation.
+    """
+    gallery = load_checkpoint(gallery_path, "gallery")
+    if not gallery.get("train", {}).get("complete", True):
+        raise EdgeQueryError(f"gallery {gallery_path} is an unfinished training run "
+                             f"(epoch {gallery['train']['epoch']}/{gallery['train']['epochs']})",
+                             "finish it first by rerunning `edgequery train gallery` with the same settings")
+    spec = spec or DataSpec.from_dict(gallery["data"])
+    gspec = gallery["model"]
+    compat = {"gallery_version": gallery["model_version"], "gallery_arch": gspec["arch"]} if bct else None
+    identity = {"arch": arch, "embed_dim": gspec["embed_dim"], "data": spec.to_dict(), "weights": weights,
+                "bct": bct, "bct_weight": bct_weight, "gallery_version": gallery["model_version"]}
+    resume = prepare_output(out, "query", cfg, identity, force)
+    splits = splits or load_splits(spec)
+    if splits.num_classes != gspec["num_classes"]:
+        raise EdgeQueryError(f"the query data has {splits.num_classes} classes but gallery {gallery_path} was "
+                             f"trained on {gspec['num_classes']}",
+                             "train the query net on the gallery's data (drop the data overrides)")
+    model = build_embedding_net(arch, gspec["embed_dim"], splits.num_classes, weights=None if resume else weights,
+                                scale=gspec.get("scale", 16.0), margin=gspec.get("margin", 0.0))
+    if init_state is not None and resume is None:
+        model.load_state_dict(init_state)
+    loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight) if bct else ClassifierLoss()
+    if not bct:
+        print("note: --no-bct: the query embedding is not trained to be compatible with the gallery",
+              file=sys.stderr)
+
+    def payload(m):
+        return {"kind": "query", "model": model_spec(arch, gspec["embed_dim"], splits.num_classes,
+                                                     gspec.get("scale", 16.0), gspec.get("margin", 0.0)),
+                "state_dict": m.state_dict(), "data": spec.to_dict(), "classes": list(splits.classes),
+                "identity": identity, "compatible_with": compat,
+                "bct": {"enabled": bct, "weight": bct_weight if bct else 0.0},
+                "reference_gallery": gallery["model_version"]}
+
+    return fit(model, _step(loss), splits, cfg, out, payload, resume=resume, extra_modules=loss,
+               desc=f"query {arch}{' +BCT' if bct else ''}")

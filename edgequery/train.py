@@ -1,0 +1,290 @@
+"""One training loop for gallery, query and supernet models, with BCT and DDP.
+
+The loop (:func:`fit`) knows nothing about which model it trains: a *step function*
+computes the loss of one batch, and a *payload function* says what the checkpoint holds
+besides the training state.  It gives every stage the same behaviour:
+
+* deterministic: batch order and augmentation are drawn from ``seed`` and the epoch
+  number, so a run resumed from its epoch-``k`` checkpoint ends in the same weights as
+  one that never stopped;
+* a checkpoint after every epoch (atomic), resumed automatically when the output file
+  holds an unfinished run of the same configuration;
+* ``--device cpu|cuda``; under ``torchrun`` it trains with DistributedDataParallel
+  (gloo on CPU, nccl on CUDA), each rank taking its shard of every epoch;
+* a progress bar per epoch and one summary line per epoch.
+
+Backward-Compatible Training (Shen et al., CVPR 2020) is :class:`BCTLoss`: the query
+net's own classifier loss plus ``weight`` x the cross-entropy of the *frozen* gallery
+classifier applied to the query embedding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageSet, Splits, to_model_input
+from .errors import EdgeQueryError
+from .models.heads import CosineClassifier, EmbeddingNet
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-5
+    optimizer: str = "sgd"          # sgd (momentum 0.9, nesterov) | adamw
+    warmup_epochs: float = 0.3
+    augment: bool = True            # random horizontal flip + translation by up to 1/8
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # stage-specific settings, compared on resume
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- devices & DDP
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgeQueryError(f"--device {name} was asked for, but CUDA is not available here",
+                             "use --device cpu, or run on a machine with a CUDA GPU and a CUDA build of torch")
+    if name not in ("cpu",) and not name.startswith("cuda") and name != "mps":
+        raise EdgeQueryError(f"unknown device {name!r}", "use cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+@dataclass
+class Dist:
+    """Where this process stands in a (possibly 1-process) data-parallel job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls, device: torch.device) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# --------------------------------------------------------------------------- losses
+
+
+class ClassifierLoss(nn.Module):
+    """Cross-entropy of the model's own (cosine) classifier on its embedding."""
+
+    def forward(self, model: EmbeddingNet, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.classifier(emb, labels), labels)
+
+
+class BCTLoss(nn.Module):
+    """Query classifier loss + ``weight`` x frozen-gallery-classifier loss (influence loss).
+
+    The gallery classifier is deep-copied, put in eval mode and has ``requires_grad``
+    off: gradients flow *through* it into the query embedding, never into it.
+    """
+
+    def __init__(self, gallery_classifier: CosineClassifier, weight: float = 1.0):
+        super().__init__()
+        self.gallery_classifier = copy.deepcopy(gallery_classifier).eval()
+        self.gallery_classifier.requires_grad_(False)
+        self.weight = float(weight)
+
+    def train(self, mode: bool = True):  # the frozen classifier never leaves eval mode
+        super().train(mode)
+        self.gallery_classifier.eval()
+        return self
+
+    def forward(self, model: EmbeddingNet, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        own = F.cross_entropy(model.classifier(emb, labels), labels)
+        influence = F.cross_entropy(self.gallery_classifier(emb, labels), labels)
+        return own + self.weight * influence
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def epoch_batches(data: ImageSet, cfg: TrainConfig, epoch: int, dist: Dist) -> list[torch.Tensor]:
+    """This rank's batches of indices for ``epoch``: a seeded shuffle, cut into equal shards."""
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(data), generator=g)
+    per_rank = len(order) // dist.world
+    order = order[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    batches = list(order.split(cfg.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < cfg.batch_size // 2:
+        batches.pop()  # a tiny last batch makes BatchNorm statistics noisy
+    return batches
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample random horizontal flip and translation by up to 1/8 of the side."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.25  # grid units: 2 = full side
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise EdgeQueryError(f"unknown optimizer {cfg.optimizer!r}", "use sgd or adamw")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return factor
+
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: str | os.PathLike,
+        payload: Callable[[nn.Module], dict[str, Any]], resume: dict[str, Any] | None = None,
+        extra_modules: nn.Module | None = None, desc: str = "train",
+        on_epoch_end: Callable[[nn.Module, int], dict] | None = None) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.epochs`` epochs, checkpointing to ``out`` after each.
+
+    ``step(model, x, y, global_step)`` returns the loss of one (augmented, normalised)
+    batch.  ``payload(model)`` returns the checkpoint fields other than ``train``.
+    ``resume`` is a checkpoint of an unfinished run to continue from.  Returns the final
+    checkpoint payload.
+    """
+    from tqdm import tqdm
+
+    device = resolve_device(cfg.device)
+    dist = Dist.setup(device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if extra_modules is not None:
+        extra_modules.to(device)
+    train_model = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=bool(cfg.extra.get("find_unused_parameters")))
+    steps_per_epoch = len(epoch_batches(splits.train, cfg, 0, dist))
+    if steps_per_epoch == 0:
+        raise EdgeQueryError(f"the train split has {len(splits.train)} images, fewer than one batch",
+                             "lower --batch-size or use more training data")
+    optimizer = make_optimizer(model.parameters(), cfg)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
+    start_epoch, history = 0, []
+    if resume is not None:
+        tr = resume["train"]
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(tr["optimizer"])
+        scheduler.load_state_dict(tr["scheduler"])
+        start_epoch, history = tr["epoch"], list(tr["history"])
+        if dist.main:
+            print(f"resuming {out} from epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
+
+    ckpt: dict[str, Any] = resume or {}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+        batches = epoch_batches(splits.train, cfg, epoch, dist)
+        t0, loss_sum, n_seen = time.time(), 0.0, 0
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=None if dist.main else True)
+        for i, idx in enumerate(bar):
+            x = to_model_input(splits.train.images[idx], splits.spec, device)
+            y = splits.train.labels[idx].to(device)
+            if cfg.augment:
+                x = augment(x, gen)
+            loss = step(train_model, x, y, epoch * steps_per_epoch + i)
+            if not torch.isfinite(loss):
+                raise EdgeQueryError(f"training diverged at epoch {epoch + 1}, step {i} (loss {loss.item()})",
+                                     "lower --lr or switch --optimizer")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            n_seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": round(time.time() - t0, 1)}
+        if on_epoch_end is not None:
+            record.update(on_epoch_end(model, epoch))
+        history.append(record)
+        if dist.main:
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  f"[{desc}]", file=sys.stderr)
+            ckpt = dict(payload(model))
+            ckpt["train"] = {"epoch": epoch + 1, "epochs": cfg.epochs, "complete": epoch + 1 == cfg.epochs,
+                             "config": cfg.to_dict(), "history": history,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            ckpt = save_checkpoint(out, ckpt)
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    return ckpt
+
+
+def prepare_output(out: str | os.PathLike, kind: str, cfg: TrainConfig, identity: dict[str, Any],
+                   force: bool) -> dict[str, Any] | None:
+    """Decide what to do with an existing ``out``: resume it, refuse, or (``force``) replace.
+
+    ``identity`` holds what must match to resume (arch, data, gallery version, ...).
+    Nothing is deleted here: with ``force`` the old file stays until the first new
+    epoch's checkpoint atomically replaces it.
+    """
+    out = Path(out)
+    if not out.exists() or force:
+        return None
+    ck = load_checkpoint(out, kind)
+    tr = ck.get("train", {})
+    if tr.get("complete"):
+        raise EdgeQueryError(f"{out} already holds a fully trained {kind} model (model_version "
+                             f"{ck['model_version']})", "pass --force to retrain over it, or choose another --out")
+    stored = tr.get("config", {})
+    mismatch = [k for k, v in identity.items() if ck.get("identity", {}).get(k) != v]
+    mismatch += [k for k in ("batch_size", "lr", "optimizer", "seed", "epochs", "extra")
+                 if stored.get(k) != cfg.to_dict()[k]]
+    if mismatch:
+        raise EdgeQueryError(f"{out} holds an unfinished run with different settings ({', '.join(mismatch)})",
+                             "rerun with the same settings to resume it, --force to start over, or another --out")
+    return ck
