@@ -1,0 +1,123 @@
+"""End to end through the real CLI on a real Fashion-MNIST subset, and its bad-input errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgequery.checkpoint import load_checkpoint
+
+SMALL = ["--n-train", "512", "--n-val", "0", "--n-query", "100", "--n-gallery", "400", "--epochs", "1"]
+
+
+def eq(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "edgequery", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgequery {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgequery: error:")
+    for n in needles:
+        assert n in last, last
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", d / "gallery.pt", *SMALL)
+    eq("train", "query", "--gallery", d / "gallery.pt", "--out", d / "query.pt", "--epochs", "1")
+    eq("train", "query", "--gallery", d / "gallery.pt", "--out", d / "query_nobct.pt", "--epochs", "1", "--no-bct")
+    return d
+
+
+def test_train_and_eval_end_to_end(trained):
+    g = load_checkpoint(trained / "gallery.pt", "gallery")
+    q = load_checkpoint(trained / "query.pt", "query")
+    assert q["compatible_with"]["gallery_version"] == g["model_version"]
+    assert q["model"]["embed_dim"] == g["model"]["embed_dim"] == 128
+    assert q["data"] == g["data"]  # the query net inherits the gallery's data spec
+    assert load_checkpoint(trained / "query_nobct.pt", "query")["compatible_with"] is None
+    proc = eq("eval", "--query", trained / "query.pt", "--gallery", trained / "gallery.pt",
+              "--out", trained / "eval.json")
+    assert "heterogeneous (q,g)" in proc.stdout
+    rep = json.loads((trained / "eval.json").read_text())
+    assert rep["sizes"] == {"query": 100, "gallery": 400}
+    for setting in ("paragon", "homogeneous", "heterogeneous"):
+        assert 0.0 <= rep[setting]["recall@1"] <= rep[setting]["recall@10"] <= 1.0
+    assert rep["paragon"]["recall@10"] > 0.5  # one epoch on 512 real images learns something
+
+
+def test_finished_checkpoint_is_not_overwritten(trained):
+    before = (trained / "query.pt").read_bytes()
+    proc = eq("train", "query", "--gallery", trained / "gallery.pt", "--out", trained / "query.pt", check=False)
+    assert_one_line_error(proc, "already holds", "--force")
+    assert (trained / "query.pt").read_bytes() == before
+
+
+def test_query_paired_with_another_gallery_is_refused(trained, tmp_path):
+    eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", tmp_path / "g2.pt", *SMALL, "--seed", "1")
+    proc = eq("eval", "--query", trained / "query.pt", "--gallery", tmp_path / "g2.pt", check=False)
+    assert_one_line_error(proc, "model_version", "retrain")
+    eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", tmp_path / "g64.pt", *SMALL,
+       "--embed-dim", "64")
+    proc = eq("eval", "--query", trained / "query.pt", "--gallery", tmp_path / "g64.pt", check=False)
+    assert_one_line_error(proc, "128 dims", "64")
+
+
+def test_truncated_and_foreign_checkpoints(trained, tmp_path):
+    raw = (trained / "query.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 3])
+    proc = eq("eval", "--query", tmp_path / "cut.pt", "--gallery", trained / "gallery.pt", check=False)
+    assert_one_line_error(proc, "truncated or corrupt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    proc = eq("eval", "--query", tmp_path / "foreign.pt", "--gallery", trained / "gallery.pt", check=False)
+    assert_one_line_error(proc, "not an edgequery checkpoint")
+    proc = eq("eval", "--query", trained / "gallery.pt", "--gallery", trained / "gallery.pt", check=False)
+    assert_one_line_error(proc, "holds a gallery model")
+    proc = eq("eval", "--query", tmp_path / "missing.pt", "--gallery", trained / "gallery.pt", check=False)
+    assert_one_line_error(proc, "does not exist")
+
+
+def test_missing_data_and_bad_folder(tmp_path):
+    proc = eq("train", "gallery", "--data-root", tmp_path, "--out", tmp_path / "g.pt", check=False)
+    assert_one_line_error(proc, "Fashion-MNIST not found", "apt-get install dataset-fashion-mnist")
+    proc = eq("train", "gallery", "--dataset", "folder", "--data-root", tmp_path, "--out", tmp_path / "g.pt",
+              check=False)
+    assert_one_line_error(proc, "no class sub-directories")
+    proc = eq("--debug", "train", "gallery", "--data-root", tmp_path, "--out", tmp_path / "g.pt", check=False)
+    assert "Traceback" in proc.stderr
+    assert not (tmp_path / "g.pt").exists()
+
+
+def test_unavailable_device_and_weights(tmp_path):
+    if not torch.cuda.is_available():
+        proc = eq("train", "gallery", "--device", "cuda", "--out", tmp_path / "g.pt", *SMALL, check=False)
+        assert_one_line_error(proc, "CUDA is not available")
+    proc = eq("train", "gallery", "--weights", "NOPE", "--out", tmp_path / "g.pt", *SMALL, check=False)
+    assert_one_line_error(proc, "no torchvision weights", "IMAGENET1K_V2")
+
+
+def test_resnet101_gallery_from_local_weights(tmp_path):
+    """The default gallery trunk, started from a local torchvision state dict (the offline path)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet101()
+    torch.save(ref.state_dict(), tmp_path / "r101.pth")
+    from edgequery.models import load_pretrained_trunk
+
+    trunk, dim = load_pretrained_trunk("resnet101", str(tmp_path / "r101.pth"))
+    assert dim == 2048
+    assert torch.equal(trunk.conv1.weight, ref.conv1.weight)
+    eq("train", "gallery", "--weights", tmp_path / "r101.pth", "--out", tmp_path / "g.pt",
+       "--n-train", "64", "--n-val", "0", "--n-query", "20", "--n-gallery", "40", "--epochs", "1",
+       "--batch-size", "32")
+    ck = load_checkpoint(tmp_path / "g.pt", "gallery")
+    assert ck["model"]["arch"] == "resnet101" and len(ck["model_version"]) == 16
