@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import EdgeQueryError
 
-COMMAND_MODULES = ("data", "train", "eval", "demo")
+COMMAND_MODULES = ("data", "train", "eval", "demo", "index", "serve")
 
 EPILOG = """\
 stages, in order:
@@ -23,6 +23,8 @@ stages, in order:
   edgequery train query --bct        small query net, BCT-compatible    -> query.pt
   edgequery eval                     paragon / homogeneous / heterogeneous retrieval
   edgequery demo                     all of the above, small, into one folder
+  edgequery index                    embed the gallery, build the faiss index -> gallery_index/
+  edgequery serve                    HTTP search API + demo page over an index
 
 run `edgequery COMMAND --help` for each command's options.
 """

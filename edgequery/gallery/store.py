@@ -1,0 +1,519 @@
+"""The gallery store: a small interface the HTTP API talks to, and its faiss implementation.
+
+:class:`GalleryStore` is everything the server needs from a gallery — add, delete,
+search, look up — so a distributed engine (Milvus, a sharded faiss service, ...) can
+replace :class:`FaissGalleryStore` without touching :mod:`edgequery.gallery.app`.
+
+How :class:`FaissGalleryStore` keeps acknowledged writes (the design in one place):
+
+1. **SQLite is the truth.**  ``gallery.sqlite`` (:mod:`.metadata`) holds every live
+   item *with its embedding*.  An add or delete is committed there (WAL, fsync'd) before
+   the API acknowledges it.
+2. **faiss is a cache.**  The in-memory index (``IndexIDMap2`` over any
+   ``index_factory`` string, inner product on L2-normalised vectors = cosine) is updated
+   right after the commit.  ``index.<factory>.faiss`` is a snapshot of it, written
+   atomically (temp file + rename) every ``snapshot_every`` writes and at shutdown.
+3. **Start-up reconciles.**  Opening loads the snapshot (or, when it is missing or
+   unreadable, rebuilds the index from the stored embeddings, training IVF/PQ again) and
+   then compares the ids in the index with the live ids in SQLite: ids that are live but
+   missing are added from their stored vectors, ids that are no longer live are removed.
+   Ids are never reused (``AUTOINCREMENT``) and vectors never change, so the set
+   difference is the whole story — no write-ahead log of our own to replay.
+
+Indexes that cannot delete (HNSW) keep deleted ids as *tombstones*: they stay in the
+graph but every search excludes them with a faiss ``IDSelector``.  When tombstones pass
+a quarter of the index, opening rebuilds it from SQLite (compaction).
+
+Concurrency: searches share a read lock, writes to the faiss index take the write
+lock, and SQLite serialises its own writers.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..checkpoint import atomic_write
+from ..errors import EdgeQueryError
+from .metadata import DB_NAME, DirectoryLock, Item, MetadataDB, NewItem
+
+COMPACT_FRACTION = 0.25   # rebuild an index whose tombstones exceed this share
+MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns; we use it for suggestions
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: int
+    score: float        # cosine similarity (inner product of unit vectors)
+    label: int | None
+    label_name: str | None
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "label": self.label, "label_name": self.label_name,
+                "source": self.source}
+
+
+class GalleryStore(ABC):
+    """What the HTTP API needs from a gallery (see the module docstring).
+
+    Contract: :meth:`add` and :meth:`delete` return only once the change is durable;
+    :meth:`search` takes L2-normalisable ``(n, dim)`` float32 queries and returns, per
+    query, up to ``k`` hits best first.
+    """
+
+    dim: int
+    model_version: str
+
+    @abstractmethod
+    def add(self, embeddings: np.ndarray, items: Sequence[NewItem]) -> list[int]: ...
+
+    @abstractmethod
+    def delete(self, item_id: int) -> bool: ...
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]: ...
+
+    @abstractmethod
+    def get(self, item_id: int) -> Item | None: ...
+
+    @abstractmethod
+    def thumbnail(self, item_id: int) -> bytes | None: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]: ...
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        """A value recorded when the gallery was built (model card, classes, ...)."""
+        return default
+
+    def close(self) -> None:
+        """Flush whatever makes the next start fast; nothing durable depends on it."""
+
+
+# --------------------------------------------------------------------------- faiss helpers
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy with unit-length rows; a zero or non-finite row is a ValueError."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or Inf")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError("a zero vector has no direction")
+    return x / norms
+
+
+def snapshot_path(directory: str | Path, factory: str) -> Path:
+    """Where the faiss snapshot of ``factory`` lives (the name says which factory it is)."""
+    return Path(directory) / f"index.{re.sub(r'[^A-Za-z0-9]+', '_', factory).strip('_')}.faiss"
+
+
+def suggest_ivf(n: int) -> str:
+    """An IVF list count that gives every centroid enough training points for ``n`` vectors."""
+    nlist = 1
+    while nlist * 2 * MIN_POINTS_PER_CENTROID <= n and nlist < 65536:
+        nlist *= 2
+    return f"IVF{nlist}"
+
+
+def make_faiss_index(factory: str, dim: int):
+    """An empty ``IndexIDMap2`` around ``index_factory(dim, factory, inner product)``."""
+    import faiss
+
+    if "IDMap" in factory:
+        raise EdgeQueryError(f"index factory {factory!r} contains IDMap",
+                             "leave it out: edgequery always wraps the index in IDMap2 for stable ids")
+    try:
+        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].split(": ", 1)[-1]
+        raise EdgeQueryError(f"faiss cannot build index factory {factory!r} for {dim}-d vectors ({reason})",
+                             'use an index_factory string such as "Flat", "IVF1024,PQ32" or "HNSW32"') from None
+    return faiss.IndexIDMap2(inner)
+
+
+def _training_need(index) -> tuple[int, str]:
+    """Fewest training vectors ``index`` accepts, and what needs them."""
+    import faiss
+
+    need, what = 0, ""
+    ivf = faiss.extract_index_ivf(index) if _has_ivf(index) else None
+    if ivf is not None:
+        need, what = ivf.nlist, f"{ivf.nlist} inverted lists"
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        if pq is not None and pq.ksub > need:
+            need, what = pq.ksub, f"a {pq.ksub}-centroid product quantizer"
+    return need, what
+
+
+def _has_ivf(index) -> bool:
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def train_faiss_index(index, sample: np.ndarray, factory: str) -> None:
+    """Train ``index`` (a no-op for Flat/HNSW), with a clear error when data is too scarce."""
+    if index.is_trained:
+        return
+    need, what = _training_need(index)
+    n = len(sample)
+    if n < need:
+        raise EdgeQueryError(
+            f"index factory {factory!r} needs at least {need} vectors to train {what}, but the gallery has {n}",
+            f"use --index-factory Flat or HNSW32 for a gallery this small, or fewer lists ({suggest_ivf(n)},...)")
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise EdgeQueryError(f"faiss could not train {factory!r} on {n} vectors: {str(exc).splitlines()[-1]}",
+                             "choose a smaller index (fewer IVF lists / PQ bytes) or add more images") from None
+
+
+def build_faiss_index(db: MetadataDB, factory: str, dim: int, progress: bool = True,
+                      max_train: int = 1 << 20):
+    """A fresh faiss index holding every item of ``db`` (trained first when it needs it)."""
+    from tqdm import tqdm
+
+    index = make_faiss_index(factory, dim)
+    n = db.count()
+    if not index.is_trained:
+        live = db.live_ids()
+        pick = live if len(live) <= max_train else np.sort(
+            np.random.default_rng(0).choice(live, max_train, replace=False))
+        train_faiss_index(index, normalize_rows(db.embeddings(pick, dim)) if len(pick) else np.empty((0, dim),
+                                                                                                   np.float32),
+                          factory)
+    with tqdm(total=n, desc=f"faiss {factory}", unit="vec", leave=False, disable=None if progress else True) as bar:
+        for ids, emb in db.iter_embeddings():
+            index.add_with_ids(normalize_rows(emb), ids)
+            bar.update(len(ids))
+    return index
+
+
+def write_snapshot(index, directory: str | Path, factory: str) -> Path:
+    """Write ``index`` (or its ``faiss.serialize_index`` bytes) atomically to its snapshot
+    path, then remove snapshots of other factories."""
+    import faiss
+
+    path = snapshot_path(directory, factory)
+    if isinstance(index, np.ndarray):
+        atomic_write(path, lambda tmp: index.tofile(tmp))
+    else:
+        atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
+    for other in Path(directory).glob("index.*.faiss"):
+        if other != path:
+            other.unlink(missing_ok=True)
+    return path
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _log(msg: str) -> None:
+    print(f"[gallery] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the faiss store
+
+
+class FaissGalleryStore(GalleryStore):
+    """A gallery index directory (``gallery.sqlite`` + faiss snapshot) opened for serving.
+
+    ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade recall for speed at search time;
+    ``snapshot_every`` is how many writes may accumulate before the snapshot is
+    refreshed in the background (only start-up time depends on it, never durability).
+    """
+
+    def __init__(self, directory: str | Path, nprobe: int = 16, ef_search: int = 128,
+                 snapshot_every: int = 1000, progress: bool = True):
+        import faiss
+
+        self.directory = Path(directory)
+        self.nprobe, self.ef_search = int(nprobe), int(ef_search)
+        self.snapshot_every = max(1, int(snapshot_every))
+        self.progress = progress
+        self._lock = ReadWriteLock()
+        self._tombstones: set[int] = set()
+        self._selector = None
+        self._dirty = 0
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_thread: threading.Thread | None = None
+        self._index = None
+        self.db = None
+        self._dir_lock = DirectoryLock(self.directory) if (self.directory / DB_NAME).is_file() else None
+        try:
+            self.db = MetadataDB(self.directory / DB_NAME)
+            if not self.db.get("complete", False):
+                done, total = self.db.get("build_done", 0), self.db.get("build_total", "?")
+                raise EdgeQueryError(f"the index at {self.directory} is unfinished ({done} of {total} images "
+                                     "embedded)", "rerun the same `edgequery index` command to finish it (it resumes)")
+            self.dim = int(self.db.get("dim"))
+            self.model_version = str(self.db.get("model_version"))
+            self.factory = str(self.db.get("factory"))
+            for stale in self.directory.glob(".index.*.tmp"):  # left by a snapshot cut short by a kill
+                stale.unlink(missing_ok=True)
+            self._index = self._load()
+            inner = faiss.downcast_index(self._index.index)
+            self._hnsw = isinstance(inner, faiss.IndexHNSW)
+            self._removable = self._probe_removable(inner)
+            self._reconcile()
+            self._set_search_parameters()
+        except BaseException:
+            self._dirty = 0
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self):
+        import faiss
+
+        path = snapshot_path(self.directory, self.factory)
+        if path.is_file():
+            try:
+                index = faiss.read_index(str(path))
+                if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim:
+                    raise RuntimeError(f"it holds a {type(index).__name__} of dimension {index.d}")
+                return index
+            except RuntimeError as exc:
+                _log(f"snapshot {path.name} is unusable ({str(exc).splitlines()[-1]}); "
+                     f"rebuilding it from {DB_NAME}")
+        else:
+            _log(f"no snapshot {path.name}; building the faiss index from {DB_NAME}")
+        return self._rebuild()
+
+    def _rebuild(self):
+        t = time.time()
+        index = build_faiss_index(self.db, self.factory, self.dim, progress=self.progress)
+        write_snapshot(index, self.directory, self.factory)
+        _log(f"built {self.factory} over {index.ntotal} vectors in {time.time() - t:.1f}s")
+        return index
+
+    @staticmethod
+    def _probe_removable(inner) -> bool:
+        import faiss
+
+        try:
+            inner.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
+            return True
+        except RuntimeError:
+            return False
+
+    def _reconcile(self) -> None:
+        """Make the index hold exactly the live ids of SQLite (see the module docstring)."""
+        import faiss
+
+        live = self.db.live_ids()
+        indexed = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        missing = np.setdiff1d(live, indexed)
+        stale = np.setdiff1d(indexed, live)
+        if not self._removable and len(stale) > COMPACT_FRACTION * max(len(indexed), 1):
+            _log(f"{len(stale)} of {len(indexed)} vectors are deleted items; compacting")
+            self._index = self._rebuild()
+            return
+        for lo in range(0, len(missing), 65536):
+            ids = missing[lo:lo + 65536]
+            self._index.add_with_ids(normalize_rows(self.db.embeddings(ids, self.dim)), ids)
+        if len(stale):
+            if self._removable:
+                self._index.remove_ids(stale)
+            else:
+                self._tombstones.update(int(i) for i in stale)
+                self._update_selector()
+        if len(missing) or len(stale):
+            _log(f"caught up with {DB_NAME}: +{len(missing)} added, -{len(stale)} deleted since the snapshot")
+            self._dirty = self.snapshot_every  # refresh the snapshot soon
+            self._maybe_snapshot()
+
+    def _set_search_parameters(self) -> None:
+        import faiss
+
+        ps = faiss.ParameterSpace()
+        if _has_ivf(self._index):
+            self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
+            ps.set_index_parameter(self._index, "nprobe", self.nprobe)
+        if self._hnsw:
+            ps.set_index_parameter(self._index, "efSearch", self.ef_search)
+
+    def _update_selector(self) -> None:
+        import faiss
+
+        if not self._tombstones:
+            self._selector = None
+            return
+        batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
+        self._selector = faiss.IDSelectorNot(batch)
+        self._selector_refs = batch  # the Not selector does not own its argument
+
+    def _search_params(self):
+        import faiss
+
+        if self._selector is None:
+            return None
+        if self._hnsw:
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = self.ef_search
+        elif _has_ivf(self._index):
+            p = faiss.SearchParametersIVF()
+            p.nprobe = self.nprobe
+        else:
+            p = faiss.SearchParameters()
+        p.sel = self._selector
+        return p
+
+    # ------------------------------------------------------------------ the interface
+
+    def __len__(self) -> int:
+        return self.db.count()
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        return self.db.get(key, default)
+
+    def add(self, embeddings: np.ndarray, items: Sequence[NewItem]) -> list[int]:
+        vectors = normalize_rows(embeddings)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"embeddings have {vectors.shape[1]} dims, the gallery {self.dim}")
+        ids = self.db.insert(vectors, items)           # durable from here on
+        with self._lock.write():
+            self._index.add_with_ids(vectors, ids)
+            self._dirty += len(ids)
+        self._maybe_snapshot()
+        return [int(i) for i in ids]
+
+    def delete(self, item_id: int) -> bool:
+        if not self.db.delete(item_id):                 # durable from here on
+            return False
+        with self._lock.write():
+            if self._removable:
+                self._index.remove_ids(np.array([item_id], dtype=np.int64))
+            else:
+                self._tombstones.add(int(item_id))
+                self._update_selector()
+            self._dirty += 1
+        self._maybe_snapshot()
+        return True
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        q = normalize_rows(queries)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
+        with self._lock.read():
+            scores, ids = self._index.search(q, int(k), params=self._search_params())
+        meta = self.db.items(np.unique(ids[ids >= 0]))
+        # An id deleted between the faiss search and the lookup is simply left out.
+        return [[Hit(int(i), float(s), m.label, m.label_name, m.source)
+                 for s, i in zip(srow, irow) if i >= 0 and (m := meta.get(int(i))) is not None]
+                for srow, irow in zip(scores, ids)]
+
+    def get(self, item_id: int) -> Item | None:
+        return self.db.items([item_id]).get(int(item_id))
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        return self.db.thumbnail(item_id)
+
+    def describe(self) -> dict[str, Any]:
+        import faiss
+
+        d = {"engine": "faiss", "faiss_version": faiss.__version__, "factory": self.factory, "dim": self.dim,
+             "metric": "cosine (inner product of L2-normalised vectors)", "items": len(self),
+             "index_vectors": int(self._index.ntotal), "tombstones": len(self._tombstones)}
+        if _has_ivf(self._index):
+            d["nprobe"] = self.nprobe
+        if self._hnsw:
+            d["ef_search"] = self.ef_search
+        return d
+
+    # ------------------------------------------------------------------ snapshots
+
+    def save_snapshot(self) -> None:
+        """Write the current index atomically.
+
+        The index is serialised to memory under the read lock (a memory copy: writers
+        wait that long, searches not at all) and written to disk outside it.
+        """
+        import faiss
+
+        with self._snapshot_lock:
+            with self._lock.read():
+                dirty = self._dirty
+                data = faiss.serialize_index(self._index)
+            write_snapshot(data, self.directory, self.factory)
+            with self._lock.write():
+                self._dirty -= dirty
+
+    def _maybe_snapshot(self) -> None:
+        if self._dirty < self.snapshot_every:
+            return
+        if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+            return
+        self._snapshot_thread = threading.Thread(target=self.save_snapshot, name="gallery-snapshot", daemon=True)
+        self._snapshot_thread.start()
+
+    def close(self) -> None:
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join()
+        if self._index is not None and self._dirty:
+            self.save_snapshot()
+        self._index = None
+        if self.db is not None:
+            self.db.close()
+        if self._dir_lock:
+            self._dir_lock.release()
