@@ -121,3 +121,13 @@ def test_resnet101_gallery_from_local_weights(tmp_path):
        "--batch-size", "32")
     ck = load_checkpoint(tmp_path / "g.pt", "gallery")
     assert ck["model"]["arch"] == "resnet101" and len(ck["model_version"]) == 16
+
+
+def test_help_and_data_commands(tmp_path):
+    top = eq("--help").stdout
+    assert "train gallery" in top and "demo" in top
+    assert "--bct" in eq("train", "query", "--help").stdout
+    assert "present" in eq("data", "setup").stdout
+    assert_one_line_error(eq("data", "setup", "--data-root", tmp_path, check=False), "Fashion-MNIST not found")
+    info = eq("data", "info", "--n-train", "100", "--n-val", "10", "--n-query", "10", "--n-gallery", "20").stdout
+    assert "train       100" in info and "Ankle boot" in info
