@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(q, inherit=True)
     add_train_args(q, epochs=5, lr=0.05)
     q.set_defaults(handler=run_query)
+    from ..spaces.cli import register_supernet
+    register_supernet(tsub)
 
 
 def run_gallery(args: argparse.Namespace) -> int:

@@ -1,0 +1,94 @@
+"""Search spaces of query nets, and the weight-sharing supernet trained compatible with a gallery.
+
+Two spaces behind one interface (:class:`~edgequery.spaces.base.SearchSpace`):
+
+* ``mbv3`` - MobileNetV3 stages, once-for-all style (elastic depth, kernel, expansion,
+  width, resolution): the mobile default;
+* ``shufflenet`` - the Single Path One-Shot space of ShuffleNetV2 choice blocks that
+  CMP-NAS searches.
+
+Every arch has a canonical string starting with its space's name and a colon
+(``mbv3:r32,w1.0,k3e4-...``), which any stage accepts wherever it takes an arch name::
+
+    >>> space = get_space("mbv3")
+    >>> arch = space.sample(np.random.default_rng(0))
+    >>> trunk, dim = space.build(arch)            # a standalone, exportable net
+    >>> space.blocks(arch)[2].key                  # its latency-table keys
+    'mbconv|in=16x16x16|out=8x8x24|k=5|e=3|s=2|se=0|act=relu'
+    >>> space.parse(str(arch)) == space.parse(arch.to_dict()) == arch
+    True
+
+The supernet lives in :mod:`~edgequery.spaces.supernet`, its training (``edgequery
+train supernet``) in :mod:`~edgequery.spaces.training`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EdgeQueryError
+
+if TYPE_CHECKING:
+    from .base import SearchSpace
+
+# name -> (module, class).  Imported on first use, so `edgequery --help` stays instant.
+SPACES: dict[str, tuple[str, str]] = {"mbv3": ("edgequery.spaces.mbv3", "MBv3Space"),
+                                      "shufflenet": ("edgequery.spaces.shufflenet", "ShuffleNetSpace")}
+_LAZY = {"BlockSpec": "base", "SearchSpace": "base", "MBv3Arch": "mbv3", "MBv3Space": "mbv3",
+         "ShuffleArch": "shufflenet", "ShuffleNetSpace": "shufflenet", "Supernet": "supernet",
+         "recalibrate_bn": "supernet", "train_supernet": "training", "load_supernet": "training",
+         "supernet_from_checkpoint": "training"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_space(name: str, **options: Any) -> "SearchSpace":
+    """The search space called ``name`` (``mbv3`` or ``shufflenet``); ``options`` override its choice lists."""
+    if name not in SPACES:
+        raise EdgeQueryError(f"unknown search space {name!r}", f"use one of: {', '.join(SPACES)}")
+    module, cls_name = SPACES[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise EdgeQueryError(f"bad options for search space {name!r}: {exc}",
+                             f"{name} takes: {', '.join(k for k in cls().config() if k != 'space')}") from None
+
+
+def space_from_config(config: dict[str, Any]) -> "SearchSpace":
+    """A space rebuilt from ``space.config()`` (as stored in a supernet checkpoint)."""
+    options = {k: v for k, v in config.items() if k != "space"}
+    return get_space(config["space"], **options)
+
+
+def parse_arch(text: str | dict) -> tuple["SearchSpace", Any]:
+    """The (default) space an arch string or JSON dict belongs to, and the parsed arch."""
+    if isinstance(text, dict):
+        name = text.get("space")
+        if name is None:
+            raise EdgeQueryError("the JSON arch has no \"space\" field",
+                                 f"add \"space\": one of {', '.join(SPACES)}")
+    else:
+        name, sep, _ = str(text).strip().partition(":")
+        if not sep:
+            raise EdgeQueryError(f"{text!r} is not an arch string",
+                                 f"arch strings start with a space name and a colon: {', '.join(s + ':' for s in SPACES)}")
+        if name == "supernet":
+            raise EdgeQueryError(f"{text!r} names a whole supernet, not one arch",
+                                 "pick an arch from it first (edgequery search), or pass an arch string")
+    space = get_space(name)
+    return space, space.parse(text)
+
+
+def build_trunk_from_string(text: str | dict):
+    """The standalone trunk (``nn.Module``) and feature dim of an arch string or JSON dict."""
+    space, arch = parse_arch(text)
+    return space.build(arch)
+
+
+__all__ = ["SPACES", "build_trunk_from_string", "get_space", "parse_arch", "space_from_config", *_LAZY]
