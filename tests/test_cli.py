@@ -131,3 +131,13 @@ def test_help_and_data_commands(tmp_path):
     assert_one_line_error(eq("data", "setup", "--data-root", tmp_path, check=False), "Fashion-MNIST not found")
     info = eq("data", "info", "--n-train", "100", "--n-val", "10", "--n-query", "10", "--n-gallery", "20").stdout
     assert "train       100" in info and "Ankle boot" in info
+
+
+def test_trunk_can_start_from_an_edgequery_checkpoint(trained):
+    from edgequery.models import load_pretrained_trunk, model_from_checkpoint
+
+    net = model_from_checkpoint(load_checkpoint(trained / "gallery.pt", "gallery"))
+    trunk, dim = load_pretrained_trunk("mobilenet_v3_small", str(trained / "gallery.pt"))
+    assert dim == 1024
+    for (k, a), (_, b) in zip(net.trunk.state_dict().items(), trunk.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -6,7 +6,8 @@ train from scratch by default.  Users who have weights pass ``--weights``:
 * a torchvision weights name (``IMAGENET1K_V2``, ``DEFAULT``, or the full
   ``ResNet101_Weights.IMAGENET1K_V2``): resolved by torchvision's weights API, which
   reads ``$TORCH_HOME/hub/checkpoints`` first and downloads only when missing;
-* a local file: a torchvision state dict (``*.pth``) for that architecture.
+* a local file: a torchvision state dict (``*.pth``) for that architecture, or an
+  edgequery checkpoint of the same arch (its trunk is reused, e.g. to fine-tune).
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
         except Exception as exc:  # torch raises many types for a bad file
             raise EdgeQueryError(f"cannot read weights file {path}: {exc}",
                                  "pass a torchvision state dict saved with torch.save(model.state_dict())") from None
+        if isinstance(state, dict) and state.get("format") == "edgequery-checkpoint":
+            # an edgequery gallery/query checkpoint: start from its trunk
+            state = {k[len("trunk."):]: v for k, v in state["state_dict"].items() if k.startswith("trunk.")}
+            if name.startswith("mobilenet_v3"):  # our trunk names pre_logits.{0,1} as torchvision's classifier
+                state = {k.replace("pre_logits.0.", "classifier.0."): v for k, v in state.items()}
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         missing, unexpected = net.load_state_dict(state, strict=False)
         # The ImageNet classifier is discarded anyway; anything else missing means a wrong file.
