@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
@@ -146,6 +147,10 @@ def build_index(gallery_path: str | Path, images: str, factory: str, out: str | 
                         hi = min(lo + chunk, total)
                         raw = imgs.images[lo:hi]
                         emb = embed(model, raw, spec, batch_size=batch_size, device=device).numpy()
+                        if not np.isfinite(emb).all():
+                            raise EdgeQueryError(
+                                f"the gallery model produced NaN or Inf embeddings for images {lo}..{hi - 1}",
+                                f"{gallery_path} is broken (diverged training?); retrain it")
                         items = [NewItem(source=sources[i], label=int(imgs.labels[i]),
                                          label_name=classes[int(imgs.labels[i])],
                                          thumbnail=png_thumbnail(raw[i - lo])) for i in range(lo, hi)]
@@ -154,9 +159,7 @@ def build_index(gallery_path: str | Path, images: str, factory: str, out: str | 
                         bar.update(hi - lo)
             elif db.get("complete"):
                 _say(f"re-indexing the {db.count()} stored embeddings with {factory} (no re-embedding)")
-            index = build_faiss_index(db, factory, dim, progress=progress)
-            write_snapshot(index, out, factory)
-            db.set(factory=factory, complete=True, built_at=time.time())
+            finish_index(db, out, factory, progress)
             return _summary(db, out, factory, embedded, t0)
         finally:
             db.close()
@@ -168,3 +171,39 @@ def _summary(db: MetadataDB, out: Path, factory: str, embedded: int, t0: float) 
     return {"out": str(out), "items": db.count(), "factory": factory, "model_version": db.get("model_version"),
             "dim": db.get("dim"), "embedded_now": embedded, "seconds": round(time.time() - t0, 1)}
 
+
+def finish_index(db: MetadataDB, out: Path, factory: str, progress: bool = True) -> None:
+    """Build the faiss index over every stored embedding, snapshot it, mark the index servable."""
+    index = build_faiss_index(db, factory, int(db.get("dim")), progress=progress)
+    write_snapshot(index, out, factory)
+    db.set(factory=factory, complete=True, built_at=time.time())
+
+
+def create_index(out: str | Path, embeddings, items: list[NewItem], factory: str, model_version: str,
+                 gallery_path: str | Path | None = None, data: dict | None = None,
+                 classes: list[str] | None = None, progress: bool = True) -> None:
+    """An index directory from embeddings computed elsewhere (benchmarks, other pipelines).
+
+    ``model_version`` must be that of the model which computed ``embeddings``; serving
+    also needs ``gallery_path`` (that model's checkpoint) and its ``data`` spec.
+    """
+    out = Path(out)
+    if (out / DB_NAME).exists():
+        raise EdgeQueryError(f"{out} already holds an index", "pass a new directory")
+    emb = np.asarray(embeddings, dtype=np.float32)
+    lock = DirectoryLock(out)
+    try:
+        db = MetadataDB(out / DB_NAME, create=True)
+        try:
+            db.set(model_version=model_version, dim=int(emb.shape[1]), classes=classes or [], data=data,
+                   identity={"model_version": model_version, "images": {"kind": "embeddings", "n": len(emb)}},
+                   gallery={"path": str(Path(gallery_path).resolve()) if gallery_path else None,
+                            "model_version": model_version},
+                   build_total=len(emb), build_done=0, complete=False)
+            for lo in range(0, len(emb), 65536):
+                db.insert(emb[lo:lo + 65536], items[lo:lo + 65536], build_done=min(lo + 65536, len(emb)))
+            finish_index(db, out, factory, progress)
+        finally:
+            db.close()
+    finally:
+        lock.release()

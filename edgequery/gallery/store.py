@@ -20,9 +20,11 @@ How :class:`FaissGalleryStore` keeps acknowledged writes (the design in one plac
    Ids are never reused (``AUTOINCREMENT``) and vectors never change, so the set
    difference is the whole story — no write-ahead log of our own to replay.
 
-Indexes that cannot delete (HNSW) keep deleted ids as *tombstones*: they stay in the
-graph but every search excludes them with a faiss ``IDSelector``.  When tombstones pass
-a quarter of the index, opening rebuilds it from SQLite (compaction).
+Only flat-code indexes (``Flat``, ``PQ``, ``SQ``) delete in place under ``IDMap2``: HNSW
+cannot delete at all, and an IVF index keeps its internal ids in its inverted lists, which
+``IDMap2`` cannot renumber after a removal.  Those keep deleted ids as *tombstones*: the
+vectors stay in the index but every search excludes them with a faiss ``IDSelector``.
+When tombstones pass a quarter of the index, opening rebuilds it from SQLite (compaction).
 
 Concurrency: searches share a read lock, writes to the faiss index take the write
 lock, and SQLite serialises its own writers.
@@ -313,7 +315,7 @@ class FaissGalleryStore(GalleryStore):
             self._index = self._load()
             inner = faiss.downcast_index(self._index.index)
             self._hnsw = isinstance(inner, faiss.IndexHNSW)
-            self._removable = self._probe_removable(inner)
+            self._removable = isinstance(inner, faiss.IndexFlatCodes)  # see the module docstring
             self._reconcile()
             self._set_search_parameters()
         except BaseException:
@@ -346,16 +348,6 @@ class FaissGalleryStore(GalleryStore):
         write_snapshot(index, self.directory, self.factory)
         _log(f"built {self.factory} over {index.ntotal} vectors in {time.time() - t:.1f}s")
         return index
-
-    @staticmethod
-    def _probe_removable(inner) -> bool:
-        import faiss
-
-        try:
-            inner.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
-            return True
-        except RuntimeError:
-            return False
 
     def _reconcile(self) -> None:
         """Make the index hold exactly the live ids of SQLite (see the module docstring)."""
