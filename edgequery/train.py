@@ -261,6 +261,8 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
         import torch.distributed as tdist
 
         tdist.barrier()
+        if not dist.main:  # only rank 0 writes; the others return what it wrote
+            ckpt = load_checkpoint(out)
     return ckpt
 
 
