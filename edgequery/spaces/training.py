@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..checkpoint import load_checkpoint
 from ..data import DataSpec, Splits, load_splits
@@ -70,6 +71,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, 
                              f"trained on {gspec['num_classes']}",
                              "train the supernet on the gallery's data (drop the data overrides)")
     scale, margin = gspec.get("scale", 16.0), gspec.get("margin", 0.0)
+    torch.manual_seed(cfg.seed)  # a reproducible initialisation: the same settings give the same supernet
     model = Supernet(space, gspec["embed_dim"], splits.num_classes, scale, margin)
     loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight)
 
