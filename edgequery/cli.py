@@ -15,13 +15,14 @@ import sys
 from . import __version__
 from .errors import EdgeQueryError
 
-COMMAND_MODULES = ("data", "train", "eval", "demo", "index", "serve")
+COMMAND_MODULES = ("data", "train", "eval", "demo", "index", "serve", "export")
 
 EPILOG = """\
 stages, in order:
   edgequery train gallery            ResNet-101 gallery model           -> gallery.pt
   edgequery train query --bct        small query net, BCT-compatible    -> query.pt
   edgequery eval                     paragon / homogeneous / heterogeneous retrieval
+  edgequery export / verify          TFLite + ONNX files, parity-checked, model card -> export/<name>/
   edgequery demo                     all of the above, small, into one folder
   edgequery index                    embed the gallery, build the faiss index -> gallery_index/
   edgequery serve                    HTTP search API + demo page over an index
