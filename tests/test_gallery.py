@@ -24,7 +24,7 @@ from edgequery.gallery.store import snapshot_path
 TINY_SPEC = DataSpec(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
 
 
-def make_tiny_gallery(path):
+def make_tiny_gallery(path, splits=None):
     """Train the tiny gallery checkpoint the gallery and server tests use (~5 s)."""
     from edgequery.recipes import train_gallery
     from edgequery.train import TrainConfig
@@ -32,7 +32,8 @@ def make_tiny_gallery(path):
     # batch 32 (8 steps), not the default 128 (2 steps): after 2 steps BatchNorm's running
     # statistics are still near their initial values and, in eval mode, MobileNetV3 at 32 px
     # maps every image to (numerically) the same embedding.
-    return train_gallery(TINY_SPEC, TrainConfig(epochs=1, batch_size=32), path, arch="mobilenet_v3_small")
+    return train_gallery(TINY_SPEC, TrainConfig(epochs=1, batch_size=32), path, arch="mobilenet_v3_small",
+                         splits=splits)
 
 
 @pytest.fixture(scope="module")

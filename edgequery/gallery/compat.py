@@ -15,8 +15,10 @@ Anything else is refused (HTTP 409): a query net trained against another gallery
 without BCT, produces vectors that look fine but retrieve garbage.  A card or checkpoint
 that is not compatible is refused when the server starts, not at the first query.
 
-Model cards are written by ``edgequery export`` (DESIGN.md §3) and read defensively,
-since the file may come from another version or be hand-edited.  The fields read:
+Model cards are written by ``edgequery export`` (:mod:`edgequery.export.card`: keys
+``model_version``, ``embed_dim``, ``compatible_with.gallery_version``) and read
+defensively, since a card may come from another version or be hand-edited.  The fields
+read, first match wins:
 
 ========================  ==================================================================
 query model version       ``model_version``, else ``query_model_version``, else

@@ -1,0 +1,437 @@
+"""The gallery HTTP API, tested against real ``edgequery serve`` processes on 127.0.0.1.
+
+Every server here is a subprocess running uvicorn, spoken to over loopback with httpx.
+The durability test kills it with SIGKILL right after writes were acknowledged and
+checks the writes are there after a restart.  The model is the tiny gallery checkpoint
+of ``test_gallery`` (MobileNetV3-small, 1 epoch); the query model a 1-epoch BCT net.
+The export model card is written here in the shape DESIGN.md §3 gives it (the export
+stage is another module; the server only reads the card's JSON).
+"""
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from test_gallery import TINY_SPEC, make_tiny_gallery
+
+from edgequery.checkpoint import load_checkpoint, save_checkpoint
+from edgequery.data import load_splits
+from edgequery.evaluate import embed
+from edgequery.gallery.app import TOKEN_ENV
+from edgequery.gallery.build import build_index
+from edgequery.gallery.compat import accepted_versions
+from edgequery.gallery.images import png_thumbnail
+from edgequery.gallery.store import snapshot_path
+from edgequery.models import model_from_checkpoint
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``edgequery serve`` in a subprocess; ready once /healthz answers."""
+
+    def __init__(self, index, *flags, token=TOKEN, log_dir=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        if token:
+            env[TOKEN_ENV] = token
+        self.log_path = (log_dir or index) / f"server-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgequery", "serve", "--index", str(index), "--port", str(self.port),
+             "--log-level", "warning", *map(str, flags)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                self.kill9()
+                raise AssertionError(f"server not ready after 120 s:\n{self.output()}")
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.log.close()
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_splits(TINY_SPEC, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, data):
+    from edgequery.recipes import train_query
+    from edgequery.train import TrainConfig
+
+    d = tmp_path_factory.mktemp("models")
+    make_tiny_gallery(d / "gallery.pt", splits=data)
+    train_query(d / "gallery.pt", TrainConfig(epochs=1, batch_size=32), d / "query.pt", bct=True, splits=data)
+    return d / "gallery.pt", d / "query.pt"
+
+
+@pytest.fixture(scope="module")
+def models(ckpts):
+    return tuple(model_from_checkpoint(load_checkpoint(p)) for p in ckpts)
+
+
+@pytest.fixture(scope="module")
+def flat_index(ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flat") / "index"
+    build_index(ckpts[0], "fashion-mnist", "Flat", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def export_dir(ckpts, tmp_path_factory):
+    """The identity part of the model card `edgequery export` writes (edgequery/export/card.py)
+    for the BCT query net; the server reads nothing else from an export."""
+    q = load_checkpoint(ckpts[1], "query")
+    d = tmp_path_factory.mktemp("export") / "mbv3_small"
+    d.mkdir()
+    (d / "model_card.json").write_text(json.dumps({
+        "format": "edgequery-model-card", "format_version": 1, "name": "mbv3_small", "arch": q["model"]["arch"],
+        "model_version": q["model_version"], "embed_dim": q["model"]["embed_dim"], "l2_normalized": True,
+        "compatible_with": q["compatible_with"],
+        "input": {"size": 32, "layout": "NCHW", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(flat_index, export_dir, tmp_path_factory):
+    s = Server(flat_index, "--export", export_dir, "--max-upload-mb", "1", "--max-pixels", "1000000",
+               log_dir=tmp_path_factory.mktemp("logs"))
+    yield s
+    s.stop()
+
+
+def vec(model, images) -> list[list[float]]:
+    return embed(model, images, TINY_SPEC).tolist()
+
+
+def png(image: torch.Tensor) -> bytes:
+    return png_thumbnail(image)
+
+
+def search(url, embedding, version, k=5, **kw):
+    return httpx.post(url + "/v1/search", json={"embedding": embedding, "model_version": version, "k": k}, **kw)
+
+
+# --------------------------------------------------------------------------- read-only endpoints
+
+
+def test_health_model_card_and_docs(server, ckpts):
+    g, q = (load_checkpoint(p) for p in ckpts)
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok", "items": 200,
+                                                         "model_version": g["model_version"]}
+    card = httpx.get(server.url + "/v1/model").json()
+    assert card["gallery"]["model_version"] == g["model_version"]
+    assert card["gallery"]["input"]["resolution"] == 32 and card["gallery"]["embedding"]["dim"] == 128
+    accepted = {a["model_version"]: a["role"] for a in card["accepted_model_versions"]}
+    assert accepted == {g["model_version"]: "gallery", q["model_version"]: "query"}
+    assert card["index"]["factory"] == "Flat" and card["index"]["items"] == 200
+    assert card["writes_enabled"] is True and card["limits"]["max_pixels"] == 1_000_000
+    assert "/v1/search" in httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert "swagger" in httpx.get(server.url + "/docs").text.lower()
+
+
+def test_search_by_gallery_embedding_finds_the_item(server, models, data, ckpts):
+    version = load_checkpoint(ckpts[0])["model_version"]
+    for i, e in enumerate(vec(models[0], data.gallery.images[:5])):
+        r = search(server.url, e, version, k=7)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["results"]) == 7 and body["model_version"] == version
+        top = body["results"][0]
+        assert top["id"] == i + 1 and top["score"] > 0.999
+        assert top["label"] == int(data.gallery.labels[i]) and top["source"] == f"fashion-mnist/gallery#{i}"
+        assert [h["score"] for h in body["results"]] == sorted((h["score"] for h in body["results"]), reverse=True)
+
+
+def test_query_model_embeddings_are_accepted(server, models, data, ckpts):
+    q = load_checkpoint(ckpts[1])
+    r = search(server.url, vec(models[1], data.query.images[:1])[0], q["model_version"], k=10)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 10
+
+
+def test_bad_search_requests_say_what_to_do(server, ckpts):
+    version = load_checkpoint(ckpts[0])["model_version"]
+    good = [0.1] * 128
+
+    def body(**kw):
+        return json.dumps({"embedding": good, "model_version": version, "k": 5, **kw})
+
+    cases = [
+        (body(embedding=[0.1] * 127), 422, "has 127 values but this gallery's embeddings have 128"),
+        (body(embedding=[0.1] * 129), 422, "has 129 values"),
+        (body().replace("[0.1, ", "[NaN, ", 1), 422, "NaN or Inf"),
+        (body().replace("[0.1, ", "[Infinity, ", 1), 422, "NaN or Inf"),
+        (body().replace("0.1]", "-Infinity]", 1), 422, "first at index 127"),
+        (body(embedding=[0.0] * 128), 422, "all zeros"),
+        (body(k=0), 422, "k=0 is out of range"),
+        (body(k=101), 422, "k=101 is out of range"),
+        (body(k="many"), 422, "k"),
+        (body(embedding=["a"] * 128), 422, "embedding"),
+        (json.dumps({"embedding": good}), 422, "model_version"),
+        ("{not json", 422, "not valid JSON"),
+        (body(model_version="0123456789abcdef"), 409, "not compatible with this gallery"),
+    ]
+    for raw, status, needle in cases:
+        r = httpx.post(server.url + "/v1/search", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == status, (raw[:60], r.text)
+        err = r.json()
+        assert needle in err["problem"], (needle, err)
+        assert err["fix"]
+    r = httpx.post(server.url + "/v1/search", content=body(embedding=[0.1] * 300_000),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["problem"]
+
+
+def test_no_bct_query_models_are_refused(ckpts, tmp_path):
+    g = load_checkpoint(ckpts[0], "gallery")
+    q = load_checkpoint(ckpts[1], "query")
+    assert set(accepted_versions(g, str(ckpts[0]), queries=[str(ckpts[1])])) == {g["model_version"],
+                                                                                  q["model_version"]}
+    save_checkpoint(tmp_path / "nobct.pt", {**q, "compatible_with": None})
+    with pytest.raises(Exception, match="trained without BCT"):
+        accepted_versions(g, str(ckpts[0]), queries=[str(tmp_path / "nobct.pt")])
+
+
+# --------------------------------------------------------------------------- image search
+
+
+def test_image_search_and_upload_limits(server, data):
+    for i in (3, 77):
+        r = httpx.post(server.url + "/v1/search/image", files={"image": ("g.png", png(data.gallery.images[i]))},
+                       data={"k": "3"})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["id"] == i + 1 and len(r.json()["results"]) == 3
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")  # 4 MP declared, a few kB on the wire
+    cases = [
+        ({"image": ("bomb.png", buf.getvalue())}, {}, 413, "2000x2000 = 4000000 pixels"),
+        ({"image": ("big.bin", os.urandom(1_200_000))}, {}, 413, "limit of 1048576 bytes"),
+        ({"image": ("notes.txt", b"hello, not an image")}, {}, 422, "not an image format"),
+        ({"image": ("empty.png", b"")}, {}, 422, "empty"),
+        ({"image": ("g.png", png(data.gallery.images[0]))}, {"k": "0"}, 422, "k=0"),
+        ({"file": ("g.png", png(data.gallery.images[0]))}, {}, 422, "image"),
+    ]
+    for files, form, status, needle in cases:
+        r = httpx.post(server.url + "/v1/search/image", files=files, data=form)
+        assert r.status_code == status, (needle, r.text)
+        assert needle in r.json()["problem"] and r.json()["fix"]
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def test_writes_need_the_token(server, data):
+    files = {"images": ("x.png", png(data.query.images[0]))}
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": TOKEN}):
+        r = httpx.post(server.url + "/v1/gallery", files=files, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        assert "bearer token" in r.json()["problem"]
+        assert httpx.delete(server.url + "/v1/gallery/1", headers=headers).status_code == 401
+    # refused before the body is parsed: a stranger's oversized upload gets 401, not 413
+    r = httpx.post(server.url + "/v1/gallery", files={"images": ("x.bin", os.urandom(1_500_000))})
+    assert r.status_code == 401
+    assert httpx.get(server.url + "/v1/gallery/1").status_code == 200  # nothing was deleted
+
+
+def test_add_search_delete_roundtrip(server, data):
+    imgs = [data.query.images[0], data.query.images[1]]
+    r = httpx.post(server.url + "/v1/gallery", headers=AUTH,
+                   files=[("images", ("a.png", png(imgs[0]))), ("images", ("b.png", png(imgs[1])))],
+                   data={"labels": ["Bag", "3"], "sources": ["shop/a", "shop/b"]})
+    assert r.status_code == 201, r.text
+    added = r.json()["added"]
+    assert [a["label_name"] for a in added] == ["Bag", "Dress"] and [a["label"] for a in added] == [8, 3]
+    assert [a["source"] for a in added] == ["shop/a", "shop/b"]
+    new_id = added[0]["id"]
+    assert new_id > 200
+    r = httpx.post(server.url + "/v1/search/image", files={"image": ("a.png", png(imgs[0]))}, data={"k": "3"})
+    assert r.json()["results"][0]["id"] == new_id
+    assert httpx.get(f"{server.url}/v1/gallery/{new_id}").json()["source"] == "shop/a"
+    thumb = httpx.get(f"{server.url}/v1/gallery/{new_id}/thumbnail")
+    assert thumb.headers["content-type"] == "image/png" and thumb.content.startswith(b"\x89PNG")
+
+    assert httpx.delete(f"{server.url}/v1/gallery/{new_id}", headers=AUTH).json() == {"deleted": new_id}
+    assert httpx.get(f"{server.url}/v1/gallery/{new_id}").status_code == 404
+    assert httpx.delete(f"{server.url}/v1/gallery/{new_id}", headers=AUTH).status_code == 404
+    r = httpx.post(server.url + "/v1/search/image", files={"image": ("a.png", png(imgs[0]))}, data={"k": "50"})
+    assert new_id not in [h["id"] for h in r.json()["results"]]
+    httpx.delete(f"{server.url}/v1/gallery/{added[1]['id']}", headers=AUTH).raise_for_status()
+
+    for form, needle in (({"labels": "Spaceship"}, "not one of this gallery's classes"),
+                         ({"labels": ["Bag", "Bag", "Bag"]}, "3 labels for 1 images")):
+        r = httpx.post(server.url + "/v1/gallery", headers=AUTH, files={"images": ("a.png", png(imgs[0]))},
+                       data=form)
+        assert r.status_code == 422 and needle in r.json()["problem"], r.text
+    assert httpx.get(server.url + "/healthz").json()["items"] == 200
+
+
+def test_concurrent_clients_in_a_bounded_loop(server, models, data, ckpts):
+    version = load_checkpoint(ckpts[0])["model_version"]
+    embs = vec(models[0], data.gallery.images[:16])
+    images = [png(data.gallery.images[i]) for i in range(4)]
+    errors, done = [], []
+
+    def reader(t):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for j in range(20):
+                if j % 4 == 3:
+                    r = c.post("/v1/search/image", files={"image": ("q.png", images[j % 4])}, data={"k": "5"})
+                    expect = j % 4 + 1
+                else:
+                    i = (t * 7 + j) % 16
+                    r = c.post("/v1/search", json={"embedding": embs[i], "model_version": version, "k": 5})
+                    expect = i + 1
+                if r.status_code != 200 or r.json()["results"][0]["id"] != expect:
+                    errors.append((t, j, r.status_code, r.text[:200]))
+                done.append(1)
+
+    def writer():
+        with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as c:
+            for j in range(8):
+                r = c.post("/v1/gallery", files={"images": ("w.png", png(data.query.images[j]))})
+                if r.status_code != 201:
+                    errors.append(("add", j, r.status_code, r.text[:200]))
+                    continue
+                r = c.delete(f"/v1/gallery/{r.json()['added'][0]['id']}")
+                if r.status_code != 200:
+                    errors.append(("delete", j, r.status_code, r.text[:200]))
+
+    threads = [threading.Thread(target=reader, args=(t,)) for t in range(8)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:5]
+    assert len(done) == 160
+    assert httpx.get(server.url + "/healthz").json()["items"] == 200
+
+
+# --------------------------------------------------------------------------- durability
+
+
+@pytest.mark.parametrize("factory", ["Flat", pytest.param("HNSW32", marks=pytest.mark.slow)])
+def test_acknowledged_writes_survive_kill_9(flat_index, ckpts, data, models, tmp_path, factory):
+    index = tmp_path / "index"
+    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
+    if factory != "Flat":
+        build_index(ckpts[0], "fashion-mnist", factory, index, progress=False)  # re-index, no re-embedding
+    snap = snapshot_path(index, factory)
+    snap_mtime = snap.stat().st_mtime_ns
+    version = load_checkpoint(ckpts[0])["model_version"]
+
+    s = Server(index, "--snapshot-every", "1000000", log_dir=tmp_path)
+    new_png = png(data.query.images[5])
+    r = httpx.post(s.url + "/v1/gallery", headers=AUTH, files={"images": ("new.png", new_png)},
+                   data={"labels": "Bag"})
+    assert r.status_code == 201, r.text
+    new_id = r.json()["added"][0]["id"]
+    assert httpx.delete(s.url + "/v1/gallery/10", headers=AUTH).status_code == 200
+    s.kill9()  # no shutdown hook, no snapshot: only what SQLite committed remains
+    assert s.proc.returncode == -signal.SIGKILL
+    assert snap.stat().st_mtime_ns == snap_mtime  # the faiss snapshot never saw these writes
+
+    s = Server(index, log_dir=tmp_path)
+    try:
+        assert "caught up" in s.output() and "+1 added, -1 deleted" in s.output()
+        assert httpx.get(f"{s.url}/v1/gallery/{new_id}").json()["label_name"] == "Bag"
+        r = httpx.post(s.url + "/v1/search/image", files={"image": ("new.png", new_png)}, data={"k": "1"})
+        assert r.json()["results"][0]["id"] == new_id
+        assert httpx.get(s.url + "/v1/gallery/10").status_code == 404
+        r = search(s.url, vec(models[0], data.gallery.images[9:10])[0], version, k=20)
+        assert 10 not in [h["id"] for h in r.json()["results"]]
+        assert httpx.get(s.url + "/healthz").json()["items"] == 200
+        r = httpx.post(s.url + "/v1/gallery", headers=AUTH, files={"images": ("n2.png", new_png)})
+        assert r.json()["added"][0]["id"] == new_id + 1  # ids are never reused
+    finally:
+        s.stop()
+
+
+def test_read_only_server_refuses_writes(flat_index, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
+    s = Server(index, token=None, log_dir=tmp_path)
+    try:
+        assert httpx.get(s.url + "/v1/model").json()["writes_enabled"] is False
+        for headers in ({}, AUTH):
+            r = httpx.delete(s.url + "/v1/gallery/1", headers=headers)
+            assert r.status_code == 403 and "without an API token" in r.json()["problem"]
+    finally:
+        s.stop()
+    assert "writes disabled" in s.output()
+
+
+def test_serve_refuses_bad_setups(flat_index, server, ckpts, export_dir, tmp_path, monkeypatch, capsys):
+    from edgequery.cli import main
+
+    index = tmp_path / "index"
+    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
+    g = load_checkpoint(ckpts[0], "gallery")
+    other = tmp_path / "other_gallery.pt"
+    save_checkpoint(other, {**g, "state_dict": {**g["state_dict"], "head.bias": g["state_dict"]["head.bias"] + 1}})
+    card = json.loads((export_dir / "model_card.json").read_text())
+    bad_card = tmp_path / "bad_export"
+    bad_card.mkdir()
+    (bad_card / "model_card.json").write_text(json.dumps({**card, "compatible_with": {"gallery_version": "ffff"}}))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    cases = [
+        (["--index", flat_index], "in use by another edgequery process"),
+        (["--index", index, "--gallery", other], "but the index at"),
+        (["--index", index, "--export", bad_card], "compatible with gallery model_version ffff"),
+        (["--index", index, "--export", tmp_path / "nothing"], "no model card"),
+        (["--index", tmp_path / "missing"], "no gallery index"),
+        (["--index", index, "--port", "0"], "is not a TCP port"),
+    ]
+    for flags, needle in cases:
+        assert main(["serve", *map(str, flags)]) == 2
+        assert needle in capsys.readouterr().err, needle
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    assert main(["serve", "--index", str(index)]) == 2
+    assert "shorter than 16" in capsys.readouterr().err
