@@ -1,0 +1,354 @@
+"""``edgequery export`` / ``verify`` on real checkpoints, real converters and real runtimes.
+
+Query nets are trained for one epoch on a small real Fashion-MNIST split (the shared
+fixture below), converted by litert-torch and torch.onnx, and run in ai-edge-litert and
+onnxruntime.  Conversion takes 10-30 s per file on two shared cores, so everything that
+converts is marked ``slow``; the fast tests cover the contract pieces that need no
+conversion.  Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edgequery import cli
+from edgequery.checkpoint import load_checkpoint, save_checkpoint
+from edgequery.data import DataSpec, load_splits, to_model_input
+from edgequery.errors import EdgeQueryError
+from edgequery.export import ExportOptions, export_query, verify_export
+from edgequery.export.card import read_onnx_metadata, sha256_file
+from edgequery.export.pipeline import file_name, parity_figures, parity_passed, read_png
+from edgequery.export.runtimes import measure_latency, open_runner
+from edgequery.train import TrainConfig
+
+SPEC = DataSpec(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
+QUICK = dict(threads=(1,), runs=5, warmup=1, parity_images=32, calibration=32, progress=False)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """gallery.pt, a BCT query.pt and a non-BCT query_nobct.pt (MobileNetV3-small, 1 epoch)."""
+    from edgequery.recipes import train_gallery, train_query
+
+    d = tmp_path_factory.mktemp("export")
+    splits = load_splits(SPEC, progress=False)
+    cfg = TrainConfig(epochs=1)
+    train_gallery(SPEC, cfg, d / "gallery.pt", arch="mobilenet_v3_small", splits=splits)
+    train_query(d / "gallery.pt", cfg, d / "query.pt", arch="mobilenet_v3_small", bct=True, splits=splits)
+    train_query(d / "gallery.pt", TrainConfig(epochs=1, seed=1), d / "query_nobct.pt", arch="mobilenet_v3_small",
+                bct=False, splits=splits)
+    return d
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The full export: both formats, NHWC variant, dynamic + int8, with the gallery."""
+    out = trained / "exports" / "full"
+    card = export_query(trained / "query.pt", out, trained / "gallery.pt",
+                        ExportOptions(quantize=("dynamic", "int8"), nhwc=True, **QUICK))
+    return out, card
+
+
+def other_gallery(trained):
+    """A real gallery checkpoint with different weights (so a different model_version)."""
+    g = load_checkpoint(trained / "gallery.pt", "gallery")
+    g["state_dict"] = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in g["state_dict"].items()}
+    path = trained / "gallery_other.pt"
+    if not path.exists():
+        save_checkpoint(path, g)
+    return path
+
+
+# --------------------------------------------------------------------------- fast: the contract pieces
+
+
+def test_options_are_validated():
+    with pytest.raises(EdgeQueryError, match="unknown export format"):
+        ExportOptions(formats=("coreml",))
+    with pytest.raises(EdgeQueryError, match="--nhwc"):
+        ExportOptions(formats=("onnx",), nhwc=True)
+    with pytest.raises(EdgeQueryError, match="quantization mode"):
+        ExportOptions(quantize=("int4",))
+    with pytest.raises(EdgeQueryError, match="thread"):
+        ExportOptions(threads=(0,))
+    assert ExportOptions(quantize=("none",)).quantize == ()
+
+
+def test_file_names_say_layout_and_quantization():
+    assert file_name("tflite", "NCHW", "none") == "query_encoder.tflite"
+    assert file_name("tflite", "NHWC", "int8") == "query_encoder_nhwc_int8.tflite"
+    assert file_name("onnx", "NCHW", "dynamic") == "query_encoder_dynamic.onnx"
+
+
+def test_parity_figures_see_past_a_shared_component():
+    """Embeddings dominated by one shared direction: plain cosine stays ~1, the centred one does not."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=(1, 16)) * 10
+    ref = common + rng.normal(size=(8, 16)) * 0.05
+    wrong = common + rng.normal(size=(8, 16)) * 0.05   # right common part, wrong image-dependent part
+    par = parity_figures(wrong, ref)
+    assert par["cosine_min"] > 0.999
+    assert par["centred_cosine_min"] < 0.9
+    assert not parity_passed(par)
+    assert parity_passed(parity_figures(ref + 1e-7, ref))
+
+
+def test_committed_fixture_matches_the_preprocessing():
+    """export/fixture/ (committed for apps) equals what the code produces today."""
+    from edgequery.export.fixture import FIXTURE_DIR, reference_input
+
+    image, x, source = reference_input()
+    doc = json.loads((FIXTURE_DIR / "expected.json").read_text())
+    assert torch.equal(read_png(FIXTURE_DIR / "test_image.png"), image)
+    assert doc["image_sha256"] == sha256_file(FIXTURE_DIR / "test_image.png")
+    assert doc["source"] == source
+    assert np.abs(np.asarray(doc["input"]["values"], np.float32) - x.reshape(-1)).max() < 1e-6
+    assert doc["input"]["shape"] == [1, 3, 32, 32]
+
+
+def test_verify_refuses_a_folder_without_a_card(tmp_path):
+    with pytest.raises(EdgeQueryError, match="no model card"):
+        verify_export(tmp_path, progress=False)
+    (tmp_path / "model_card.json").write_text('{"format": "something-else"}')
+    with pytest.raises(EdgeQueryError, match="not an edgequery model card"):
+        verify_export(tmp_path, progress=False)
+
+
+# --------------------------------------------------------------------------- slow: real exports
+
+
+@pytest.mark.slow
+def test_export_writes_checked_files_and_a_card(trained, exported):
+    out, card = exported
+    q = load_checkpoint(trained / "query.pt", "query")
+    g = load_checkpoint(trained / "gallery.pt", "gallery")
+    assert card["model_version"] == q["model_version"]
+    assert card["compatible_with"]["gallery_version"] == g["model_version"]
+    assert card["embed_dim"] == 128 and card["l2_normalized"] is True
+    assert card["input"]["resolution"] == 32 and card["input"]["mean"] == list(SPEC.mean)
+
+    names = {e["file"] for e in card["files"]}
+    assert names == {"query_encoder.tflite", "query_encoder_nhwc.tflite", "query_encoder.onnx",
+                     "query_encoder_dynamic.tflite", "query_encoder_int8.tflite",
+                     "query_encoder_nhwc_dynamic.tflite", "query_encoder_nhwc_int8.tflite",
+                     "query_encoder_dynamic.onnx", "query_encoder_int8.onnx"}
+    on_disk = json.loads((out / "model_card.json").read_text())
+    assert on_disk["files"] == json.loads(json.dumps(card["files"]))
+    for e in card["files"]:
+        assert sha256_file(out / e["file"]) == e["sha256"]
+        assert e["io"]["input"]["name"] == "image" and e["io"]["output"]["name"] == "embedding"
+        assert set(e["latency"]) == {"threads=1"}
+        lat = e["latency"]["threads=1"]
+        assert 0 < lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"] and lat["runs"] == 5
+        assert 0.0 <= e["retrieval"]["recall@1"] <= 1.0
+        if e["quantization"] == "none":  # the contract: float files match PyTorch on real images
+            assert e["parity"]["passed"] and e["parity"]["cosine_min"] >= 0.9999
+            assert e["parity"]["images"] == 32
+            # and so they retrieve exactly what PyTorch retrieves
+            assert abs(e["retrieval"]["recall@1"] - card["retrieval"]["pytorch"]["recall@1"]) < 1e-9
+    by = {e["file"]: e for e in card["files"]}
+    assert by["query_encoder_nhwc.tflite"]["io"]["input"]["shape"] == [1, 32, 32, 3]
+    assert by["query_encoder.tflite"]["io"]["input"]["shape"] == [1, 3, 32, 32]
+    # quantized: the change in heterogeneous Recall@1 is reported; dynamic is gated at 1 point
+    for f in ("query_encoder_dynamic.tflite", "query_encoder_dynamic.onnx"):
+        r = by[f]["retrieval"]
+        assert r["passed"] and r["recall@1_drop_points"] <= 1.0
+    assert "recall@1_drop_points" in by["query_encoder_int8.onnx"]["retrieval"]
+    io8 = by["query_encoder_int8.tflite"]["io"]
+    assert io8["input"]["dtype"] == "int8" and io8["input"]["quantization"]["scale"] > 0
+    assert by["query_encoder_int8.tflite"]["calibration_images"] == 32
+    # quantized files are smaller than their float file
+    assert by["query_encoder_dynamic.tflite"]["bytes"] < 0.5 * by["query_encoder.tflite"]["bytes"]
+    assert card["lut_prediction"] is None
+
+
+@pytest.mark.slow
+def test_onnx_metadata_and_the_server_accept_the_card(trained, exported):
+    from edgequery.gallery.compat import accepted_versions
+
+    out, card = exported
+    meta = read_onnx_metadata(out / "query_encoder.onnx")
+    assert meta["model_version"] == card["model_version"]
+    assert meta["gallery_version"] == card["compatible_with"]["gallery_version"]
+    assert json.loads(meta["edgequery.model_card"])["input"] == card["input"]
+    g = load_checkpoint(trained / "gallery.pt", "gallery")
+    accepted = accepted_versions(g, str(trained / "gallery.pt"), exports=[str(out)])
+    assert accepted[card["model_version"]].role == "query"
+
+
+@pytest.mark.slow
+def test_test_vector_lets_an_app_check_itself(exported):
+    """Re-do an app's work from the README: decode the PNG, pre-process, run, compare."""
+    out, card = exported
+    vector = json.loads((out / "test_vector.json").read_text())
+    from PIL import Image
+
+    img = np.asarray(Image.open(out / vector["image"]), np.float32)
+    rgb = np.repeat(img[None], 3, axis=0) / 255.0                           # grey -> RGB, [0, 1]
+    mean, std = np.asarray(card["input"]["mean"]), np.asarray(card["input"]["std"])
+    x = ((rgb - mean[:, None, None]) / std[:, None, None])[None].astype(np.float32)
+    assert np.abs(x.reshape(-1) - np.asarray(vector["input"]["values"])).max() < 1e-4
+    for e in card["files"]:
+        runner = open_runner(out / e["file"], e["format"], layout=e["layout"])
+        got = runner.embed(x)[0]
+        assert float(got @ np.asarray(vector["expected_embedding"][e["file"]])) > 0.9999
+    assert float(np.asarray(vector["expected_embedding"]["pytorch"])
+                 @ np.asarray(vector["expected_embedding"]["query_encoder.tflite"])) > 0.9999
+
+
+@pytest.mark.slow
+def test_verify_passes_then_catches_tampering(trained, exported, tmp_path, capsys):
+    out, _ = exported
+    report = verify_export(out, trained / "gallery.pt", progress=False)
+    assert report["passed"] and any(c["check"] == "compatibility" for c in report["checks"])
+    assert cli.main(["verify", str(out), "--gallery", str(trained / "gallery.pt")]) == 0
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "query_encoder.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "query_encoder.tflite").write_bytes(bytes(data))
+    with pytest.raises(EdgeQueryError, match="query_encoder.tflite was modified after export"):
+        verify_export(bad, progress=False)
+    capsys.readouterr()
+    assert cli.main(["verify", str(bad)]) == 2
+    assert "modified after export" in capsys.readouterr().err
+
+    (bad / "query_encoder.tflite").unlink()
+    with pytest.raises(EdgeQueryError, match="missing"):
+        verify_export(bad, progress=False)
+
+
+@pytest.mark.slow
+def test_verify_refuses_another_gallery(trained, exported, capsys):
+    out, card = exported
+    other = other_gallery(trained)
+    with pytest.raises(EdgeQueryError, match="compatible with gallery model_version"):
+        verify_export(out, other, progress=False)
+    capsys.readouterr()
+    assert cli.main(["verify", str(out), "--gallery", str(other)]) == 2
+    assert card["compatible_with"]["gallery_version"] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_verify_catches_a_swapped_model_even_with_rehashed_card(trained, exported, tmp_path):
+    """Someone drops another net's file in and fixes the hash and metadata: parity still fails."""
+    from edgequery.export.card import write_onnx_metadata
+    from edgequery.export.convert import to_onnx
+    from edgequery.models import model_from_checkpoint
+
+    out, _ = exported
+    bad = tmp_path / "swapped"
+    shutil.copytree(out, bad)
+    meta = read_onnx_metadata(bad / "query_encoder.onnx")
+    to_onnx(model_from_checkpoint(load_checkpoint(trained / "query_nobct.pt", "query")), 32, bad / "query_encoder.onnx")
+    write_onnx_metadata(bad / "query_encoder.onnx", meta)
+    card = json.loads((bad / "model_card.json").read_text())
+    for e in card["files"]:
+        if e["file"] == "query_encoder.onnx":
+            e["sha256"] = sha256_file(bad / "query_encoder.onnx")
+    (bad / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(EdgeQueryError, match="query_encoder.onnx no longer reproduces PyTorch"):
+        verify_export(bad, progress=False)
+
+
+@pytest.mark.slow
+def test_parity_gate_catches_an_app_preprocessing_bug(trained, exported):
+    """Feeding 0..1 pixels without mean/std (a classic app bug) fails the float32 parity gate."""
+    out, card = exported
+    splits = load_splits(SPEC, progress=False)
+    imgs = splits.query.images[:16]
+    from edgequery.models import model_from_checkpoint
+
+    net = model_from_checkpoint(load_checkpoint(trained / "query.pt", "query"))
+    with torch.no_grad():
+        ref = net(to_model_input(imgs, SPEC)).numpy()
+    runner = open_runner(out / "query_encoder.tflite", "tflite")
+    right = runner.embed(to_model_input(imgs, SPEC).numpy())
+    wrong = runner.embed((imgs.float() / 255).expand(-1, 3, -1, -1).numpy())
+    assert parity_passed(parity_figures(right, ref))
+    assert not parity_passed(parity_figures(wrong, ref))
+
+
+@pytest.mark.slow
+def test_refuses_a_query_net_without_gallery_version(trained, capsys):
+    with pytest.raises(EdgeQueryError, match="trained without BCT.*--allow-incompatible"):
+        export_query(trained / "query_nobct.pt", trained / "exports" / "nobct", options=ExportOptions(**QUICK))
+    assert not (trained / "exports" / "nobct").exists()
+    capsys.readouterr()
+    rc = cli.main(["export", "--query", str(trained / "query_nobct.pt"), "--out", str(trained / "exports" / "x")])
+    assert rc == 2 and "--allow-incompatible" in capsys.readouterr().err
+
+    # forced: the card says so, and neither verify --gallery nor the server accept it
+    from edgequery.gallery.compat import read_model_card, accepted_from_card
+
+    out = trained / "exports" / "nobct"
+    rc = cli.main(["export", "--query", str(trained / "query_nobct.pt"), "--out", str(out), "--formats", "onnx",
+                   "--allow-incompatible", "--threads", "1", "--runs", "3", "--parity-images", "16"])
+    assert rc == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["compatible_with"] is None and "BCT" in card["warning"]
+    assert [e["file"] for e in card["files"]] == ["query_encoder.onnx"]
+    with pytest.raises(EdgeQueryError, match="without BCT"):
+        verify_export(out, trained / "gallery.pt", progress=False)
+    g = load_checkpoint(trained / "gallery.pt", "gallery")
+    with pytest.raises(EdgeQueryError, match="compatible"):
+        accepted_from_card(*read_model_card(out), g["model_version"], 128)
+
+
+@pytest.mark.slow
+def test_refuses_wrong_gallery_missing_gallery_and_existing_output(trained, exported):
+    out, card = exported
+    with pytest.raises(EdgeQueryError, match="trained against gallery model_version"):
+        export_query(trained / "query.pt", trained / "exports" / "w", other_gallery(trained),
+                     ExportOptions(**QUICK))
+    with pytest.raises(EdgeQueryError, match="--gallery"):
+        export_query(trained / "query.pt", trained / "exports" / "w", None,
+                     ExportOptions(quantize=("dynamic",), **QUICK))
+    before = (out / "model_card.json").read_bytes()
+    with pytest.raises(EdgeQueryError, match="--force"):
+        export_query(trained / "query.pt", out, trained / "gallery.pt", ExportOptions(**QUICK))
+    assert (out / "model_card.json").read_bytes() == before
+    assert not list((trained / "exports").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_latency_protocol_on_a_real_file(exported):
+    out, _ = exported
+    runner = open_runner(out / "query_encoder.onnx", "onnx", threads=2)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    lat = measure_latency(runner, x, warmup=2, runs=20)
+    assert lat["threads"] == 2 and lat["runs"] == 20 and lat["batch"] == 1
+    assert 0 < lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+    with pytest.raises(EdgeQueryError, match="runs >= 1"):
+        measure_latency(runner, x, runs=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [
+    "mobilenet_v3_large",
+    "mbv3:r24,w0.5,k3e3-k5e4,k7e6-k3e3,k3e3-k3e3,k5e6-k3e3,k3e3-k3e4",   # lower resolution than the data
+    "shufflenet:r32,k3c0.5-k5c0.5-x3c0.5-k7c0.5,k3c0.5-k3c0.5-k3c0.5-k3c0.5,"
+    "k3c0.5-k3c0.5-k3c0.5-k3c0.5-k3c0.5-k3c0.5-k3c0.5-k3c0.5,k3c0.5-k3c0.5-k3c0.5-k3c0.5",
+])
+def test_baselines_and_both_spaces_export_with_parity(trained, arch):
+    from edgequery.recipes import train_query
+
+    ck = trained / f"query-{arch.split(':')[0]}.pt"
+    train_query(trained / "gallery.pt", TrainConfig(epochs=1), ck, arch=arch, bct=True)
+    out = trained / "exports" / arch.split(":")[0]
+    card = export_query(ck, out, None, ExportOptions(**{**QUICK, "parity_images": 16}))
+    res = 24 if arch.startswith("mbv3:r24") else 32
+    assert card["arch"] == arch and card["input"]["resolution"] == res
+    for e in card["files"]:
+        assert e["parity"]["passed"], (arch, e["file"], e["parity"])
+        assert e["io"]["input"]["shape"] == [1, 3, res, res] or e["format"] == "onnx"
+    assert verify_export(out, trained / "gallery.pt", progress=False)["passed"]
