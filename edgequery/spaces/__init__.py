@@ -76,8 +76,9 @@ def parse_arch(text: str | dict) -> tuple["SearchSpace", Any]:
     else:
         name, sep, _ = str(text).strip().partition(":")
         if not sep:
+            prefixes = ", ".join(s + ":" for s in SPACES)
             raise EdgeQueryError(f"{text!r} is not an arch string",
-                                 f"arch strings start with a space name and a colon: {', '.join(s + ':' for s in SPACES)}")
+                                 f"arch strings start with a space name and a colon: {prefixes}")
         if name == "supernet":
             raise EdgeQueryError(f"{text!r} names a whole supernet, not one arch",
                                  "pick an arch from it first (edgequery search), or pass an arch string")

@@ -182,6 +182,18 @@ def bad_field(space: str, text: Any, field: str, value: Any, allowed: Sequence[A
                           f"{field} must be one of: {allowed_text}")
 
 
+def wrong_space(text: str, expected: str) -> EdgeQueryError:
+    """The error for an arch string of another space (or no space prefix at all)."""
+    from . import SPACES
+
+    space = text.partition(":")[0] if ":" in text else None
+    if space and space != expected:
+        return EdgeQueryError(f"arch {text!r} belongs to space {space!r}, not {expected!r}",
+                              f"known spaces: {', '.join(SPACES)}; pass an arch of the {expected} space")
+    return EdgeQueryError(f"{text!r} is not an arch string of the {expected} space",
+                          f"arch strings start with '{expected}:' (known spaces: {', '.join(SPACES)})")
+
+
 def pick(choices: Sequence[Any], rng: np.random.Generator) -> Any:
     return choices[int(rng.integers(len(choices)))]
 

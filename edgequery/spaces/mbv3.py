@@ -45,7 +45,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import EdgeQueryError
 from .base import (ACTIVATIONS, BlockSpec, EmbedBlock, PoolLinear, SearchSpace, bad_field, conv_out, make_block,
-                   parse_key, pick)
+                   parse_key, pick, wrong_space)
 
 # (width, stride, activation, squeeze-and-excitation) of the five searchable stages
 STAGES = ((24, 2, "relu", False), (40, 2, "relu", True), (80, 2, "hswish", False),
@@ -172,7 +172,7 @@ class MBv3Space(SearchSpace):
         text = text.strip()
         space, sep, body = text.partition(":")
         if not sep or space != self.name:
-            raise _wrong_space(text, self.name)
+            raise wrong_space(text, self.name)
         fields = body.split(",")
         if len(fields) != 2 + len(STAGES):
             raise EdgeQueryError(
@@ -203,7 +203,7 @@ class MBv3Space(SearchSpace):
 
     def _parse_dict(self, d: dict) -> MBv3Arch:
         if d.get("space", self.name) != self.name:
-            raise _wrong_space(f"{d.get('space')}:...", self.name)
+            raise wrong_space(f"{d.get('space')}:...", self.name)
         missing = [k for k in ("resolution", "width", "stages") if k not in d]
         if missing:
             raise EdgeQueryError(f"mbv3 JSON arch lacks {', '.join(missing)}",
@@ -303,13 +303,3 @@ class MBv3Space(SearchSpace):
         names += [f"s{si}b{bi}" for si, stage in enumerate(arch.stages, 1) for bi in range(len(stage))]
         return names + ["lastconv", "pool_mix"]
 
-
-def _wrong_space(text: str, expected: str) -> EdgeQueryError:
-    from . import SPACES
-
-    space = text.partition(":")[0] if ":" in text else None
-    if space and space != expected:
-        return EdgeQueryError(f"arch {text!r} belongs to space {space!r}, not {expected!r}",
-                              f"known spaces: {', '.join(SPACES)}; pass an arch of the {expected} space")
-    return EdgeQueryError(f"{text!r} is not an arch string of the {expected} space",
-                          f"arch strings start with '{expected}:' (known spaces: {', '.join(SPACES)})")

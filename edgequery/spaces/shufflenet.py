@@ -35,7 +35,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import EdgeQueryError
 from .base import (ACTIVATIONS, BlockSpec, EmbedBlock, PoolLinear, SearchSpace, bad_field, conv_out, make_block,
-                   parse_key, pick)
+                   parse_key, pick, wrong_space)
 
 STAGE_WIDTHS = (64, 160, 320, 640)
 STAGE_DEPTHS = (4, 4, 8, 4)
@@ -162,12 +162,10 @@ class ShuffleNetSpace(SearchSpace):
         if not isinstance(text, str):
             raise EdgeQueryError(f"cannot read a shufflenet arch from a {type(text).__name__}",
                                  "pass the canonical string (shufflenet:r32,...) or its JSON dict")
-        from .mbv3 import _wrong_space
-
         text = text.strip()
         space, sep, body = text.partition(":")
         if not sep or space != self.name:
-            raise _wrong_space(text, self.name)
+            raise wrong_space(text, self.name)
         fields = body.split(",")
         if len(fields) != 1 + len(STAGE_DEPTHS):
             raise EdgeQueryError(
@@ -194,10 +192,8 @@ class ShuffleNetSpace(SearchSpace):
         return self._validated(res, stages, text)
 
     def _parse_dict(self, d: dict) -> ShuffleArch:
-        from .mbv3 import _wrong_space
-
         if d.get("space", self.name) != self.name:
-            raise _wrong_space(f"{d.get('space')}:...", self.name)
+            raise wrong_space(f"{d.get('space')}:...", self.name)
         missing = [k for k in ("resolution", "stages") if k not in d]
         if missing:
             raise EdgeQueryError(f"shufflenet JSON arch lacks {', '.join(missing)}",
