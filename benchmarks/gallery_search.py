@@ -1,0 +1,374 @@
+"""Gallery search: faiss Flat vs IVF-PQ vs HNSW, and the HTTP server under concurrent clients.
+
+Three parts, each writing its section of ``benchmarks/results/gallery_search.json`` (a
+rerun of one part keeps the others) and the plot ``gallery_search.png``:
+
+``random``   faiss micro-benchmark on 100k and 1M random unit vectors (128-d, isotropic
+             Gaussian, normalised).  Random data is the *hardest* case for approximate
+             search (no cluster structure: neighbours are barely closer than anyone else),
+             so its recall figures are a lower bound; they measure speed and memory.
+``real``     the same comparison on real embeddings: all 70k Fashion-MNIST images
+             (train + test) embedded by the gallery model (ResNet-101), 1000 held out as
+             queries.  Needs ``--gallery``.
+``server``   ``edgequery serve`` in a subprocess on 127.0.0.1 over the real-embedding
+             index (Flat and HNSW32), N concurrent httpx clients, a bounded number of
+             requests per level; ``/v1/search`` (phone path: embedding in, JSON out) and
+             ``/v1/search/image`` (server-side ResNet-101 forward).  Needs ``--gallery``.
+
+For every index: build time (train + add), serialised size, batch throughput (all
+queries in one call, faiss on all cores), single-query latency (nq = 1, one faiss
+thread, as the server runs it) and recall@10 against exact search (Flat).  IVF is swept
+over ``nprobe``, HNSW over ``efSearch``.
+
+    python benchmarks/gallery_search.py                               # all parts
+    python benchmarks/gallery_search.py --parts random --sizes 100000 # a quick look
+    python benchmarks/gallery_search.py --parts real,server --gallery benchmarks/.cache/gallery-r101-n12000-r32-e6.pt
+
+The machine is shared and has 2 cores: the server benchmark's clients run on the same
+cores as the server, so its throughput is a floor and its latencies include client-side
+contention.  Quote ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgequery.commands.common import write_json
+from edgequery.sysinfo import machine_info
+
+HERE = Path(__file__).resolve().parent
+DIM = 128
+N_QUERIES = 1000
+LATENCY_QUERIES = 200
+K = 10
+TRAIN_SAMPLE = 102_400
+FACTORIES = {"Flat": None, "IVF1024,PQ32": ("nprobe", [1, 8, 32, 128]), "HNSW32": ("efSearch", [16, 64, 256])}
+
+
+def random_unit(n: int, seed: int) -> np.ndarray:
+    out = np.empty((n, DIM), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for lo in range(0, n, 100_000):
+        x = rng.standard_normal((min(100_000, n - lo), DIM), dtype=np.float32)
+        out[lo:lo + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / K for f, t in zip(found, truth)]))
+
+
+def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int) -> dict:
+    """Build each factory over ``base`` and measure it against exact search."""
+    import faiss
+
+    from edgequery.gallery.store import make_faiss_index, train_faiss_index
+
+    ids = np.arange(1, len(base) + 1, dtype=np.int64)
+    results, truth = [], None
+    for factory, sweep in FACTORIES.items():
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # building: all cores
+        t0 = time.perf_counter()
+        index = make_faiss_index(factory, DIM)
+        if not index.is_trained:
+            # 100 points per IVF centroid (faiss asks for 39..256); PQ codebooks need far fewer
+            sample = base[np.random.default_rng(1).choice(len(base), min(len(base), TRAIN_SAMPLE), replace=False)]
+            train_faiss_index(index, sample, factory)
+        for lo in range(0, len(base), 100_000):
+            index.add_with_ids(base[lo:lo + 100_000], ids[lo:lo + 100_000])
+        build_s = time.perf_counter() - t0
+        size = int(faiss.serialize_index(index).nbytes)
+        ps = faiss.ParameterSpace()
+        for value in (sweep[1] if sweep else [None]):
+            if sweep:
+                ps.set_index_parameter(index, sweep[0], value)
+            faiss.omp_set_num_threads(threads)
+            index.search(queries[:10], K)  # warm-up
+            t0 = time.perf_counter()
+            _, found = index.search(queries, K)
+            batch_s = time.perf_counter() - t0
+            if truth is None:
+                truth = found  # Flat runs first: exact top-k
+            faiss.omp_set_num_threads(1)
+            lat = []
+            for q in queries[:LATENCY_QUERIES]:
+                t = time.perf_counter()
+                index.search(q[None], K)
+                lat.append(1000 * (time.perf_counter() - t))
+            row = {"factory": factory, "param": sweep[0] if sweep else None, "value": value,
+                   "build_s": round(build_s, 2), "bytes": size, "bytes_per_vector": round(size / len(base), 1),
+                   "qps_batch": round(len(queries) / batch_s, 1),
+                   "latency_ms_p50": round(float(np.percentile(lat, 50)), 4),
+                   "latency_ms_p99": round(float(np.percentile(lat, 99)), 4),
+                   "recall@10": round(recall_at_k(found, truth), 4)}
+            results.append(row)
+            print(f"[{label}] {factory:<14} {row['param'] or '':>9}={value!s:<5} recall@10 {row['recall@10']:.3f}  "
+                  f"{row['qps_batch']:>9.0f} q/s batch  p50 {row['latency_ms_p50']:.3f} ms  "
+                  f"build {row['build_s']:.1f}s  {row['bytes'] / 2**20:.0f} MiB", flush=True)
+        del index
+    return {"n": len(base), "dim": DIM, "queries": len(queries), "k": K, "results": results}
+
+
+# --------------------------------------------------------------------------- real embeddings
+
+
+def real_embeddings(gallery_path: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """All 70k Fashion-MNIST images embedded by the gallery model (cached as .npz)."""
+    import torch
+
+    from edgequery.checkpoint import load_checkpoint
+    from edgequery.data import DataSpec, load_fashion_mnist, resize_images
+    from edgequery.evaluate import embed
+    from edgequery.models import model_from_checkpoint
+
+    ck = load_checkpoint(gallery_path, "gallery")
+    path = cache / f"fmnist70k-{ck['model']['arch']}-{ck['model_version']}.npz"
+    if not path.exists():
+        spec = DataSpec.from_dict(ck["data"])
+        parts = [load_fashion_mnist(p, spec.root) for p in ("train", "test")]
+        images = resize_images(torch.cat([p.images for p in parts]), spec.resolution)
+        labels = torch.cat([p.labels for p in parts]).numpy()
+        torch.set_num_threads(os.cpu_count() or 1)
+        emb = embed(model_from_checkpoint(ck), images, spec, batch_size=256,
+                    desc=f"{ck['model']['arch']}: 70k images").numpy()
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, emb=emb, labels=labels)
+    z = np.load(path)
+    info = {"gallery": str(gallery_path), "arch": ck["model"]["arch"], "model_version": ck["model_version"],
+            "data": ck["data"], "classes": ck.get("classes")}
+    return z["emb"].astype(np.float32), z["labels"], info
+
+
+def split_real(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(0).permutation(len(emb))
+    return perm[N_QUERIES:], perm[:N_QUERIES]
+
+
+# --------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_clients(url: str, n_clients: int, n_requests: int, make_request) -> dict:
+    """``n_clients`` threads share ``n_requests`` requests; per-request latency and throughput."""
+    import httpx
+
+    lat, errors, counter, lock = [], [], [0], threading.Lock()
+
+    def client():
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while True:
+                with lock:
+                    if counter[0] >= n_requests:
+                        return
+                    i = counter[0]
+                    counter[0] += 1
+                t = time.perf_counter()
+                r = make_request(c, i)
+                dt = 1000 * (time.perf_counter() - t)
+                with lock:
+                    (lat if r.status_code == 200 else errors).append(dt if r.status_code == 200 else r.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(n_clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"clients": n_clients, "requests": n_requests, "errors": len(errors),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "mean_ms": round(float(np.mean(lat)), 2), "throughput_rps": round(n_requests / wall, 1)}
+
+
+def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: dict, clients: list[int],
+                 requests: int, image_requests: int) -> dict:
+    import httpx
+
+    from edgequery.data import load_fashion_mnist, resize_images, DataSpec
+    from edgequery.gallery.build import create_index
+    from edgequery.gallery.images import png_thumbnail
+    from edgequery.gallery.metadata import NewItem
+
+    base_idx, query_idx = split_real(emb)
+    classes = info["classes"] or [str(i) for i in range(int(labels.max()) + 1)]
+    spec = DataSpec.from_dict(info["data"])
+    test = load_fashion_mnist("test", spec.root)
+    query_pngs = [png_thumbnail(im) for im in resize_images(test.images[:64], spec.resolution)]
+    out = {"index_items": len(base_idx), "data": "real gallery-model embeddings of Fashion-MNIST", "levels": []}
+    for factory in ("Flat", "HNSW32"):
+        with tempfile.TemporaryDirectory(prefix="gallery-bench-") as tmp:
+            items = [NewItem(source=f"fashion-mnist/{'train' if i < 60000 else 'test'}#{i % 60000}",
+                             label=int(labels[i]), label_name=classes[int(labels[i])]) for i in base_idx]
+            t0 = time.perf_counter()
+            create_index(Path(tmp) / "index", emb[base_idx], items, factory, info["model_version"],
+                         gallery_path=gallery_path, data=info["data"], classes=classes)
+            build_s = time.perf_counter() - t0
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            log = open(Path(tmp) / "server.log", "w")
+            proc = subprocess.Popen([sys.executable, "-m", "edgequery", "serve", "--index", str(Path(tmp) / "index"),
+                                     "--port", str(port), "--log-level", "warning"], stdout=log, stderr=log)
+            try:
+                deadline = time.time() + 300
+                while True:
+                    try:
+                        if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"server did not start:\n{(Path(tmp) / 'server.log').read_text()}")
+                    time.sleep(0.3)
+                queries = emb[query_idx].tolist()
+
+                def by_embedding(c, i):
+                    return c.post("/v1/search", json={"embedding": queries[i % len(queries)],
+                                                      "model_version": info["model_version"], "k": K})
+
+                def by_image(c, i):
+                    return c.post("/v1/search/image", files={"image": ("q.png", query_pngs[i % len(query_pngs)])},
+                                  data={"k": str(K)})
+
+                load_clients(url, 2, 50, by_embedding)  # warm-up
+                for n in clients:
+                    row = {"factory": factory, "endpoint": "/v1/search",
+                           **load_clients(url, n, requests, by_embedding)}
+                    out["levels"].append(row)
+                    print(f"[server] {factory:<7} /v1/search        {n:>3} clients: p50 {row['p50_ms']} ms, "
+                          f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s", flush=True)
+                if factory == "Flat":
+                    for n in clients[:2]:
+                        row = {"factory": factory, "endpoint": "/v1/search/image",
+                               **load_clients(url, n, image_requests, by_image)}
+                        out["levels"].append(row)
+                        print(f"[server] {factory:<7} /v1/search/image  {n:>3} clients: p50 {row['p50_ms']} ms, "
+                              f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s", flush=True)
+                out.setdefault("build_s", {})[factory] = round(build_s, 1)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+                log.close()
+    out["model"] = {k: info[k] for k in ("arch", "model_version")}
+    return out
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = res.get("index", {})
+    fig, axes = plt.subplots(1, len(sets) + (1 if "server" in res else 0), figsize=(5 * (len(sets) + 1), 4),
+                             squeeze=False)
+    for ax, (name, s) in zip(axes[0], sets.items()):
+        for factory in FACTORIES:
+            rows = [r for r in s["results"] if r["factory"] == factory]
+            ax.plot([r["recall@10"] for r in rows], [r["qps_batch"] for r in rows], "o-", label=factory)
+        ax.set(xlabel="recall@10 vs exact", ylabel="queries/s (batch)", yscale="log", title=f"{name} (n={s['n']})")
+        ax.grid(alpha=.3)
+        ax.legend()
+    if "server" in res:
+        ax = axes[0][-1]
+        for (factory, endpoint) in sorted({(r["factory"], r["endpoint"]) for r in res["server"]["levels"]}):
+            rows = [r for r in res["server"]["levels"] if r["factory"] == factory and r["endpoint"] == endpoint]
+            ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{factory} {endpoint} p50")
+            ax.plot([r["clients"] for r in rows], [r["p99_ms"] for r in rows], "x--", label=f"{factory} {endpoint} p99")
+        ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log",
+               title=f"server on loopback ({res['server']['index_items']} items)")
+        ax.grid(alpha=.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="random,real,server", help="comma-separated: random, real, server")
+    ap.add_argument("--sizes", default="100000,1000000", help="random-vector index sizes")
+    ap.add_argument("--gallery", type=Path, default=HERE / ".cache" / "gallery-r101-n12000-r32-e6.pt",
+                    help="gallery checkpoint for the real and server parts (default: bct_compat.py's ResNet-101)")
+    ap.add_argument("--clients", default="1,4,16", help="concurrency levels of the server benchmark")
+    ap.add_argument("--requests", type=int, default=400, help="/v1/search requests per level")
+    ap.add_argument("--image-requests", type=int, default=60, help="/v1/search/image requests per level")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="faiss threads for batch search (1: on a shared machine, OpenMP teams mostly wait)")
+    ap.add_argument("--cache", type=Path, default=HERE / ".cache")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "gallery_search.json")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"random", "real", "server"}:
+        ap.error(f"unknown part in {args.parts}")
+    if parts & {"real", "server"} and not args.gallery.is_file():
+        ap.error(f"{args.gallery} does not exist: run benchmarks/bct_compat.py first or pass --gallery")
+
+    import faiss
+
+    res = json.loads(args.out.read_text()) if args.out.exists() else {}
+    res.update(benchmark="gallery_search", machine=machine_info(), faiss_version=faiss.__version__,
+               note="2 CPU cores shared with other jobs while measuring: absolute timings are noisy, compare within "
+                    "one run. Indexes are built with all cores; single-query latency uses 1 faiss thread (as "
+                    "`edgequery serve` does by default); batch throughput uses `threads`. IVF/PQ are trained on "
+                    f"a random sample of at most {TRAIN_SAMPLE} vectors.",
+               threads=args.threads)
+    res.setdefault("index", {})
+    res.setdefault("commands", {})
+    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
+    if "random" in parts:
+        for n in (int(s) for s in args.sizes.split(",")):
+            name = f"random-{n // 1000}k" if n < 10**6 else f"random-{n // 10**6}M"
+            base, queries = random_unit(n, seed=0), random_unit(N_QUERIES, seed=1)
+            res["index"][name] = {"data": "random unit vectors (normalised isotropic Gaussian): no cluster structure, "
+                                          "the hardest case for approximate search",
+                                  **bench_index(base, queries, name, args.threads)}
+            res["commands"][name] = cmd
+            del base
+            write_json(args.out, res)
+    if parts & {"real", "server"}:
+        emb, labels, info = real_embeddings(args.gallery, args.cache)
+    if "real" in parts:
+        base_idx, query_idx = split_real(emb)
+        name = f"{info['arch']}-fashion-mnist-{len(base_idx) // 1000}k"
+        res["index"][name] = {"data": f"Fashion-MNIST train+test embedded by the gallery model {info['arch']} "
+                                      f"(model_version {info['model_version']}); {N_QUERIES} random images held out "
+                                      "as queries", **bench_index(emb[base_idx], emb[query_idx], name, args.threads)}
+        res["commands"][name] = cmd
+        write_json(args.out, res)
+    if "server" in parts:
+        res["server"] = bench_server(args.gallery, emb, labels, info, [int(c) for c in args.clients.split(",")],
+                                     args.requests, args.image_requests)
+        res["server"]["note"] = ("clients are Python threads (httpx) on the same 2 shared cores as the server; "
+                                 "throughput is a floor, latency includes client-side contention")
+        res["commands"]["server"] = cmd
+        write_json(args.out, res)
+    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(args.out, res)
+    plot(res, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
