@@ -4,7 +4,7 @@ Trains (or reuses, from ``--cache``) a ResNet-101 gallery model and MobileNetV3-
 -large query nets with and without BCT, then evaluates every query net against the
 gallery.  Writes ``benchmarks/results/bct_compat.json`` and ``bct_compat.png``.
 
-    python benchmarks/bct_compat.py                 # the committed preset (~1 h on 2 cores)
+    python benchmarks/bct_compat.py                 # the committed preset (~15 min alone on 2 cores)
     python benchmarks/bct_compat.py --n-train 2000 --gallery-epochs 1 --query-epochs 1   # smoke run
 
 Each training run checkpoints per epoch into the cache, so a killed run resumes.
@@ -36,12 +36,12 @@ def trained(path: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=12000)
+    ap.add_argument("--n-train", type=int, default=8000)
     ap.add_argument("--n-query", type=int, default=1000)
     ap.add_argument("--n-gallery", type=int, default=9000)
     ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--gallery-epochs", type=int, default=6)
-    ap.add_argument("--query-epochs", type=int, default=8)
+    ap.add_argument("--gallery-epochs", type=int, default=4)
+    ap.add_argument("--query-epochs", type=int, default=6)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bct_compat.json")
