@@ -8,6 +8,15 @@ import sys
 from pathlib import Path
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """Data-set flags.  With ``inherit`` every default is "as the gallery was trained"."""
     g = p.add_argument_group("data" + (" (default: as the gallery model was trained)" if inherit else ""))
@@ -16,12 +25,12 @@ def add_data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
                    help="fashion-mnist (Debian package), digits (scikit-learn) or folder (ImageFolder at --data-root)")
     g.add_argument("--data-root", default=None,
                    help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist) or ImageFolder dir")
-    g.add_argument("--resolution", type=int, default=d(32), help="input side in pixels (default 32)")
+    g.add_argument("--resolution", type=int, default=d(32), help="input side in pixels")
     g.add_argument("--data-seed", type=int, default=d(0), help="seed of the train/val/query/gallery split")
-    g.add_argument("--n-train", type=int, default=None, help="training images (default: all left)")
-    g.add_argument("--n-val", type=int, default=d(1000), help="validation images held out of train (default 1000)")
-    g.add_argument("--n-query", type=int, default=d(1000), help="query images (default 1000)")
-    g.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: all left)")
+    g.add_argument("--n-train", type=int, default=None, help="training images (default: all that is left)")
+    g.add_argument("--n-val", type=int, default=d(1000), help="validation images held out of train")
+    g.add_argument("--n-query", type=int, default=d(1000), help="query images")
+    g.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: all that is left)")
 
 
 def spec_from_args(args: argparse.Namespace, base=None):
@@ -39,14 +48,14 @@ def spec_from_args(args: argparse.Namespace, base=None):
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
-    g.add_argument("--batch-size", type=int, default=128, help="batch size per process (default 128)")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--epochs", type=int, default=epochs, help="epochs")
+    g.add_argument("--batch-size", type=int, default=128, help="batch size per process")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (warm-up then cosine decay)")
     g.add_argument("--weight-decay", type=float, default=5e-5)
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flip/translation augmentation")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order and augmentation")
-    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument("--force", action="store_true", help="retrain over a finished checkpoint at --out")
 
 

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import say, write_json
+from .common import HelpFormatter, say, write_json
 
 PRESET = {"n_train": 8000, "n_val": 1000, "n_query": 1000, "n_gallery": 5000, "resolution": 32,
           "gallery_epochs": 3, "query_epochs": 4}
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train the ResNet-101 gallery model, MobileNetV3-small query nets with and "
                                    "without BCT, and evaluate paragon / homogeneous / heterogeneous retrieval, "
                                    "all into --out. Rerunning reuses finished stages.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-train", type=int, default=PRESET["n_train"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, say, spec_from_args, write_json
+from .common import HelpFormatter, add_data_args, say, spec_from_args, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Embed the query split with the query net and the gallery split with the "
                                    "gallery model; print Recall@1, Recall@10 and mAP@R for the paragon (g,g), "
                                    "homogeneous (q,q) and heterogeneous (q,g) settings and write them as JSON.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--query", required=True, help="query checkpoint")
     p.add_argument("--gallery", required=True, help="gallery checkpoint")
     p.add_argument("--out", default="eval.json", help="JSON file to write")

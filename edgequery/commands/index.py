@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import say
+from .common import HelpFormatter, say
 
 FACTORY_HELP = ('faiss index_factory string: "Flat" (exact), "IVF1024,PQ32" (compressed, needs >= 1024 '
                 'training vectors), "HNSW32" (graph; deletes become tombstones), ... Always wrapped in IDMap2 '
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with another --index-factory to re-index the stored embeddings without embedding again.",
         epilog='example: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" '
                "--out gallery_index/",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--gallery", required=True, help="gallery checkpoint (edgequery train gallery)")
     p.add_argument("--images", default="fashion-mnist",
                    help="fashion-mnist or digits (the gallery split of the gallery model's data spec), or an "

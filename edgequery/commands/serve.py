@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import say
+from .common import HelpFormatter, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "add/delete is already durable in OUT/gallery.sqlite and survives kill -9.",
         epilog="example: EDGEQUERY_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') "
                "edgequery serve --index gallery_index/ --export export/mbv3_small --port 8080",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--index", required=True, help="index directory (edgequery index --out)")
     p.add_argument("--gallery", default=None,
                    help="gallery checkpoint (default: the path recorded in the index); must be the model the "

@@ -1,0 +1,87 @@
+"""``edgequery search``: the best compatible query net for a gallery under a latency budget."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import HelpFormatter, say
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="evolutionary search for a compatible query net under a latency budget",
+        description="Search the supernet's space for the query net with the best reward whose latency, "
+                    "predicted from a per-block table measured on the target (edgequery profile), fits "
+                    "the budget. Candidates inherit supernet weights (BN recalibrated) and are scored on the "
+                    "validation split: M_het = queries by the candidate vs gallery by the gallery model, "
+                    "M_hom = the candidate on both sides. Writes search.json (every candidate, the Pareto "
+                    "front, the chosen arch); rerun with the same flags to resume.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--supernet", required=True, help="supernet checkpoint (edgequery train supernet)")
+    p.add_argument("--gallery", required=True, help="gallery checkpoint the supernet was trained against")
+    p.add_argument("--lut", required=True, help="latency table (edgequery profile) of the target device/runtime")
+    p.add_argument("--latency-budget", required=True, help="e.g. 30ms, 800us, 0.03s")
+    p.add_argument("--out", default="search.json")
+    p.add_argument("--reward", choices=["r1", "r2", "r3"], default="r3",
+                   help="r1 = M_hom (ordinary NAS), r2 = M_het (compatibility only), r3 = mix of both")
+    p.add_argument("--mix", type=float, default=0.5, help="weight of M_het in r3")
+    p.add_argument("--latency-weight", type=float, default=0.0,
+                   help="MnasNet soft factor exponent w in reward x (LAT/T)^w; 0 = hard budget only, "
+                        "negative favours faster nets")
+    p.add_argument("--metric", choices=["recall@1", "map@r"], default="recall@1")
+    p.add_argument("--population", type=int, default=50)
+    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--mutation-prob", type=float, default=0.1)
+    p.add_argument("--parents", type=float, default=0.25, help="share of the population kept as parents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recal-batches", type=int, default=20, help="BN recalibration batches per candidate")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="start over even if --out holds a search")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..checkpoint import load_checkpoint
+    from ..data import DataSpec, load_splits
+    from ..latency import load_lut, predict_latency
+    from ..models import model_from_checkpoint
+    from ..search import CandidateScorer, EvolutionSearch, SearchConfig, parse_budget
+    from ..spaces import load_supernet
+    from ..train import resolve_device
+
+    device = resolve_device(args.device)
+    cfg = SearchConfig(budget_ms=parse_budget(args.latency_budget), reward=args.reward, mix=args.mix,
+                       latency_weight=args.latency_weight, metric=args.metric, population=args.population,
+                       generations=args.generations, mutation_prob=args.mutation_prob, parents=args.parents,
+                       seed=args.seed)
+    cfg.check()
+    supernet, sck = load_supernet(args.supernet)
+    gallery = load_checkpoint(args.gallery, "gallery")
+    compat = (sck.get("compatible_with") or {}).get("gallery_version")
+    if compat != gallery["model_version"]:
+        from ..errors import EdgeQueryError
+
+        raise EdgeQueryError(f"supernet {args.supernet} was trained against gallery {compat}, not "
+                             f"{args.gallery} ({gallery['model_version']})",
+                             f"train a supernet against this gallery: edgequery train supernet --gallery {args.gallery}")
+    space = supernet.space
+    lut = load_lut(args.lut, space=space)
+    if args.force and Path(args.out).exists():
+        Path(args.out).unlink()
+    splits = load_splits(DataSpec.from_dict(sck["data"]))
+    scorer = CandidateScorer(supernet.to(device), model_from_checkpoint(gallery), splits,
+                             recal_batches=args.recal_batches, device=device)
+    meta = {"supernet": {"path": str(args.supernet), "model_version": sck["model_version"]},
+            "gallery": {"path": str(args.gallery), "model_version": gallery["model_version"]},
+            "lut": {"path": str(args.lut), **{k: lut.get(k) for k in ("device", "runtime", "threads")}},
+            "validation": scorer.sizes()}
+    search = EvolutionSearch(space, cfg, lambda arch: predict_latency(lut, space, arch), scorer, args.out, meta)
+    result = search.run()
+    best = result["chosen"]
+    print(f"chosen: {best['arch']}\n  predicted latency {best['latency_ms']:.3f} ms (budget {cfg.budget_ms:g} ms), "
+          f"M_het {best['m_het']:.4f}, M_hom {best['m_hom']:.4f}, {best['flops'] / 1e6:.1f} MFLOPs")
+    say(f"wrote {args.out} ({len(result['history'])} candidates, {len(result['pareto_front'])} on the Pareto front); "
+        f"retrain it with: edgequery train query --arch {args.out} --gallery {args.gallery}")
+    return 0
