@@ -12,9 +12,11 @@ Every arch has a canonical string starting with its space's name and a colon
 
     >>> space = get_space("mbv3")
     >>> arch = space.sample(np.random.default_rng(0))
+    >>> str(arch)
+    'mbv3:r28,w0.75,k5e4-k3e3-k3e3-k3e3,k5e6-k5e4-k7e6-k5e4,k7e3-k7e6-k3e4,k5e3-k7e6-k7e3-k3e6,k5e3-k3e4'
     >>> trunk, dim = space.build(arch)            # a standalone, exportable net
     >>> space.blocks(arch)[2].key                  # its latency-table keys
-    'mbconv|in=16x16x16|out=8x8x24|k=5|e=3|s=2|se=0|act=relu'
+    'mbconv|in=14x14x16|out=7x7x24|k=5|e=4|s=2|se=0|act=relu'
     >>> space.parse(str(arch)) == space.parse(arch.to_dict()) == arch
     True
 
