@@ -35,12 +35,18 @@ QUICK = dict(threads=(1,), runs=5, warmup=1, parity_images=32, calibration=32, p
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """gallery.pt, a BCT query.pt and a non-BCT query_nobct.pt (MobileNetV3-small, 1 epoch)."""
+    """gallery.pt, a BCT query.pt and a non-BCT query_nobct.pt (MobileNetV3-small).
+
+    Two epochs of batch 32 (16 steps): after only the 2 steps of one default epoch the
+    BatchNorm running statistics are still near their initial values and every image
+    embeds to almost the same vector (spread ~1e-6), which would make retrieval figures
+    float-rounding noise.
+    """
     from edgequery.recipes import train_gallery, train_query
 
     d = tmp_path_factory.mktemp("export")
     splits = load_splits(SPEC, progress=False)
-    cfg = TrainConfig(epochs=1)
+    cfg = TrainConfig(epochs=2, batch_size=32)
     train_gallery(SPEC, cfg, d / "gallery.pt", arch="mobilenet_v3_small", splits=splits)
     train_query(d / "gallery.pt", cfg, d / "query.pt", arch="mobilenet_v3_small", bct=True, splits=splits)
     train_query(d / "gallery.pt", TrainConfig(epochs=1, seed=1), d / "query_nobct.pt", arch="mobilenet_v3_small",
@@ -50,10 +56,14 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained):
-    """The full export: both formats, NHWC variant, dynamic + int8, with the gallery."""
+    """The full export: both formats, NHWC variant, dynamic + int8, with the gallery.
+
+    The 1-epoch net is retrieved with 50 queries, so one query is 2 points of Recall@1:
+    the 1-point gate on dynamic-range files is lifted here and tested on its own below.
+    """
     out = trained / "exports" / "full"
     card = export_query(trained / "query.pt", out, trained / "gallery.pt",
-                        ExportOptions(quantize=("dynamic", "int8"), nhwc=True, **QUICK))
+                        ExportOptions(quantize=("dynamic", "int8"), nhwc=True, max_dynamic_drop=100, **QUICK))
     return out, card
 
 
@@ -151,16 +161,19 @@ def test_export_writes_checked_files_and_a_card(trained, exported):
         assert 0.0 <= e["retrieval"]["recall@1"] <= 1.0
         if e["quantization"] == "none":  # the contract: float files match PyTorch on real images
             assert e["parity"]["passed"] and e["parity"]["cosine_min"] >= 0.9999
-            assert e["parity"]["images"] == 32
-            # and so they retrieve exactly what PyTorch retrieves
-            assert abs(e["retrieval"]["recall@1"] - card["retrieval"]["pytorch"]["recall@1"]) < 1e-9
+            assert e["parity"]["images"] == 32 and e["parity"]["spread"] > 1e-3
+            assert e["parity"]["centred_cosine_min"] >= 0.999
+            # and so they retrieve what PyTorch retrieves (one query of 50 may flip on a near-tie)
+            assert abs(e["retrieval"]["recall@1"] - card["retrieval"]["pytorch"]["recall@1"]) <= 0.02 + 1e-9
     by = {e["file"]: e for e in card["files"]}
     assert by["query_encoder_nhwc.tflite"]["io"]["input"]["shape"] == [1, 32, 32, 3]
     assert by["query_encoder.tflite"]["io"]["input"]["shape"] == [1, 3, 32, 32]
     # quantized: the change in heterogeneous Recall@1 is reported; dynamic is gated at 1 point
     for f in ("query_encoder_dynamic.tflite", "query_encoder_dynamic.onnx"):
         r = by[f]["retrieval"]
-        assert r["passed"] and r["recall@1_drop_points"] <= 1.0
+        assert r["passed"] and r["max_drop_points"] == 100
+        assert r["recall@1_drop_points"] == pytest.approx(100 * (by[f.replace("_dynamic", "")]["retrieval"]["recall@1"]
+                                                                 - r["recall@1"]))
     assert "recall@1_drop_points" in by["query_encoder_int8.onnx"]["retrieval"]
     io8 = by["query_encoder_int8.tflite"]["io"]
     assert io8["input"]["dtype"] == "int8" and io8["input"]["quantization"]["scale"] > 0
@@ -318,6 +331,16 @@ def test_refuses_wrong_gallery_missing_gallery_and_existing_output(trained, expo
         export_query(trained / "query.pt", out, trained / "gallery.pt", ExportOptions(**QUICK))
     assert (out / "model_card.json").read_bytes() == before
     assert not list((trained / "exports").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_dynamic_range_gate_refuses_a_recall_drop_beyond_the_allowance(trained):
+    out = trained / "exports" / "gate"
+    with pytest.raises(EdgeQueryError, match="query_encoder_dynamic.onnx loses .* points of heterogeneous Recall@1"):
+        # an allowance no file can meet (-100 points), so the gate must fire whatever the drop is
+        export_query(trained / "query.pt", out, trained / "gallery.pt",
+                     ExportOptions(formats=("onnx",), quantize=("dynamic",), max_dynamic_drop=-100, **QUICK))
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,280 @@
+"""On-device cost of the query encoder: exported size and latency, next to retrieval accuracy.
+
+For MobileNetV3-small, MobileNetV3-large, ResNet-101 used *as the query encoder* (the
+paragon's on-device cost) and, when given, a searched net, this script exports each net
+to TFLite (litert-torch) and ONNX (torch.onnx) - float32, batch 1 - and measures:
+
+* file size, parameters, FLOPs;
+* latency in ai-edge-litert and onnxruntime at 1 thread (DESIGN.md §4: warm-up, then
+  ``--runs`` timed runs; median, p10, p90; end to end);
+* the **x-fold cost reduction** of each query net against ResNet-101 (latency ratio per
+  runtime, and FLOPs ratio) - the figure that parallels CMP-NAS's 80x (DeepFashion2)
+  and 23x (IJB-C);
+* heterogeneous Recall@1 of each query net (its exported TFLite/ONNX files embedding the
+  query split, the gallery model embedding the gallery split) and the paragon's Recall@1
+  (ResNet-101 on both sides) - **only where trained checkpoints exist** in ``--cache``
+  (``benchmarks/bct_compat.py`` trains them there).  Without them, accuracy is reported
+  as unavailable and latency/size are measured on randomly initialised nets (weights do
+  not change float32 latency or size).
+
+At 224 px (``--resolutions 32,224``) nets are randomly initialised: it is a cost figure
+only (nothing is trained at 224 here).
+
+    python benchmarks/export_runtime.py                          # 32 px; ~10 min on 2 cores
+    python benchmarks/export_runtime.py --resolutions 32,224     # + the 224 px cost ratio
+    python benchmarks/export_runtime.py --searched-query benchmarks/.cache/query-searched.pt
+
+The machine is shared by several jobs, so timings are noisy: the JSON keeps medians and
+p10/p90, and ratios are computed from medians measured in the same run.  Writes
+``benchmarks/results/export_runtime.json`` and ``export_runtime.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgequery.checkpoint import load_checkpoint
+from edgequery.commands.common import write_json
+from edgequery.data import DataSpec, load_splits, resize_images, to_model_input
+from edgequery.evaluate import embed
+from edgequery.export import ExportOptions, export_query
+from edgequery.export.convert import to_onnx, to_tflite
+from edgequery.export.pipeline import parity_figures, parity_passed, tool_versions
+from edgequery.export.runtimes import measure_latency, open_runner
+from edgequery.metrics import retrieval_metrics
+from edgequery.models import build_embedding_net, model_from_checkpoint
+from edgequery.sysinfo import machine_info
+
+HERE = Path(__file__).resolve().parent
+BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet101")
+FORMATS = ("tflite", "onnx")
+
+
+def flops(net: torch.nn.Module, res: int) -> int:
+    """2 x MACs of convolutions and matrix products at batch 1 (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(torch.zeros(1, 3, res, res))
+    return int(counter.get_total_flops())
+
+
+def export_params(net: torch.nn.Module) -> int:
+    classifier = {id(p) for p in net.classifier.parameters()}
+    return sum(p.numel() for p in net.parameters() if id(p) not in classifier)
+
+
+def measure_files(net: torch.nn.Module, res: int, work: Path, stem: str, args, x_real: np.ndarray | None) -> dict:
+    """Export ``net`` to both formats, check parity on real images, time each file at 1 thread."""
+    out = {}
+    with torch.no_grad():
+        x = x_real if x_real is not None else np.random.default_rng(0).normal(size=(4, 3, res, res)).astype(np.float32)
+        ref = net.eval()(torch.from_numpy(x)).numpy()
+    for fmt in FORMATS:
+        path = work / f"{stem}.{fmt}"
+        t = time.time()
+        (to_tflite if fmt == "tflite" else to_onnx)(net, res, path)
+        convert_s = time.time() - t
+        runner = open_runner(path, fmt, threads=args.threads)
+        par = parity_figures(runner.embed(x), ref)
+        lat = measure_latency(runner, x[:1], warmup=args.warmup, runs=args.runs)
+        out[fmt] = {"bytes": path.stat().st_size, "latency": lat, "convert_seconds": round(convert_s, 1),
+                    "parity": {"cosine_min": par["cosine_min"], "passed": parity_passed(par),
+                               "images": par["images"], "real_images": x_real is not None}}
+        print(f"  {stem}.{fmt}: {path.stat().st_size / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms "
+              f"(p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}), parity cos {par['cosine_min']:.6f}", flush=True)
+        path.unlink()
+    return out
+
+
+def find_checkpoints(cache: Path, resolution: int, gallery: Path | None = None) -> tuple[Path | None, dict[str, Path]]:
+    """A finished ResNet-101 gallery at this resolution (``gallery``, else the newest in the cache)
+    and the finished BCT query nets in the cache trained against it (newest per arch)."""
+    def done(p: Path, kind: str) -> dict | None:
+        try:
+            ck = load_checkpoint(p, kind)
+        except Exception:  # noqa: BLE001 - a foreign or unfinished file is simply not used
+            return None
+        ok = ck.get("train", {}).get("complete", False) and ck["data"]["resolution"] == resolution
+        return ck if ok else None
+
+    galleries = [gallery] if gallery else sorted((p for p in cache.glob("*.pt") if "gallery" in p.name),
+                                                 key=lambda p: p.stat().st_mtime)
+    for gpath in reversed(galleries):
+        g = done(gpath, "gallery")
+        if g is None or g["model"]["arch"] != "resnet101":
+            continue
+        queries: dict[str, Path] = {}
+        for qpath in sorted(cache.glob("*.pt"), key=lambda p: p.stat().st_mtime):
+            q = done(qpath, "query")
+            if q and (q.get("compatible_with") or {}).get("gallery_version") == g["model_version"]:
+                queries[q["model"]["arch"]] = qpath   # newest wins
+        return gpath, queries
+    return None, {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--resolutions", default="32", help="comma list of input sides (default 32; add 224 for cost)")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="where trained checkpoints are looked for")
+    ap.add_argument("--gallery", type=Path, default=None, help="gallery checkpoint (default: newest in --cache)")
+    ap.add_argument("--searched-query", type=Path, default=None,
+                    help="a trained query checkpoint of the searched net (edgequery train query --arch search.json)")
+    ap.add_argument("--searched-arch", default=None, help="a searched arch string (latency/size only, random init)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "export_runtime.json")
+    args = ap.parse_args()
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+
+    results, notes = [], []
+    work = Path(tempfile.mkdtemp(prefix="export-runtime-"))
+    try:
+        for res in resolutions:
+            gpath, queries = find_checkpoints(args.cache, res, args.gallery)
+            gallery = load_checkpoint(gpath, "gallery") if gpath else None
+            print(f"resolution {res}: gallery {gpath or 'none (latency/size only)'}; trained query nets: "
+                  f"{', '.join(queries) or 'none'}", flush=True)
+            splits = spec = g_emb = None
+            if gallery is not None:
+                spec = DataSpec.from_dict(gallery["data"])
+                splits = load_splits(spec)
+                g_model = model_from_checkpoint(gallery)
+                g_emb = embed(g_model, splits.gallery, spec, desc="gallery model: gallery")
+
+            # (label, arch, trained query checkpoint or None, searched?)
+            nets = [(a, a, queries.get(a), False) for a in BASELINES]
+            if args.searched_query:
+                ck = load_checkpoint(args.searched_query, "query")
+                nets.append((ck["model"]["arch"], ck["model"]["arch"], args.searched_query, True))
+            elif args.searched_arch:
+                nets.append((args.searched_arch, args.searched_arch, None, True))
+            real = load_splits(DataSpec(n_train=16, n_val=0, n_query=16, n_gallery=16), progress=False).query.images
+            for label, arch, ck_path, searched in nets:
+                print(f"{label} @ {res}px", flush=True)
+                row = {"net": label, "role": "query encoder", "resolution": res, "searched": searched}
+                if arch == "resnet101" and gallery is not None:
+                    # the paragon: the gallery model itself as the query encoder
+                    net, row["weights"] = model_from_checkpoint(gallery), f"trained gallery model {gpath.name}"
+                    x_real = to_model_input(splits.query.images[:16], spec).numpy()
+                    row.update(measure_files(net, res, work, "resnet101", args, x_real))
+                    q_emb = embed(net, splits.query, spec, desc="paragon: queries")
+                    m = retrieval_metrics(q_emb, splits.query.labels, g_emb, splits.gallery.labels)
+                    row["paragon_recall@1"] = m["recall@1"]
+                    row["het_recall@1"] = {"pytorch": m["recall@1"], "note": "paragon: same model on both sides"}
+                elif ck_path is not None and gallery is not None:
+                    # a trained BCT query net: the real export path, with retrieval through each file
+                    net = model_from_checkpoint(load_checkpoint(ck_path, "query"))
+                    row["weights"] = f"trained query net {Path(ck_path).name} (BCT)"
+                    out_dir = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:60]
+                    card = export_query(ck_path, out_dir, gpath, ExportOptions(
+                        threads=(args.threads,), runs=args.runs, warmup=args.warmup, force=True))
+                    for e in card["files"]:
+                        lat = e["latency"][f"threads={args.threads}"]
+                        row[e["format"]] = {"bytes": e["bytes"], "latency": lat, "convert_seconds": e["convert_seconds"],
+                                            "parity": {k: e["parity"][k] for k in ("cosine_min", "passed", "images")}
+                                            | {"real_images": True}}
+                        print(f"  {e['file']}: {e['bytes'] / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms, "
+                              f"het R@1 {100 * e['retrieval']['recall@1']:.2f}", flush=True)
+                    row["het_recall@1"] = {"pytorch": card["retrieval"]["pytorch"]["recall@1"],
+                                           **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]}}
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                else:
+                    torch.manual_seed(0)
+                    net = build_embedding_net(arch, 128, 10).eval()
+                    net_res = getattr(net.trunk, "resolution", res)
+                    row["weights"] = "random initialisation (no trained checkpoint at this resolution)"
+                    x_real = to_model_input(resize_images(real, net_res), DataSpec()).numpy() if net_res <= 64 else None
+                    row.update(measure_files(net, net_res, work, re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)[:40], args,
+                                             x_real))
+                    row["het_recall@1"] = None
+                row["params"] = export_params(net)
+                row["flops"] = flops(net, getattr(net.trunk, "resolution", res))
+                results.append(row)
+            if gallery is None:
+                notes.append(f"{res}px: no trained ResNet-101 gallery checkpoint in {args.cache}; Recall@1 not "
+                             "reported, latency/size measured on randomly initialised nets")
+            else:
+                missing = [a for a in BASELINES[:2] if a not in queries]
+                if missing:
+                    notes.append(f"{res}px: no trained BCT query checkpoint for {', '.join(missing)} in {args.cache}; "
+                                 "their latency/size are from randomly initialised nets")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    # x-fold cost reduction against ResNet-101 as the query encoder, per resolution and runtime
+    for res in resolutions:
+        ref = next((r for r in results if r["resolution"] == res and r["net"] == "resnet101"), None)
+        for r in results:
+            if r["resolution"] != res or ref is None:
+                continue
+            r["cost_reduction_vs_resnet101"] = {
+                **{f"{fmt}_latency": round(ref[fmt]["latency"]["median_ms"] / r[fmt]["latency"]["median_ms"], 2)
+                   for fmt in FORMATS},
+                **{f"{fmt}_size": round(ref[fmt]["bytes"] / r[fmt]["bytes"], 2) for fmt in FORMATS},
+                "flops": round(ref["flops"] / r["flops"], 2)}
+
+    out = {
+        "benchmark": "export_runtime",
+        "command": "python benchmarks/export_runtime.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "cache")),
+        "protocol": {"batch": 1, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
+                     "statistic": "median (p10, p90) in ms, end to end incl. per-invocation overhead",
+                     "precision": "float32 files (quantized variants: see `edgequery export --quantize`)",
+                     "cost_reduction": "ResNet-101 median / net median, same runtime, same run"},
+        "results": results,
+        "notes": notes + ["the machine has 2 CPU cores shared with other jobs running at the same time: timings are "
+                          "noisy; medians and same-run ratios are the figures to read"],
+        "tools": tool_versions(),
+        "machine": machine_info(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(args.out, out)
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    resolutions = sorted({r["resolution"] for r in results})
+    fig, axes = plt.subplots(1, len(resolutions), figsize=(5.5 * len(resolutions), 3.8), squeeze=False)
+    for ax, res in zip(axes[0], resolutions):
+        rows = [r for r in results if r["resolution"] == res]
+        labels = [r["net"].replace("mobilenet_v3_", "MBv3-").replace("resnet101", "ResNet-101")[:24] for r in rows]
+        xs = np.arange(len(rows))
+        for i, (fmt, colour) in enumerate((("tflite", "#4c72b0"), ("onnx", "#dd8452"))):
+            med = [r[fmt]["latency"]["median_ms"] for r in rows]
+            lo = [m - r[fmt]["latency"]["p10_ms"] for m, r in zip(med, rows)]
+            hi = [r[fmt]["latency"]["p90_ms"] - m for m, r in zip(med, rows)]
+            ax.bar(xs + (i - 0.5) * 0.38, med, 0.38, yerr=[lo, hi], capsize=3, color=colour,
+                   label={"tflite": "LiteRT", "onnx": "onnxruntime"}[fmt])
+            for x, r, m in zip(xs, rows, med):
+                red = r.get("cost_reduction_vs_resnet101", {}).get(f"{fmt}_latency")
+                if red and r["net"] != "resnet101":
+                    ax.annotate(f"{red:.0f}x", (x + (i - 0.5) * 0.38, m), ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set_ylabel("latency, ms (median, p10-p90; log)")
+        ax.set_title(f"{res}x{res} input, batch 1, 1 thread")
+        ax.legend(fontsize=8)
+    fig.suptitle("Query encoder on-device cost vs ResNet-101 (x = cost reduction)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
