@@ -32,6 +32,7 @@ p10/p90, and ratios are computed from medians measured in the same run.  Writes
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import tempfile
@@ -137,6 +138,7 @@ def main() -> None:
     resolutions = [int(r) for r in args.resolutions.split(",")]
 
     results, notes = [], []
+    load_before = [round(v, 2) for v in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="export-runtime-"))
     try:
         for res in resolutions:
@@ -234,6 +236,7 @@ def main() -> None:
         "results": results,
         "notes": notes + ["the machine has 2 CPU cores shared with other jobs running at the same time: timings are "
                           "noisy; medians and same-run ratios are the figures to read"],
+        "load_average_1_5_15min": {"start": load_before, "end": [round(v, 2) for v in os.getloadavg()]},
         "tools": tool_versions(),
         "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -295,12 +295,14 @@ def export_query(query_path: str | Path, out: str | Path | None = None, gallery_
 
     name = opts.name or (Path(out).name if out else default_name(ckpt))
     out = Path(out) if out else DEFAULT_EXPORT_ROOT / name
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise EdgeQueryError(f"{out} is a file, not an export folder", "choose another --out")
+    if out.exists() and any(out.iterdir()):
         if not opts.force:
             raise EdgeQueryError(f"{out} already exists and is not empty",
                                  "pass --force to replace it (the old export is kept until the new one is "
                                  "complete), or choose another --out")
-        if out.is_dir() and not (out / cards.CARD_NAME).is_file():
+        if not (out / cards.CARD_NAME).is_file():
             raise EdgeQueryError(f"{out} is not an export folder (no {cards.CARD_NAME}); refusing to replace it",
                                  "choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
