@@ -7,9 +7,9 @@ rerun of one part keeps the others) and the plot ``gallery_search.png``:
              Gaussian, normalised).  Random data is the *hardest* case for approximate
              search (no cluster structure: neighbours are barely closer than anyone else),
              so its recall figures are a lower bound; they measure speed and memory.
-``real``     the same comparison on real embeddings: all 70k Fashion-MNIST images
-             (train + test) embedded by the gallery model (ResNet-101), 1000 held out as
-             queries.  Needs ``--gallery``.
+``real``     the same comparison on real embeddings: the 10k Fashion-MNIST test images
+             (``--real-pool all``: all 70k) embedded by the gallery model, 1000 held out as
+             queries.  Needs ``--gallery`` (default: ``bct_compat.py``'s ResNet-101).
 ``server``   ``edgequery serve`` in a subprocess on 127.0.0.1 over the real-embedding
              index (Flat and HNSW32), N concurrent httpx clients, a bounded number of
              requests per level; ``/v1/search`` (phone path: embedding in, JSON out) and
@@ -54,7 +54,15 @@ N_QUERIES = 1000
 LATENCY_QUERIES = 200
 K = 10
 TRAIN_SAMPLE = 102_400
-FACTORIES = {"Flat": None, "IVF1024,PQ32": ("nprobe", [1, 8, 32, 128]), "HNSW32": ("efSearch", [16, 64, 256])}
+NPROBES, EF_SEARCHES = [1, 8, 32, 128], [16, 64, 256]
+
+
+def factories(n: int) -> dict:
+    """Flat, IVF-PQ and HNSW; IVF1024 unless ``n`` is too small to train it (>= 39 points per list)."""
+    from edgequery.gallery.store import suggest_ivf
+
+    ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
+    return {"Flat": None, f"{ivf},PQ32": ("nprobe", NPROBES), "HNSW32": ("efSearch", EF_SEARCHES)}
 
 
 def random_unit(n: int, seed: int) -> np.ndarray:
@@ -78,7 +86,7 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
 
     ids = np.arange(1, len(base) + 1, dtype=np.int64)
     results, truth = [], None
-    for factory, sweep in FACTORIES.items():
+    for factory, sweep in factories(len(base)).items():
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # building: all cores
         t0 = time.perf_counter()
         index = make_faiss_index(factory, DIM)
@@ -124,8 +132,8 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
 # --------------------------------------------------------------------------- real embeddings
 
 
-def real_embeddings(gallery_path: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """All 70k Fashion-MNIST images embedded by the gallery model (cached as .npz)."""
+def real_embeddings(gallery_path: Path, cache: Path, pool: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fashion-MNIST images (``pool``: ``test`` = 10k, ``all`` = 70k) embedded by the gallery model (cached)."""
     import torch
 
     from edgequery.checkpoint import load_checkpoint
@@ -134,21 +142,26 @@ def real_embeddings(gallery_path: Path, cache: Path) -> tuple[np.ndarray, np.nda
     from edgequery.models import model_from_checkpoint
 
     ck = load_checkpoint(gallery_path, "gallery")
-    path = cache / f"fmnist70k-{ck['model']['arch']}-{ck['model_version']}.npz"
+    path = cache / f"fmnist-{pool}-{ck['model']['arch']}-{ck['model_version']}.npz"
     if not path.exists():
         spec = DataSpec.from_dict(ck["data"])
-        parts = [load_fashion_mnist(p, spec.root) for p in ("train", "test")]
+        parts = [load_fashion_mnist(p, spec.root) for p in (("test",) if pool == "test" else ("train", "test"))]
         images = resize_images(torch.cat([p.images for p in parts]), spec.resolution)
         labels = torch.cat([p.labels for p in parts]).numpy()
         torch.set_num_threads(os.cpu_count() or 1)
         emb = embed(model_from_checkpoint(ck), images, spec, batch_size=256,
-                    desc=f"{ck['model']['arch']}: 70k images").numpy()
+                    desc=f"{ck['model']['arch']}: {len(images)} images").numpy()
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, emb=emb, labels=labels)
     z = np.load(path)
     info = {"gallery": str(gallery_path), "arch": ck["model"]["arch"], "model_version": ck["model_version"],
             "data": ck["data"], "classes": ck.get("classes")}
     return z["emb"].astype(np.float32), z["labels"], info
+
+
+def pool_part(i: int, n: int) -> str:
+    """Where row ``i`` of the embedding pool came from (test only, or train then test)."""
+    return f"test#{i}" if n == 10_000 else (f"train#{i}" if i < 60_000 else f"test#{i - 60_000}")
 
 
 def split_real(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,10 +224,12 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
     spec = DataSpec.from_dict(info["data"])
     test = load_fashion_mnist("test", spec.root)
     query_pngs = [png_thumbnail(im) for im in resize_images(test.images[:64], spec.resolution)]
-    out = {"index_items": len(base_idx), "data": "real gallery-model embeddings of Fashion-MNIST", "levels": []}
+    out = {"index_items": len(base_idx), "data": "real gallery-model embeddings of Fashion-MNIST",
+           "server": "edgequery serve defaults (1 uvicorn worker, --faiss-threads 1, HNSW --ef-search 128)",
+           "k": K, "levels": []}
     for factory in ("Flat", "HNSW32"):
         with tempfile.TemporaryDirectory(prefix="gallery-bench-") as tmp:
-            items = [NewItem(source=f"fashion-mnist/{'train' if i < 60000 else 'test'}#{i % 60000}",
+            items = [NewItem(source=f"fashion-mnist/{pool_part(i, len(emb))}",
                              label=int(labels[i]), label_name=classes[int(labels[i])]) for i in base_idx]
             t0 = time.perf_counter()
             create_index(Path(tmp) / "index", emb[base_idx], items, factory, info["model_version"],
@@ -282,7 +297,7 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(sets) + (1 if "server" in res else 0), figsize=(5 * (len(sets) + 1), 4),
                              squeeze=False)
     for ax, (name, s) in zip(axes[0], sets.items()):
-        for factory in FACTORIES:
+        for factory in dict.fromkeys(r["factory"] for r in s["results"]):
             rows = [r for r in s["results"] if r["factory"] == factory]
             ax.plot([r["recall@10"] for r in rows], [r["qps_batch"] for r in rows], "o-", label=factory)
         ax.set(xlabel="recall@10 vs exact", ylabel="queries/s (batch)", yscale="log", title=f"{name} (n={s['n']})")
@@ -290,10 +305,12 @@ def plot(res: dict, path: Path) -> None:
         ax.legend()
     if "server" in res:
         ax = axes[0][-1]
-        for (factory, endpoint) in sorted({(r["factory"], r["endpoint"]) for r in res["server"]["levels"]}):
+        series = sorted({(r["factory"], r["endpoint"]) for r in res["server"]["levels"]})
+        for i, (factory, endpoint) in enumerate(series):
             rows = [r for r in res["server"]["levels"] if r["factory"] == factory and r["endpoint"] == endpoint]
-            ax.plot([r["clients"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=f"{factory} {endpoint} p50")
-            ax.plot([r["clients"] for r in rows], [r["p99_ms"] for r in rows], "x--", label=f"{factory} {endpoint} p99")
+            x = [r["clients"] for r in rows]
+            ax.plot(x, [r["p50_ms"] for r in rows], "o-", color=f"C{i}", label=f"{factory} {endpoint} p50")
+            ax.plot(x, [r["p99_ms"] for r in rows], "x--", color=f"C{i}", label="p99")
         ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log",
                title=f"server on loopback ({res['server']['index_items']} items)")
         ax.grid(alpha=.3)
@@ -311,6 +328,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000", help="random-vector index sizes")
     ap.add_argument("--gallery", type=Path, default=HERE / ".cache" / "gallery-r101-n12000-r32-e6.pt",
                     help="gallery checkpoint for the real and server parts (default: bct_compat.py's ResNet-101)")
+    ap.add_argument("--real-pool", choices=["test", "all"], default="test",
+                    help="real part: Fashion-MNIST test set (10k) or train+test (70k) embedded by --gallery")
     ap.add_argument("--clients", default="1,4,16", help="concurrency levels of the server benchmark")
     ap.add_argument("--requests", type=int, default=400, help="/v1/search requests per level")
     ap.add_argument("--image-requests", type=int, default=60, help="/v1/search/image requests per level")
@@ -348,11 +367,12 @@ def main() -> None:
             del base
             write_json(args.out, res)
     if parts & {"real", "server"}:
-        emb, labels, info = real_embeddings(args.gallery, args.cache)
+        emb, labels, info = real_embeddings(args.gallery, args.cache, args.real_pool)
     if "real" in parts:
         base_idx, query_idx = split_real(emb)
         name = f"{info['arch']}-fashion-mnist-{len(base_idx) // 1000}k"
-        res["index"][name] = {"data": f"Fashion-MNIST train+test embedded by the gallery model {info['arch']} "
+        pool = "test set" if args.real_pool == "test" else "train+test"
+        res["index"][name] = {"data": f"Fashion-MNIST {pool} embedded by the gallery model {info['arch']} "
                                       f"(model_version {info['model_version']}); {N_QUERIES} random images held out "
                                       "as queries", **bench_index(emb[base_idx], emb[query_idx], name, args.threads)}
         res["commands"][name] = cmd
