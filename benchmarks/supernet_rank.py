@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +54,11 @@ SHARED_GALLERY = HERE / ".cache" / "gallery-r101.pt"
 
 def trained(path: Path) -> bool:
     return path.exists() and load_checkpoint(path).get("train", {}).get("complete", False)
+
+
+def train_seconds(ckpt: dict) -> float:
+    """Wall-clock training time recorded in a checkpoint (sum over epochs; survives reuse and resume)."""
+    return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)
 
 
 def metrics(report: dict) -> dict:
@@ -82,7 +88,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "supernet_rank.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    t_start = time.time()
+    t_start, load_start = time.time(), os.getloadavg()
     seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------- the gallery model
@@ -140,8 +146,10 @@ def main() -> None:
                         arch=str(arch), bct=True, spec=spec, splits=splits)
             seconds[f"standalone_{i}"] = round(time.time() - t, 1)
         q = load_checkpoint(path, "query")
-        row["standalone"] = metrics(evaluate_pair(model_from_checkpoint(q), gallery_model, splits, args.device,
-                                                  cache))
+        report = evaluate_pair(model_from_checkpoint(q), gallery_model, splits, args.device, cache)
+        row["standalone"] = metrics(report)
+        row["standalone_train_seconds"] = train_seconds(q)
+        paragon = report["paragon"]
         rows.append(row)
         print(f"[{i + 1}/{len(archs)}] {arch}  het R@1 inherited {100 * row['inherited']['het_r1']:.2f} "
               f"(no recal {100 * row['inherited_no_recal']['het_r1']:.2f})  "
@@ -178,18 +186,21 @@ def main() -> None:
                  "classes": splits.num_classes},
         "gallery": {"path": str(gallery_path), "arch": gallery["model"]["arch"],
                     "model_version": gallery["model_version"], "epochs": gallery["train"]["epochs"],
-                    "n_train": gallery_spec.n_train, "embed_dim": gallery["model"]["embed_dim"]},
+                    "n_train": gallery_spec.n_train, "embed_dim": gallery["model"]["embed_dim"],
+                    "train_seconds": train_seconds(gallery),
+                    "paragon": {"r1": paragon["recall@1"], "map_r": paragon["map@r"]}},
         "supernet": {"epochs": args.supernet_epochs, "sampling": sn_ckpt["sampling"]["rule"],
                      "n_train": len(splits.train), "model_version": sn_ckpt["model_version"],
-                     "final_loss": sn_ckpt["train"]["history"][-1]["loss"],
+                     "final_loss": sn_ckpt["train"]["history"][-1]["loss"], "train_seconds": train_seconds(sn_ckpt),
                      "train_config": sn_ckpt["train"]["config"],
                      "bn_recalibration": {"batches": args.calib_batches, "batch_size": 128}},
         "standalone": {"epochs": args.standalone_epochs, "bct_weight": 1.0, "n_train": len(splits.train),
                        "train_config": TrainConfig(epochs=args.standalone_epochs).to_dict()},
         "correlations": correlations,
         "archs": rows,
-        "train_seconds_this_run": seconds,
+        "train_seconds_this_run": seconds,  # empty when every model came from the cache
         "total_seconds_this_run": round(time.time() - t_start, 1),
+        "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
         "note": ("2 CPU cores shared with other jobs during the run; seconds are wall-clock and noisy. "
                  "Kendall tau over this few archs has a wide confidence interval: read p_value."),
         "machine": machine_info(),

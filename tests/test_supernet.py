@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,6 +139,7 @@ def test_arch_sampling_is_a_function_of_seed_and_step():
 
 def test_supernet_training_checkpoints_and_resumes(tiny_gallery, tmp_path, monkeypatch):
     gallery_path, splits = tiny_gallery
+    splits = replace(splits, train=splits.train.subset(torch.arange(128)))  # 2 steps per epoch
     gallery = load_checkpoint(gallery_path, "gallery")
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
     straight = train_supernet(gallery_path, cfg, tmp_path / "a.pt", space="shufflenet", splits=splits)
@@ -149,12 +151,12 @@ def test_supernet_training_checkpoints_and_resumes(tiny_gallery, tmp_path, monke
 
     real = training.archs_for_step
 
-    def crash_at_step_6(space, seed, step, rule="uniform"):
-        if step == 6:
-            raise KeyboardInterrupt  # killed part-way through epoch 2 (4 steps per epoch)
+    def crash_at_step_3(space, seed, step, rule="uniform"):
+        if step == 3:
+            raise KeyboardInterrupt  # killed part-way through epoch 2
         return real(space, seed, step, rule)
 
-    monkeypatch.setattr(training, "archs_for_step", crash_at_step_6)
+    monkeypatch.setattr(training, "archs_for_step", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train_supernet(gallery_path, cfg, tmp_path / "b.pt", space="shufflenet", splits=splits)
     monkeypatch.setattr(training, "archs_for_step", real)
@@ -182,18 +184,22 @@ def eq(*args, env=None, check=True):
     return proc
 
 
-def test_cli_trains_a_sandwich_supernet(tiny_gallery, tmp_path):
+def test_cli_trains_a_sandwich_supernet(tiny_gallery, tmp_path, capsys):
     gallery_path, _ = tiny_gallery
-    proc = eq("train", "supernet", "--space", "mbv3", "--gallery", gallery_path, "--out", tmp_path / "s.pt",
+    proc = eq("train", "supernet", "--space", "shufflenet", "--gallery", gallery_path, "--out", tmp_path / "s.pt",
               "--sandwich", "--epochs", "1", "--batch-size", "64", "--n-train", "128")
     assert "wrote" in proc.stderr and "compatible with gallery" in proc.stderr
     ck = load_checkpoint(tmp_path / "s.pt", "supernet")
-    assert ck["sampling"]["rule"] == "sandwich" and ck["model"]["space"]["space"] == "mbv3"
-    bad = eq("train", "supernet", "--gallery", tmp_path / "s.pt", "--out", tmp_path / "t.pt", check=False)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "holds a supernet model, but a gallery model is needed" in bad.stderr.strip().splitlines()[-1]
-    bad = eq("train", "supernet", "--space", "nasnet", "--gallery", gallery_path, check=False)
-    assert bad.returncode == 2 and "invalid choice: 'nasnet'" in bad.stderr
+    assert ck["sampling"]["rule"] == "sandwich" and ck["model"]["space"]["space"] == "shufflenet"
+    from edgequery.cli import main  # the same entry point, in-process: no second torch import
+
+    capsys.readouterr()
+    assert main(["train", "supernet", "--gallery", str(tmp_path / "s.pt"), "--out", str(tmp_path / "t.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a supernet model, but a gallery model is needed" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "supernet", "--space", "nasnet", "--gallery", str(gallery_path)])
+    assert exit_.value.code == 2 and "invalid choice: 'nasnet'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
