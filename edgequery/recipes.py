@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .checkpoint import load_checkpoint
 from .data import DataSpec, Splits, load_splits
 from .errors import EdgeQueryError
@@ -32,6 +34,7 @@ def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str =
                 "scale": scale, "margin": margin}
     resume = prepare_output(out, "gallery", cfg, identity, force)
     splits = splits or load_splits(spec)
+    torch.manual_seed(cfg.seed)  # the same settings start from the same weights
     model = build_embedding_net(arch, embed_dim, splits.num_classes, weights=None if resume else weights,
                                 scale=scale, margin=margin)
 
@@ -70,6 +73,7 @@ def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arc
         raise EdgeQueryError(f"the query data has {splits.num_classes} classes but gallery {gallery_path} was "
                              f"trained on {gspec['num_classes']}",
                              "train the query net on the gallery's data (drop the data overrides)")
+    torch.manual_seed(cfg.seed)
     model = build_embedding_net(arch, gspec["embed_dim"], splits.num_classes, weights=None if resume else weights,
                                 scale=gspec.get("scale", 16.0), margin=gspec.get("margin", 0.0))
     if init_state is not None and resume is None:
