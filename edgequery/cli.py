@@ -21,11 +21,12 @@ EPILOG = """\
 stages, in order:
   edgequery train gallery            ResNet-101 gallery model           -> gallery.pt
   edgequery train query --bct        small query net, BCT-compatible    -> query.pt
+  edgequery train supernet           weight-sharing supernet, BCT       -> supernet.pt
   edgequery eval                     paragon / homogeneous / heterogeneous retrieval
-  edgequery export / verify          TFLite + ONNX files, parity-checked, model card -> export/<name>/
-  edgequery demo                     all of the above, small, into one folder
+  edgequery export / verify          TFLite + ONNX, parity-checked, model card -> export/<name>/
   edgequery index                    embed the gallery, build the faiss index -> gallery_index/
   edgequery serve                    HTTP search API + demo page over an index
+  edgequery demo                     gallery, query nets (BCT / no BCT) and eval, small, in one folder
 
 run `edgequery COMMAND --help` for each command's options.
 """
