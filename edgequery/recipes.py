@@ -20,6 +20,16 @@ from .models import build_embedding_net, model_from_checkpoint, model_spec
 from .train import BCTLoss, ClassifierLoss, TrainConfig, fit, prepare_output
 
 
+def load_trained_gallery(path: str | Path) -> dict[str, Any]:
+    """A gallery checkpoint whose training finished (query nets and supernets train against it)."""
+    gallery = load_checkpoint(path, "gallery")
+    if not gallery.get("train", {}).get("complete", True):
+        raise EdgeQueryError(f"gallery {path} is an unfinished training run "
+                             f"(epoch {gallery['train']['epoch']}/{gallery['train']['epochs']})",
+                             "finish it first by rerunning `edgequery train gallery` with the same settings")
+    return gallery
+
+
 def _step(loss_fn):
     def step(model, x, y, _global_step):
         return loss_fn(model.module if hasattr(model, "module") else model, model(x), y)
@@ -57,11 +67,7 @@ def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arc
     uses the gallery classifier).  ``init_state`` starts from given weights (e.g. a
     supernet's inherited subnet) instead of a random initialisation.
     """
-    gallery = load_checkpoint(gallery_path, "gallery")
-    if not gallery.get("train", {}).get("complete", True):
-        raise EdgeQueryError(f"gallery {gallery_path} is an unfinished training run "
-                             f"(epoch {gallery['train']['epoch']}/{gallery['train']['epochs']})",
-                             "finish it first by rerunning `edgequery train gallery` with the same settings")
+    gallery = load_trained_gallery(gallery_path)
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
     compat = {"gallery_version": gallery["model_version"], "gallery_arch": gspec["arch"]} if bct else None

@@ -26,6 +26,7 @@ from ..checkpoint import load_checkpoint
 from ..data import DataSpec, Splits, load_splits
 from ..errors import EdgeQueryError
 from ..models import model_from_checkpoint
+from ..recipes import load_trained_gallery
 from ..train import BCTLoss, TrainConfig, fit, prepare_output
 from . import get_space, space_from_config
 from .base import SearchSpace
@@ -53,11 +54,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, 
     classes).  Resumes an unfinished run at ``out`` with the same settings.
     """
     space = get_space(space) if isinstance(space, str) else space
-    gallery = load_checkpoint(gallery_path, "gallery")
-    if not gallery.get("train", {}).get("complete", True):
-        raise EdgeQueryError(f"gallery {gallery_path} is an unfinished training run "
-                             f"(epoch {gallery['train']['epoch']}/{gallery['train']['epochs']})",
-                             "finish it first by rerunning `edgequery train gallery` with the same settings")
+    gallery = load_trained_gallery(gallery_path)
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
     rule = "sandwich" if sandwich else "uniform"
