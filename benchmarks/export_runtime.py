@@ -11,8 +11,9 @@ to TFLite (litert-torch) and ONNX (torch.onnx) - float32, batch 1 - and measures
   runtime, and FLOPs ratio) - the figure that parallels CMP-NAS's 80x (DeepFashion2)
   and 23x (IJB-C);
 * heterogeneous Recall@1 of each query net (its exported TFLite/ONNX files embedding the
-  query split, the gallery model embedding the gallery split) and the paragon's Recall@1
-  (ResNet-101 on both sides) - **only where trained checkpoints exist** in ``--cache``
+  query split, the gallery model embedding the gallery split), the paragon's Recall@1
+  (ResNet-101 on both sides), and for each trained query net its dynamic-range and int8
+  files' size, latency and Recall@1 change - **only where trained checkpoints exist** in ``--cache``
   (``benchmarks/bct_compat.py`` trains them there).  Without them, accuracy is reported
   as unavailable and latency/size are measured on randomly initialised nets (weights do
   not change float32 latency or size).
@@ -133,9 +134,12 @@ def main() -> None:
     ap.add_argument("--searched-query", type=Path, default=None,
                     help="a trained query checkpoint of the searched net (edgequery train query --arch search.json)")
     ap.add_argument("--searched-arch", default=None, help="a searched arch string (latency/size only, random init)")
+    ap.add_argument("--quantize", default="dynamic,int8",
+                    help="quantized variants exported for trained query nets (their Recall@1 change; 'none' to skip)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "export_runtime.json")
     args = ap.parse_args()
     resolutions = [int(r) for r in args.resolutions.split(",")]
+    quantize = tuple(q for q in args.quantize.split(",") if q and q != "none")
 
     results, notes = [], []
     load_before = [round(v, 2) for v in os.getloadavg()]
@@ -178,17 +182,31 @@ def main() -> None:
                     net = model_from_checkpoint(load_checkpoint(ck_path, "query"))
                     row["weights"] = f"trained query net {Path(ck_path).name} (BCT)"
                     out_dir = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:60]
+                    # quantized files are exported too; the 1-point dynamic-range gate is lifted here
+                    # (max_dynamic_drop=100) so the benchmark reports the drop instead of stopping on it
                     card = export_query(ck_path, out_dir, gpath, ExportOptions(
-                        threads=(args.threads,), runs=args.runs, warmup=args.warmup, force=True))
+                        threads=(args.threads,), runs=args.runs, warmup=args.warmup, force=True,
+                        quantize=quantize, max_dynamic_drop=100.0))
+                    row["quantized"] = []
                     for e in card["files"]:
                         lat = e["latency"][f"threads={args.threads}"]
+                        print(f"  {e['file']}: {e['bytes'] / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms, "
+                              f"het R@1 {100 * e['retrieval']['recall@1']:.2f}", flush=True)
+                        if e["quantization"] != "none":
+                            drop = e["retrieval"]["recall@1_drop_points"]
+                            row["quantized"].append({
+                                "file": e["file"], "format": e["format"], "quantization": e["quantization"],
+                                "bytes": e["bytes"], "latency": lat, "het_recall@1": e["retrieval"]["recall@1"],
+                                "recall@1_drop_points_vs_float32": drop,
+                                "within_1_point": drop <= 1.0,
+                                "cosine_min_vs_pytorch": e["parity"]["cosine_min"]})
+                            continue
                         row[e["format"]] = {"bytes": e["bytes"], "latency": lat, "convert_seconds": e["convert_seconds"],
                                             "parity": {k: e["parity"][k] for k in ("cosine_min", "passed", "images")}
                                             | {"real_images": True}}
-                        print(f"  {e['file']}: {e['bytes'] / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms, "
-                              f"het R@1 {100 * e['retrieval']['recall@1']:.2f}", flush=True)
                     row["het_recall@1"] = {"pytorch": card["retrieval"]["pytorch"]["recall@1"],
-                                           **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]}}
+                                           **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]
+                                              if e["quantization"] == "none"}}
                     shutil.rmtree(out_dir, ignore_errors=True)
                 else:
                     torch.manual_seed(0)

@@ -50,7 +50,8 @@ import torch
 
 from ..errors import EdgeQueryError
 from . import card as cards
-from .convert import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite, to_onnx, to_tflite
+from .convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic, to_onnx,
+                      to_tflite, to_tflite_int8)
 from .runtimes import Runner, measure_latency, open_runner
 
 FP32_MIN_COSINE = 0.9999          # float files vs PyTorch, every image
@@ -411,8 +412,10 @@ def _export_into(folder: Path, ckpt: dict, query_path: Path, gallery: dict | Non
             fname = file_name(base["format"], base["layout"], mode)
             say(f"quantizing {base['file']} -> {fname} ({mode}) ...")
             t = time.time()
-            if base["format"] == "tflite":
-                quantize_tflite(folder / base["file"], folder / fname, mode, calib, layout=base["layout"])
+            if base["format"] == "tflite" and mode == "dynamic":
+                quantize_tflite_dynamic(folder / base["file"], folder / fname)
+            elif base["format"] == "tflite":
+                to_tflite_int8(net, res, folder / fname, calib, layout=base["layout"])
             else:
                 quantize_onnx(folder / base["file"], folder / fname, mode, calib)
             entry = {"file": fname, "format": base["format"], "runtime": base["runtime"], "layout": base["layout"],
@@ -420,7 +423,9 @@ def _export_into(folder: Path, ckpt: dict, query_path: Path, gallery: dict | Non
             if mode == "int8":
                 entry["calibration_images"] = int(len(calib))
                 entry["calibration_source"] = "the first images of the training split (never the evaluation splits)"
-            entry["tool"] = "ai-edge-quantizer" if base["format"] == "tflite" else "onnxruntime.quantization"
+            entry["tool"] = {("tflite", "dynamic"): "ai-edge-quantizer dynamic_wi8_afp32",
+                             ("tflite", "int8"): "litert-torch PT2EQuantizer (per-channel, histogram calibration)",
+                             }.get((base["format"], mode), "onnxruntime.quantization")
             if base["format"] == "onnx":
                 entry["opset"] = ONNX_OPSET
                 cards.write_onnx_metadata(folder / fname, cards.onnx_metadata(card, entry))
