@@ -56,7 +56,10 @@ from .runtimes import Runner, measure_latency, open_runner
 
 FP32_MIN_COSINE = 0.9999          # float files vs PyTorch, every image
 FP32_MIN_CENTRED_COSINE = 0.999   # float files vs PyTorch, image-dependent part (see parity_figures)
-MIN_SPREAD = 1e-5                 # below this, embeddings are constant and the centred cosine means nothing
+# The centred cosine is gated only when embeddings vary across images by clearly more than
+# float32 conversion noise (~1e-6 per vector, relative): below this mean spread a correct
+# export's image-dependent part is itself mostly rounding noise, and only the plain cosine holds.
+MIN_SPREAD = 1e-3
 REPLAY_MIN_COSINE = 0.9999        # verify: a file vs its own outputs recorded at export time
 FORMATS = ("tflite", "onnx")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
