@@ -30,6 +30,14 @@ def load_trained_gallery(path: str | Path) -> dict[str, Any]:
     return gallery
 
 
+def require_gallery_classes(splits: Splits, gallery: dict[str, Any], gallery_path: str | Path, what: str) -> None:
+    """BCT's influence loss uses the gallery classifier: the training data must have its classes."""
+    n = gallery["model"]["num_classes"]
+    if splits.num_classes != n:
+        raise EdgeQueryError(f"the {what} data has {splits.num_classes} classes but gallery {gallery_path} was "
+                             f"trained on {n}", f"train the {what} on the gallery's data (drop the data overrides)")
+
+
 def _step(loss_fn):
     def step(model, x, y, _global_step):
         return loss_fn(model.module if hasattr(model, "module") else model, model(x), y)
@@ -75,10 +83,7 @@ def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arc
                 "bct": bct, "bct_weight": bct_weight, "gallery_version": gallery["model_version"]}
     resume = prepare_output(out, "query", cfg, identity, force)
     splits = splits or load_splits(spec)
-    if splits.num_classes != gspec["num_classes"]:
-        raise EdgeQueryError(f"the query data has {splits.num_classes} classes but gallery {gallery_path} was "
-                             f"trained on {gspec['num_classes']}",
-                             "train the query net on the gallery's data (drop the data overrides)")
+    require_gallery_classes(splits, gallery, gallery_path, "query net")
     torch.manual_seed(cfg.seed)
     model = build_embedding_net(arch, gspec["embed_dim"], splits.num_classes, weights=None if resume else weights,
                                 scale=gspec.get("scale", 16.0), margin=gspec.get("margin", 0.0))

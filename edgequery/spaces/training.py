@@ -26,7 +26,7 @@ from ..checkpoint import load_checkpoint
 from ..data import DataSpec, Splits, load_splits
 from ..errors import EdgeQueryError
 from ..models import model_from_checkpoint
-from ..recipes import load_trained_gallery
+from ..recipes import load_trained_gallery, require_gallery_classes
 from ..train import BCTLoss, TrainConfig, fit, prepare_output
 from . import get_space, space_from_config
 from .base import SearchSpace
@@ -63,10 +63,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, 
                 "bct_weight": bct_weight, "sampling": rule, "gallery_version": gallery["model_version"]}
     resume = prepare_output(out, "supernet", cfg, identity, force)
     splits = splits or load_splits(spec)
-    if splits.num_classes != gspec["num_classes"]:
-        raise EdgeQueryError(f"the supernet data has {splits.num_classes} classes but gallery {gallery_path} was "
-                             f"trained on {gspec['num_classes']}",
-                             "train the supernet on the gallery's data (drop the data overrides)")
+    require_gallery_classes(splits, gallery, gallery_path, "supernet")
     scale, margin = gspec.get("scale", 16.0), gspec.get("margin", 0.0)
     torch.manual_seed(cfg.seed)  # a reproducible initialisation: the same settings give the same supernet
     model = Supernet(space, gspec["embed_dim"], splits.num_classes, scale, margin)
