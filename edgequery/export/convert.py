@@ -89,22 +89,31 @@ def input_shape(resolution: int, layout: str = "NCHW") -> tuple[int, int, int, i
     return (1, resolution, resolution, 3) if layout == "NHWC" else (1, 3, resolution, resolution)
 
 
-def to_tflite(net: nn.Module, resolution: int, path: str | Path, layout: str = "NCHW", quiet: bool = True) -> Path:
-    """Write ``net`` (eval mode, batch 1) as a float32 ``.tflite`` file with I/O ``image``/``embedding``."""
+def to_tflite(net: nn.Module, resolution: int, path: str | Path, layout: str = "NCHW", quiet: bool = True,
+              sample_shape: tuple[int, ...] | None = None) -> Path:
+    """Write ``net`` (eval mode, batch 1) as a float32 ``.tflite`` file with I/O ``image``/``embedding``.
+
+    ``sample_shape`` replaces the image shape for nets that take something else (the
+    latency profiler's single blocks).
+    """
     import litert_torch
 
     module = NamedEncoder(net.eval(), layout).eval()
-    sample = torch.zeros(input_shape(resolution, layout))
+    sample = torch.zeros(sample_shape or input_shape(resolution, layout))
     path = Path(path)
     with _quiet(quiet), torch.no_grad():
         litert_torch.convert(module, sample_kwargs={INPUT_NAME: sample}).export(str(path))
     return path
 
 
-def to_onnx(net: nn.Module, resolution: int, path: str | Path, quiet: bool = True) -> Path:
-    """Write ``net`` as a single-file float32 ``.onnx`` (opset :data:`ONNX_OPSET`, symbolic batch)."""
+def to_onnx(net: nn.Module, resolution: int, path: str | Path, quiet: bool = True,
+            sample_shape: tuple[int, ...] | None = None) -> Path:
+    """Write ``net`` as a single-file float32 ``.onnx`` (opset :data:`ONNX_OPSET`, symbolic batch).
+
+    ``sample_shape`` replaces the image shape (as in :func:`to_tflite`).
+    """
     path = Path(path)
-    sample = torch.zeros(1, 3, resolution, resolution)
+    sample = torch.zeros(sample_shape or (1, 3, resolution, resolution))
     with _quiet(quiet), torch.no_grad():
         torch.onnx.export(net.eval(), (sample,), str(path), dynamo=True, opset_version=ONNX_OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -235,6 +235,14 @@ class SearchSpace(ABC):
         """A standalone module for one block (for per-block latency measurement)."""
 
     @abstractmethod
+    def covering_archs(self, resolution: int) -> list[Any]:
+        """Archs at ``resolution`` that together contain every block the space has there.
+
+        A latency profiler measures the union of their :meth:`blocks` - each block key of
+        the space once - instead of enumerating archs (``mbv3`` has ~10^19).
+        """
+
+    @abstractmethod
     def largest(self) -> Any:
         """The arch with every choice at its maximum (the sandwich rule's top)."""
 

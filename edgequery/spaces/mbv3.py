@@ -120,6 +120,13 @@ class MBv3Space(SearchSpace):
                              for _ in range(pick(self.depths, rng))) for _ in STAGES)
         return MBv3Arch(pick(self.resolutions, rng), pick(self.widths, rng), stages)
 
+    def covering_archs(self, resolution: int) -> list[MBv3Arch]:
+        # A block's key depends on the width, its stage, whether it opens the stage and its
+        # (kernel, expansion) - not on the depth: one deepest arch per (width, kernel, expansion).
+        deepest = self.depths[-1]
+        return [MBv3Arch(int(resolution), w, tuple(((k, e),) * deepest for _ in STAGES))
+                for w in self.widths for k in self.kernels for e in self.expands]
+
     def largest(self) -> MBv3Arch:
         block = (self.kernels[-1], self.expands[-1])
         return MBv3Arch(self.resolutions[-1], self.widths[-1], tuple((block,) * self.depths[-1] for _ in STAGES))

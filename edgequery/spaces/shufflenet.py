@@ -128,6 +128,11 @@ class ShuffleNetSpace(SearchSpace):
         return ShuffleArch(pick(self.resolutions, rng), tuple(
             tuple((pick(self.ops, rng), pick(self.channels, rng)) for _ in range(d)) for d in STAGE_DEPTHS))
 
+    def covering_archs(self, resolution: int) -> list[ShuffleArch]:
+        # A position's key depends only on the position and its (op, scale): one uniform arch per choice.
+        return [ShuffleArch(int(resolution), tuple(((op, c),) * d for d in STAGE_DEPTHS))
+                for op in self.ops for c in self.channels]
+
     def largest(self) -> ShuffleArch:
         """Most compute: the Xception unit (or the largest kernel) at the widest channels."""
         op = "x3" if "x3" in self.ops else max(self.ops)

@@ -1,0 +1,196 @@
+"""``edgequery profile``: per-block latency tables measured on the target, validated end to end."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import HelpFormatter, say, write_json
+
+DESCRIPTION = """\
+Measure a latency lookup table (LUT) on the device that will run the query net: every
+distinct block of the search space at the given input resolution(s) is exported as a
+small model file for the runtime and timed there (batch 1, fixed threads, warm-up, then
+>= --runs timed runs; median with p10/p90).  The runtime's per-invocation overhead is
+measured on an identity model and counted once per net.  A killed run resumes where it
+stopped (rerun the same command).
+
+devices (a device is a string, not code):
+  local                       this machine (optionally ?cpus=1 to pin with taskset)
+  ssh://user@host[:port]      a Linux board via ssh/scp; it needs python3 and the runtime
+                              (options: ?python=PATH&identity=KEY&config=SSH_CONFIG&cpus=LIST)
+  adb[:serial]                an Android phone via adb, timed by LiteRT's benchmark_model
+                              (--benchmark-binary PATH; ?cpumask=f0 pins to CPUs with taskset)
+
+runtimes: litert (.tflite via litert-torch; ai-edge-litert or tflite-runtime on the device),
+onnxruntime (.onnx via torch.onnx), torch (.pt2 via torch.export)
+
+examples:
+  edgequery profile --device local --runtime litert --space mbv3 --resolution 32
+  edgequery profile --device ssh://pi@raspberrypi.local --runtime onnxruntime --threads 4
+  edgequery profile --device adb --runtime litert --benchmark-binary ./benchmark_model
+  edgequery profile validate --lut lut-local-litert.json --n 100 --calibrate
+  edgequery profile show lut-local-litert.json
+"""
+
+
+def _add_protocol(p: argparse.ArgumentParser, inherit: bool = False) -> None:
+    g = p.add_argument_group("timing protocol" + (" (default: the LUT's)" if inherit else ""))
+    d = (lambda v: None) if inherit else (lambda v: v)
+    g.add_argument("--threads", type=int, default=d(1), help="runtime threads")
+    g.add_argument("--warmup", type=int, default=d(10), help="untimed runs before timing")
+    g.add_argument("--runs", type=int, default=d(50), help="timed runs (at least)")
+    g.add_argument("--min-seconds", type=float, default=d(0.1), help="and at least this long of timed runs")
+    g.add_argument("--rounds", type=int, default=d(3),
+                   help="rounds over all files (the lowest round median is kept: load only adds time)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure per-block latency tables on a device (local, ssh, adb)",
+                       description=DESCRIPTION, formatter_class=type("F", (HelpFormatter,
+                                                                           argparse.RawDescriptionHelpFormatter), {}))
+    p.add_argument("--device", default="local", help="where to time: local, ssh://user@host[:port], adb[:serial]")
+    p.add_argument("--runtime", choices=["litert", "onnxruntime", "torch"], default="litert")
+    p.add_argument("--space", choices=["mbv3", "shufflenet"], default="mbv3", help="search space to profile")
+    p.add_argument("--supernet", help="take the space (and its choice lists) from this supernet checkpoint")
+    p.add_argument("--resolution", default="32", help="input resolution(s) of the archs to cover, e.g. 32 or 24,28,32")
+    p.add_argument("--embed-dim", type=int, default=128, help="embedding size of the query nets")
+    p.add_argument("--out", help="LUT file (default lut-<device>-<runtime>.json)")
+    p.add_argument("--jobs", type=int, default=2, help="processes converting block files (timing is sequential)")
+    p.add_argument("--benchmark-binary", help="adb: LiteRT benchmark_model built for the phone")
+    p.add_argument("--force", action="store_true", help="measure again from scratch over an existing --out")
+    _add_protocol(p)
+    p.set_defaults(handler=run_profile)
+    acts = p.add_subparsers(dest="action", metavar="{validate,show}")
+
+    v = acts.add_parser("validate", help="measure random whole nets end to end and score the LUT's predictions",
+                        description="Sample --n random archs at the LUT's resolutions, export each whole net as "
+                                    "`edgequery export` does, time it on the device and compare with the LUT: share "
+                                    "within +-5%% and +-10%%, mean absolute %% error, Spearman rho. --calibrate fits "
+                                    "measured = scale * predicted + offset and stores it in the LUT.",
+                        formatter_class=HelpFormatter)
+    v.add_argument("--lut", required=True, help="LUT to validate (edgequery profile)")
+    v.add_argument("--n", type=int, default=100, help="random archs to measure")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--calibrate", action="store_true", help="fit and store a linear correction in the LUT")
+    v.add_argument("--device", help="device to measure on (default: the LUT's)")
+    v.add_argument("--benchmark-binary", help="adb: LiteRT benchmark_model built for the phone")
+    v.add_argument("--report", help="write the report JSON here (default <lut>.validation.json)")
+    v.add_argument("--jobs", type=int, default=2, help="processes converting the nets (timing is sequential)")
+    _add_protocol(v, inherit=True)
+    v.set_defaults(handler=run_validate)
+
+    s = acts.add_parser("show", help="a readable summary of a LUT", formatter_class=HelpFormatter)
+    s.add_argument("lut", help="LUT file")
+    s.add_argument("--top", type=int, default=10, help="how many of the slowest blocks to list")
+    s.set_defaults(handler=run_show)
+
+
+def _resolutions(text: str) -> list[int]:
+    from ..errors import EdgeQueryError
+
+    try:
+        return [int(r) for r in str(text).split(",") if r.strip()]
+    except ValueError:
+        raise EdgeQueryError(f"--resolution {text!r} is not a list of integers", "write e.g. 32 or 24,28,32") from None
+
+
+def _space(args):
+    from ..spaces import get_space, space_from_config
+
+    if args.supernet:
+        from ..checkpoint import load_checkpoint
+
+        return space_from_config(load_checkpoint(args.supernet, "supernet")["model"]["space"])
+    return get_space(args.space)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from ..latency import parse_device, profile
+    from ..latency.profiler import Protocol
+
+    device = parse_device(args.device, benchmark_binary=args.benchmark_binary)
+    out = args.out or f"lut-{device.name}-{args.runtime}.json"
+    lut = profile(_space(args), _resolutions(args.resolution), device, args.runtime,
+                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds), out, embed_dim=args.embed_dim,
+                  jobs=args.jobs, force=args.force, log=say)
+    print(summary(lut, top=5))
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..latency import load_lut, parse_device, validate
+    from ..latency.profiler import Protocol
+    from ..spaces import space_from_config
+
+    lut = load_lut(args.lut)
+    space = space_from_config(lut.space_config)
+    device = parse_device(args.device or lut.device.get("spec", "local"), benchmark_binary=args.benchmark_binary)
+    base = {k: lut.protocol[k] for k in Protocol().to_dict() if k in lut.protocol}
+    given = {"threads": args.threads, "warmup": args.warmup, "runs": args.runs, "min_seconds": args.min_seconds,
+             "rounds": args.rounds}
+    protocol = Protocol(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
+                      jobs=args.jobs, log=say)
+    path = args.report or str(Path(args.lut).with_suffix("")) + ".validation.json"
+    write_json(path, report)
+    u = report["uncalibrated"]
+    print(f"{args.n} random nets on {device.describe()} ({lut.runtime}, {lut.threads} thread(s)):\n"
+          f"  uncalibrated: {u['within_5pct']:.0%} within +-5%, {u['within_10pct']:.0%} within +-10%, "
+          f"MAPE {u['mape_pct']:.2f}%, mean error {u['mean_error_pct']:+.2f}%, Spearman rho {u['spearman_rho']:.3f}")
+    if "calibrated_cross_validated" in report:
+        c = report["calibrated_cross_validated"]
+        print(f"  calibrated, 5-fold cross-validated: {c['within_5pct']:.0%} within +-5%, "
+              f"{c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%")
+    if "calibrated_in_sample" in report:
+        c, cal = report["calibrated_in_sample"], report["calibration"]
+        print(f"  calibrated (in-sample, scale {cal['scale']:.4f}, offset {cal['offset_ms']:+.4f} ms): "
+              f"{c['within_5pct']:.0%} within +-5%, {c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%"
+              f"\n  stored in {args.lut}")
+    say(f"wrote {path}")
+    return 0
+
+
+def summary(lut, top: int = 10) -> str:
+    """A readable summary of a LUT: where, how, coverage and the slowest blocks."""
+    from ..spaces import space_from_config
+
+    space = space_from_config(lut.space_config)
+    missing = lut.missing(space)
+    dev = lut.device
+    lines = [f"LUT {lut.path}",
+             f"  device     {dev.get('spec')}: {dev.get('cpu', '?')}, {dev.get('cores', '?')} cores, {dev.get('os', '?')}",
+             f"  runtime    {lut.runtime_version or lut.runtime}, {lut.threads} thread(s)",
+             f"  space      {lut.space} at resolution(s) {', '.join(map(str, lut.resolutions))}, "
+             f"embedding {lut.embed_dim}",
+             f"  protocol   warm-up {lut.protocol.get('warmup')}, >= {lut.protocol.get('runs')} runs and "
+             f">= {lut.protocol.get('min_seconds')} s, x{lut.protocol.get('rounds', 1)} rounds,\n"
+             f"             {lut.protocol.get('statistic')}; {lut.protocol.get('spread')}",
+             f"  coverage   {len(lut.blocks)} blocks measured, {len(missing)} missing"
+             + ("" if lut.complete else "  (INCOMPLETE: rerun the profile command to finish)"),
+             f"  overhead   {lut.overhead_ms:.4f} ms per invocation (identity model)",
+             f"  measured   {lut.measured_at}, {lut.build_seconds:.0f} s"]
+    if lut.calibration:
+        c = lut.calibration
+        lines.append(f"  calibrated measured = {c['scale']:.4f} x predicted {c['offset_ms']:+.4f} ms "
+                     f"(fitted on {c['fitted_on']} nets)")
+    if lut.blocks:
+        sub = space_from_config({**lut.space_config, "resolutions": list(lut.resolutions)})
+        lines.append(f"  slowest {min(top, len(lut.blocks))} blocks (median ms, p10-p90):")
+        for key, st in sorted(lut.blocks.items(), key=lambda kv: -kv[1]["median_ms"])[:top]:
+            lines.append(f"    {st['median_ms']:9.4f}  ({st['p10_ms']:.4f}-{st['p90_ms']:.4f})  {key}")
+        sizes = [st["median_ms"] for st in lut.blocks.values()]
+        lines.append(f"  block medians: min {min(sizes):.4f}, median {sorted(sizes)[len(sizes) // 2]:.4f}, "
+                     f"max {max(sizes):.4f} ms")
+        if not missing:
+            lines.append(f"  nets: smallest {lut.predict(sub.smallest(), sub):.3f} ms, "
+                         f"largest {lut.predict(sub.largest(), sub):.3f} ms (predicted)")
+    return "\n".join(lines)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from ..latency import load_lut
+
+    print(summary(load_lut(args.lut), top=args.top))
+    return 0

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""The on-target timing agent: times model files in one runtime and prints JSON lines.
+
+This file is deliberately **self-contained** - the standard library, numpy and the
+runtime being timed, nothing from edgequery - so it runs unchanged on the host
+(``local`` device) and on any board reached over ssh that has Python 3 and
+``ai-edge-litert`` (or the older ``tflite-runtime``), ``onnxruntime`` or ``torch``.
+The profiler copies it next to the model files and runs::
+
+    python3 agent.py request.json        # time the models the request lists
+    python3 agent.py --check RUNTIME     # is RUNTIME importable here? (prints one line)
+
+``request.json``::
+
+    {"runtime": "litert" | "onnxruntime" | "torch", "threads": 1,
+     "warmup": 10, "runs": 50, "min_seconds": 0.1, "rounds": 3,
+     "models": ["blocks/0001.tflite", ...]}          # relative to the request file
+
+Output, one JSON object per line, flushed as soon as it is known (so the host can show
+progress and keep what was measured if the connection drops)::
+
+    {"type": "info", "runtime": ..., "runtime_version": ..., "threads": ..., "cpu": ..., ...}
+    {"type": "result", "model": "blocks/0001.tflite", "median_ms": ..., "p10_ms": ..., "p90_ms": ...,
+     "runs": ..., "round_medians_ms": [...]}
+    {"type": "error", "model": ..., "error": ...}    # one model failed; the others go on
+    {"type": "fatal", "error": ..., "fix": ...}      # nothing can be timed (exit status 3)
+
+**Protocol** (DESIGN.md §4): batch 1, a fixed thread count, the input tensor filled
+once with seeded random values and bound before timing; ``warmup`` untimed runs, then
+at least ``runs`` timed runs and at least ``min_seconds`` of them (like LiteRT's
+``benchmark_model``: tiny blocks take microseconds, so 50 runs alone would be a burst).
+That is repeated for ``rounds`` rounds, round-robin over all the request's models, so a
+burst of load from another process hits one round of a model, not all of it: the
+reported ``median_ms`` is the lowest of the per-round medians (load only ever adds
+time), ``p10_ms`` / ``p90_ms`` are over all timed runs.  Only the runtime's *invoke* is timed
+(TFLite ``invoke()``; onnxruntime ``run_with_iobinding`` on pre-bound input and
+output buffers; torch a forward under ``inference_mode``) - what is left of the
+per-invocation overhead is measured on an identity model by the profiler.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+RUNTIMES = ("litert", "onnxruntime", "torch")
+INSTALL = {"litert": "pip install ai-edge-litert (or tflite-runtime on older boards)",
+           "onnxruntime": "pip install onnxruntime", "torch": "pip install torch"}
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Hardware", "Processor")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_version(runtime):
+    """``name version`` of the importable runtime; ImportError when it is missing."""
+    if runtime == "litert":
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+            from importlib.metadata import version
+            return "ai-edge-litert " + version("ai-edge-litert")
+        except ImportError:
+            import tflite_runtime
+            return "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+    if runtime == "onnxruntime":
+        import onnxruntime
+        return "onnxruntime " + onnxruntime.__version__
+    import torch
+    return "torch " + torch.__version__
+
+
+def machine_info(runtime, threads):
+    return {"type": "info", "runtime": runtime, "runtime_version": runtime_version(runtime), "threads": threads,
+            "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform(),
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- one callable per runtime
+
+
+def litert_call(path, threads, rng):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+    interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
+    for d in interp.get_input_details():
+        interp.set_tensor(d["index"], random_input(d["shape"], d["dtype"], rng))
+    return interp.invoke
+
+
+def onnxruntime_call(path, threads, rng):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]  # symbolic dims (batch) -> 1
+        dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}[i.type]
+        feeds[i.name] = random_input(shape, dtype, rng)
+    outputs = sess.run(None, feeds)  # once, for the output shapes
+    binding = sess.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+    for o, value in zip(sess.get_outputs(), outputs):
+        binding.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+    return lambda: sess.run_with_iobinding(binding)
+
+
+def torch_call(path, threads, rng):
+    import torch
+
+    torch.set_num_threads(threads)
+    program = torch.export.load(path)
+    module = program.module()
+    args = [torch.from_numpy(random_input(tuple(a.shape), "float32", rng))
+            for a in program.example_inputs[0]] if program.example_inputs else []
+
+    def call():
+        with torch.inference_mode():
+            module(*args)
+    return call
+
+
+CALLS = {"litert": litert_call, "onnxruntime": onnxruntime_call, "torch": torch_call}
+
+
+def random_input(shape, dtype, rng):
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max + 1, size=tuple(shape), dtype=dtype)
+    return rng.standard_normal(tuple(shape)).astype(dtype)
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def time_call(call, runs, min_seconds):
+    """Milliseconds of each of >= ``runs`` calls of ``call()`` lasting >= ``min_seconds`` in all."""
+    times = []
+    clock = time.perf_counter
+    start = clock()
+    while len(times) < runs or clock() - start < min_seconds:
+        t0 = clock()
+        call()
+        times.append((clock() - t0) * 1e3)
+    return times
+
+
+def summarise(rounds_ms):
+    """Best per-round median, p10 and p90 over all runs (ms) of a list of rounds of timings."""
+    pooled = sorted(t for r in rounds_ms for t in r)
+    deciles = statistics.quantiles(pooled, n=10, method="inclusive") if len(pooled) > 1 else pooled * 9
+    medians = [statistics.median(r) for r in rounds_ms]
+    return {"median_ms": round(min(medians), 5), "p10_ms": round(deciles[0], 5), "p90_ms": round(deciles[-1], 5),
+            "runs": len(pooled), "round_medians_ms": [round(m, 5) for m in medians]}
+
+
+def run_request(path):
+    with open(path) as f:
+        req = json.load(f)
+    runtime, threads = req["runtime"], int(req["threads"])
+    if runtime not in RUNTIMES:
+        emit({"type": "fatal", "error": "unknown runtime %r" % runtime, "fix": "use one of " + ", ".join(RUNTIMES)})
+        return 3
+    try:
+        import numpy as np
+        emit(machine_info(runtime, threads))
+    except ImportError as exc:
+        emit({"type": "fatal", "error": "%s cannot be imported on %s (%s)" % (runtime, platform.node(), exc),
+              "fix": "install it there: " + INSTALL[runtime]})
+        return 3
+    rng = np.random.default_rng(0)
+    base = os.path.dirname(os.path.abspath(path))
+    warmup, runs = int(req.get("warmup", 10)), int(req.get("runs", 50))
+    min_seconds, rounds = float(req.get("min_seconds", 0.1)), max(1, int(req.get("rounds", 1)))
+    calls, timings = {}, {}
+    for model in req["models"]:
+        try:
+            calls[model] = CALLS[runtime](os.path.join(base, model), threads, rng)
+            for _ in range(warmup):
+                calls[model]()
+            timings[model] = []
+        except Exception as exc:  # noqa: BLE001 - reported per model, the run goes on
+            emit({"type": "error", "model": model, "error": "%s: %s" % (type(exc).__name__, exc)})
+    for _ in range(rounds):
+        for model, call in calls.items():
+            timings[model].append(time_call(call, runs, min_seconds))
+    for model in calls:
+        emit({"type": "result", "model": model, **summarise(timings[model])})
+    return 0
+
+
+def check(runtime):
+    try:
+        emit(machine_info(runtime, 1))
+        return 0
+    except ImportError as exc:
+        emit({"type": "fatal", "error": "%s cannot be imported on %s (%s)" % (runtime, platform.node(), exc),
+              "fix": "install it there: " + INSTALL.get(runtime, runtime)})
+        return 3
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "--check":
+        return check(argv[2])
+    if len(argv) != 2:
+        sys.stderr.write(__doc__)
+        return 2
+    return run_request(argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,125 @@
+"""The blocks a latency table must hold, and each block as a small standalone model file.
+
+:func:`space_blocks` lists every distinct block key of a search space at the given
+input resolutions (from :meth:`SearchSpace.covering_archs`, so nothing is sampled and
+nothing is missed).  :func:`export_model` writes one module - a block, a whole net, or
+the identity model that measures the runtime's per-invocation overhead - in the
+runtime's file format, with the same converters ``edgequery export`` uses:
+
+=============  ============  ==================================================
+runtime        file          converter
+=============  ============  ==================================================
+litert         ``.tflite``   litert-torch (:func:`edgequery.export.convert.to_tflite`)
+onnxruntime    ``.onnx``     torch.onnx dynamo (:func:`edgequery.export.convert.to_onnx`)
+torch          ``.pt2``      ``torch.export`` + ``torch.export.save``
+=============  ============  ==================================================
+
+Weights are random (seeded) and BatchNorm is in eval mode: float latency does not
+depend on weight values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import EdgeQueryError
+
+RUNTIME_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx", "torch": ".pt2"}
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIME_SUFFIX:
+        raise EdgeQueryError(f"unknown runtime {runtime!r}", f"use one of: {', '.join(RUNTIME_SUFFIX)}")
+    return runtime
+
+
+def space_blocks(space, resolutions: Iterable[int], embed_dim: int = 128) -> list:
+    """Every distinct :class:`BlockSpec` of ``space`` at ``resolutions``, in first-seen order."""
+    seen: dict[str, object] = {}
+    for res in resolutions:
+        if res not in space.resolutions:
+            raise EdgeQueryError(f"the {space.name} space has no input resolution {res}",
+                                 f"pick from {', '.join(map(str, space.resolutions))}")
+        for arch in space.covering_archs(res):
+            for block in space.blocks(arch, embed_dim):
+                seen.setdefault(block.key, block)
+    return list(seen.values())
+
+
+class Identity(nn.Module):
+    """The overhead model: one trivial op (ReLU) on 8 numbers - invoking it costs the runtime's fixed overhead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+IDENTITY_SHAPE = (1, 8)
+
+
+def export_model(module: nn.Module, in_shape: Sequence[int], runtime: str, path: str | Path) -> Path:
+    """Write ``module`` (batch-1 input of ``in_shape``, batch dim included) for ``runtime`` at ``path``."""
+    from ..export.convert import to_onnx, to_tflite
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    if runtime == "litert":
+        to_tflite(module, 0, tmp, sample_shape=tuple(in_shape))
+    elif runtime == "onnxruntime":
+        to_onnx(module, 0, tmp, sample_shape=tuple(in_shape))
+    elif runtime == "torch":
+        with torch.no_grad():
+            program = torch.export.export(module, (torch.zeros(tuple(in_shape)),))
+        torch.export.save(program, str(tmp))
+    else:
+        check_runtime(runtime)
+    tmp.replace(path)  # a killed conversion never leaves a file that looks finished
+    return path
+
+
+def block_module(space, block, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return space.build_block(block).eval()
+
+
+def net_module(arch: str, embed_dim: int, seed: int = 0) -> nn.Module:
+    """A whole query net of ``arch`` as ``edgequery export`` exports it (trunk, head, L2 norm)."""
+    from ..models import build_embedding_net
+
+    torch.manual_seed(seed)
+    return build_embedding_net(str(arch), embed_dim, num_classes=10).eval()
+
+
+def export_item(item: dict, runtime: str, space=None) -> Path:
+    """Write one job item: ``{"key", "in_shape", "path"}`` (a block of ``space``) or ``{"arch", "embed_dim", "path"}``."""
+    from ..spaces.base import BlockSpec
+
+    if "arch" in item:
+        res = int(item["resolution"])
+        return export_model(net_module(item["arch"], item["embed_dim"]), (1, 3, res, res), runtime, item["path"])
+    block = BlockSpec(item["key"], tuple(item["in_shape"]), tuple(item["out_shape"]))
+    return export_model(block_module(space, block), (1, *block.in_shape), runtime, item["path"])
+
+
+def _worker(job_file: str) -> None:
+    """``python -m edgequery.latency.blocks JOB.json``: convert a share of a profile's files (see profiler)."""
+    import json
+
+    from ..spaces import space_from_config
+
+    torch.set_num_threads(1)
+    job = json.loads(Path(job_file).read_text())
+    space = space_from_config(job["space"]) if job.get("space") else None
+    for item in job["items"]:
+        export_item(item, job["runtime"], space)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _worker(sys.argv[1])
