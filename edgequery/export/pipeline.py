@@ -215,25 +215,33 @@ def tool_versions() -> dict[str, str]:
 
 
 def lut_prediction(lut_path: str | None, arch: str, embed_dim: int) -> dict[str, Any] | None:
-    """Latency predicted for ``arch`` by a per-block LUT, or why there is none.
+    """Latency predicted for ``arch`` by a per-block LUT (``edgequery profile``), or why there is none.
 
-    The LUT format and its predictor belong to the latency-profiling stage
-    (``edgequery.latency``).  When that package is not part of this build, the card
-    says so instead of guessing; the measured latencies are recorded either way.
+    Only searched nets (``space:...`` arch strings) are made of a LUT's blocks; for a
+    baseline such as ``mobilenet_v3_small`` the card says so.  A LUT of another space or
+    resolution is not an error for the export - the card records why nothing was predicted.
     """
     if not lut_path:
         return None
-    if not Path(lut_path).is_file():
-        raise EdgeQueryError(f"LUT {lut_path} does not exist", "pass a file written by `edgequery profile`")
+    from ..latency import load_lut
+    from ..spaces import space_from_config
+
+    lut = load_lut(lut_path)  # a missing or foreign file is the user's error: raise
+    out: dict[str, Any] = {"lut": str(lut_path), "device": lut.device.get("spec"), "runtime": lut.runtime,
+                           "threads": lut.threads}
+    if ":" not in arch:
+        return {**out, "status": "not predicted", "reason": f"{arch} is not an arch of a search space: a LUT holds "
+                                                            "the blocks of searched nets only"}
     try:
-        from ..latency import predict_arch_latency  # type: ignore[attr-defined]
-    except ImportError:
-        return {"lut": str(lut_path), "status": "not predicted",
-                "reason": "edgequery.latency (the LUT reader and predictor) is not part of this build"}
-    try:
-        return {"lut": str(lut_path), "status": "predicted", **predict_arch_latency(lut_path, arch, embed_dim)}
+        space = space_from_config(lut.space_config)
+        detail = lut.breakdown(space, arch)
+        if embed_dim != lut.embed_dim:
+            raise EdgeQueryError(f"the LUT was measured for {lut.embed_dim}-d embeddings, the net has {embed_dim}",
+                                 f"profile with --embed-dim {embed_dim}")
     except EdgeQueryError as exc:
-        return {"lut": str(lut_path), "status": "not predicted", "reason": str(exc)}
+        return {**out, "status": "not predicted", "reason": str(exc)}
+    return {**out, "status": "predicted", "predicted_ms": detail["predicted_ms"], "raw_ms": detail["raw_ms"],
+            "calibrated": detail["calibrated"]}
 
 
 def _write_png(path: Path, image: torch.Tensor) -> None:

@@ -26,7 +26,6 @@ so the runtime's per-invocation overhead is *included*, not subtracted.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +201,12 @@ def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 10, runs: int =
     if runs < 1 or warmup < 0:
         raise EdgeQueryError(f"latency protocol needs runs >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})",
                              "pass --runs 50 --warmup 10 or similar")
+    from ..latency.agent import summarise, time_call  # the one timing loop (the on-device agent's)
+
     call = runner.timed_call(x)
     for _ in range(warmup):
         call()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        call()
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    return {"median_ms": round(float(np.median(ms)), 4), "p10_ms": round(float(np.percentile(ms, 10)), 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4), "threads": runner.threads, "runs": runs,
+    stats = summarise([time_call(call, runs, 0.0)])
+    return {"median_ms": round(stats["median_ms"], 4), "p10_ms": round(stats["p10_ms"], 4),
+            "p90_ms": round(stats["p90_ms"], 4), "threads": runner.threads, "runs": runs,
             "warmup": warmup, "batch": 1, "clock": "time.perf_counter, end to end incl. invocation overhead"}

@@ -26,6 +26,7 @@ boundaries).
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 from dataclasses import dataclass, field
@@ -65,12 +66,13 @@ class LUT:
     # ----------------------------------------------------------------- file form
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "space": self.space, "space_config": self.space_config,
+        """The file form (a deep copy: changing it never changes this LUT)."""
+        return copy.deepcopy({"format": FORMAT, "version": VERSION, "space": self.space, "space_config": self.space_config,
                 "resolutions": list(self.resolutions), "embed_dim": self.embed_dim, "device": self.device,
                 "runtime": self.runtime, "runtime_version": self.runtime_version, "threads": self.threads,
                 "protocol": self.protocol, "overhead": self.overhead, "blocks": self.blocks,
                 "calibration": self.calibration, "complete": self.complete, "measured_at": self.measured_at,
-                "build_seconds": round(self.build_seconds, 1)}
+                "build_seconds": round(self.build_seconds, 1)})
 
     def save(self, path: str | Path) -> Path:
         """Atomic write: an interrupted save never leaves a half-written LUT."""

@@ -102,9 +102,10 @@ def export_files(items: list[dict], runtime: str, jobs: int = 1, space=None, des
                 job = Path(tmp) / f"job{i}.json"
                 job.write_text(json.dumps({"space": space.config() if space else None, "runtime": runtime,
                                            "items": todo[i::jobs]}))
-                procs.append(subprocess.Popen([sys.executable, "-m", "edgequery.latency.blocks", str(job)],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                              env={**os.environ, "OMP_NUM_THREADS": "1"}))
+                with open(Path(tmp) / f"job{i}.log", "w") as err:  # converters are chatty: a file, not a pipe
+                    procs.append(subprocess.Popen([sys.executable, "-m", "edgequery.latency.blocks", str(job)],
+                                                  stdout=subprocess.DEVNULL, stderr=err,
+                                                  env={**os.environ, "OMP_NUM_THREADS": "1"}))
             done = 0
             while True:
                 running = any(p.poll() is None for p in procs)
@@ -114,9 +115,9 @@ def export_files(items: list[dict], runtime: str, jobs: int = 1, space=None, des
                 if not running:
                     break
                 time.sleep(0.5)
-            failed = [p for p in procs if p.returncode != 0]
+            failed = [i for i, p in enumerate(procs) if p.returncode != 0]
             if failed:
-                err = failed[0].stderr.read().strip().splitlines()
+                err = (Path(tmp) / f"job{failed[0]}.log").read_text(errors="replace").strip().splitlines()
                 raise EdgeQueryError(f"converting model files for {runtime} failed: {err[-1] if err else 'no message'}",
                                      "rerun with --jobs 1 --debug to see the full error (converted files are kept)")
     finally:
@@ -300,7 +301,7 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
 
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     err = (p - m) / m
-    rho = spearmanr(p, m).statistic if len(p) > 2 else float("nan")
+    rho = spearmanr(p, m).statistic if len(p) > 2 and np.ptp(p) > 0 and np.ptp(m) > 0 else float("nan")
     return {"n": len(p), "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
             "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
             "mape_pct": round(float(np.mean(np.abs(err)) * 100), 3),
