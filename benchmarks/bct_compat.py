@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from edgequery.checkpoint import load_checkpoint
+from edgequery.checkpoint import is_finished, load_checkpoint
 from edgequery.commands.common import write_json
 from edgequery.data import DataSpec, load_splits
 from edgequery.evaluate import evaluate_pair, format_report
@@ -28,10 +28,6 @@ from edgequery.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 QUERY_ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large")
-
-
-def trained(path: Path) -> bool:
-    return path.exists() and load_checkpoint(path).get("train", {}).get("complete", False)
 
 
 def main() -> None:
@@ -53,7 +49,7 @@ def main() -> None:
     tag = f"n{args.n_train}-r{args.resolution}"
     gallery_path = args.cache / f"gallery-r101-{tag}-e{args.gallery_epochs}.pt"
     seconds = {}
-    if not trained(gallery_path):
+    if not is_finished(gallery_path):
         t = time.time()
         train_gallery(spec, TrainConfig(epochs=args.gallery_epochs, device=args.device), gallery_path, splits=splits)
         seconds["gallery"] = round(time.time() - t, 1)
@@ -65,7 +61,7 @@ def main() -> None:
         for bct in (False, True):
             name = f"{arch}-{'bct' if bct else 'nobct'}"
             path = args.cache / f"query-{name}-{tag}-e{args.query_epochs}-g{gallery['model_version']}.pt"
-            if not trained(path):
+            if not is_finished(path):
                 t = time.time()
                 train_query(gallery_path, TrainConfig(epochs=args.query_epochs, device=args.device), path,
                             arch=arch, bct=bct, spec=spec, splits=splits)

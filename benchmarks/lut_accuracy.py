@@ -10,6 +10,10 @@ stored in the LUT, which is written to ``benchmarks/results/`` for the search to
 
     python benchmarks/lut_accuracy.py                                  # litert + onnxruntime, 32 px, 100 nets
     python benchmarks/lut_accuracy.py --runtimes onnxruntime --n 30    # a quick look
+    python benchmarks/lut_accuracy.py --refit    # re-fit the calibration on the stored measurements
+
+``--refit`` times nothing: it re-scores the nets already measured in ``lut_accuracy.json``
+with the current calibration fit and stores the new line in the LUT files.
 
 Writes ``benchmarks/results/lut_accuracy.json`` and ``lut_accuracy.png`` (predicted vs
 measured), plus ``lut-local-<runtime>-r<res>.json``.  Model files are cached under
@@ -20,6 +24,7 @@ shared: the JSON records the load average before and after each phase.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +33,7 @@ import numpy as np
 
 from edgequery.commands.common import write_json
 from edgequery.latency import load_lut, parse_device, profile, validate
-from edgequery.latency.profiler import Protocol
+from edgequery.latency.profiler import Protocol, score_calibration
 from edgequery.spaces import get_space
 from edgequery.sysinfo import machine_info
 
@@ -58,6 +63,16 @@ def run_one(runtime: str, res: int, args) -> dict:
             "lut_build_wall_seconds_this_run": round(wall, 1),
             "load_average": {"before_profile": load0, "after_profile": load1, "after_validate": os.getloadavg()},
             **report}
+
+
+def refit(result: dict) -> dict:
+    """``result`` with its calibration figures recomputed from its stored measurements."""
+    path = RESULTS / result["lut_file"]
+    lut = load_lut(path, space=get_space("mbv3"))
+    lut.calibration = None
+    raw = [n["raw_ms"] for n in result["nets"]]
+    scores = score_calibration(lut, raw, [n["measured_ms"] for n in result["nets"]], calibrate=True)
+    return {**{k: v for k, v in result.items() if k not in scores}, **scores}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -107,15 +122,23 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-measure the LUTs")
+    p.add_argument("--refit", action="store_true",
+                   help="time nothing: re-fit the calibration on the measurements stored in lut_accuracy.json")
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    results = [run_one(rt, int(res), args) for res in args.resolutions.split(",") for rt in args.runtimes.split(",")]
-    out = {"benchmark": "lut_accuracy", "machine": machine_info(), "space": "mbv3",
-           "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
-                   "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
-           "command": "python benchmarks/lut_accuracy.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "force"),
-           "results": [{k: v for k, v in r.items()} for r in results]}
+    if args.refit:
+        out = json.loads((RESULTS / "lut_accuracy.json").read_text())
+        results = out["results"] = [refit(r) for r in out["results"]]
+        out["refit"] = "calibration re-fitted on the stored measurements: python benchmarks/lut_accuracy.py --refit"
+    else:
+        results = [run_one(rt, int(res), args) for res in args.resolutions.split(",")
+                   for rt in args.runtimes.split(",")]
+        out = {"benchmark": "lut_accuracy", "machine": machine_info(), "space": "mbv3",
+               "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
+                       "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
+               "command": "python benchmarks/lut_accuracy.py " + " ".join(
+                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("force", "refit")),
+               "results": results}
     write_json(RESULTS / "lut_accuracy.json", out)
     plot(results, RESULTS / "lut_accuracy.png")
     for r in results:

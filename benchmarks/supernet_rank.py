@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgequery.checkpoint import load_checkpoint
+from edgequery.checkpoint import is_finished, load_checkpoint
 from edgequery.commands.common import write_json
 from edgequery.data import DataSpec, load_splits
 from edgequery.evaluate import evaluate_pair
@@ -50,10 +50,6 @@ from edgequery.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 SHARED_GALLERY = HERE / ".cache" / "gallery-r101.pt"
-
-
-def trained(path: Path) -> bool:
-    return path.exists() and load_checkpoint(path).get("train", {}).get("complete", False)
 
 
 def train_seconds(ckpt: dict) -> float:
@@ -92,11 +88,11 @@ def main() -> None:
     seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------- the gallery model
-    gallery_path = args.gallery or (SHARED_GALLERY if trained(SHARED_GALLERY) else None)
+    gallery_path = args.gallery or (SHARED_GALLERY if is_finished(SHARED_GALLERY) else None)
     if gallery_path is None:
         gspec = DataSpec(n_train=args.gallery_n_train, n_val=0, n_query=args.n_query, n_gallery=args.n_gallery)
         gallery_path = args.cache / f"gallery-r101-n{args.gallery_n_train}-e{args.gallery_epochs}.pt"
-        if not trained(gallery_path):
+        if not is_finished(gallery_path):
             t = time.time()
             train_gallery(gspec, TrainConfig(epochs=args.gallery_epochs, device=args.device), gallery_path)
             seconds["gallery"] = round(time.time() - t, 1)
@@ -114,7 +110,7 @@ def main() -> None:
     space = get_space(args.space)
     tag = f"{args.space}-n{args.n_train}-g{gallery['model_version']}"
     sn_path = args.cache / f"supernet-{tag}-e{args.supernet_epochs}{'-sandwich' if args.sandwich else ''}.pt"
-    if not trained(sn_path):
+    if not is_finished(sn_path):
         t = time.time()
         train_supernet(gallery_path, TrainConfig(epochs=args.supernet_epochs, device=args.device), sn_path,
                        space=space, sandwich=args.sandwich, spec=spec, splits=splits)
@@ -140,7 +136,7 @@ def main() -> None:
         row["inherited_seconds"] = round(time.time() - t, 1)
 
         path = args.cache / f"standalone-{tag}-e{args.standalone_epochs}-{i}.pt"
-        if not trained(path):
+        if not is_finished(path):
             t = time.time()
             train_query(gallery_path, TrainConfig(epochs=args.standalone_epochs, device=args.device), path,
                         arch=str(arch), bct=True, spec=spec, splits=splits)

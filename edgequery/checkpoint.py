@@ -55,6 +55,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -103,6 +106,11 @@ def load_checkpoint(path: str | os.PathLike, kind: str | Iterable[str] | None = 
         raise EdgeQueryError(f"{path} holds a {payload.get('kind')} model, but a {what} model is needed here",
                              f"pass a {what} checkpoint")
     return payload
+
+
+def is_finished(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a checkpoint whose training ran to the end (reruns skip it)."""
+    return Path(path).exists() and load_checkpoint(path).get("train", {}).get("complete", False)
 
 
 def require_compatible(query: dict[str, Any], gallery: dict[str, Any], query_path: str | os.PathLike,

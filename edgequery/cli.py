@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import EdgeQueryError
 
-COMMAND_MODULES = ("data", "train", "eval", "profile", "demo", "index", "serve", "export")
+COMMAND_MODULES = ("data", "train", "eval", "profile", "search", "demo", "index", "serve", "export")
 
 EPILOG = """\
 stages, in order:
@@ -24,6 +24,8 @@ stages, in order:
   edgequery train supernet           weight-sharing supernet, BCT       -> supernet.pt
   edgequery eval                     paragon / homogeneous / heterogeneous retrieval
   edgequery profile                  per-block latency table on a device -> lut-<device>-<runtime>.json
+  edgequery search                   best compatible subnet under a latency budget -> search.json
+  edgequery train query --arch S     retrain the searched arch with BCT -> query.pt
   edgequery export / verify          TFLite + ONNX, parity-checked, model card -> export/<name>/
   edgequery index                    embed the gallery, build the faiss index -> gallery_index/
   edgequery serve                    HTTP search API + demo page over an index

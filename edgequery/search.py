@@ -270,6 +270,49 @@ class EvolutionSearch:
               f"({len(self.evaluated)} archs already evaluated)", file=sys.stderr)
 
 
+def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_path: str | Path, cfg: SearchConfig,
+                      out: str | Path, recal_batches: int = 20, device: str = "cpu", force: bool = False,
+                      progress: bool = True) -> dict:
+    """``edgequery search``: check that supernet, gallery and LUT belong together, then search.
+
+    The space searched is the supernet's, cut to the resolutions the LUT measured; the
+    LUT must be of that space (same choices, every block present) and embedding size.
+    """
+    from .checkpoint import load_checkpoint
+    from .data import DataSpec, load_splits
+    from .latency import load_lut, restricted_space
+    from .models import model_from_checkpoint
+    from .spaces import load_supernet
+    from .train import resolve_device
+
+    cfg.check()
+    device = resolve_device(device)
+    supernet, sck = load_supernet(supernet_path)
+    gallery = load_checkpoint(gallery_path, "gallery")
+    compat = (sck.get("compatible_with") or {}).get("gallery_version")
+    if compat != gallery["model_version"]:
+        raise EdgeQueryError(f"supernet {supernet_path} was trained against gallery {compat}, not "
+                             f"{gallery_path} ({gallery['model_version']})",
+                             f"train a supernet against this gallery: edgequery train supernet --gallery {gallery_path}")
+    lut = load_lut(lut_path, space=supernet.space)
+    embed_dim = supernet.head.out_features
+    if lut.embed_dim != embed_dim:
+        raise EdgeQueryError(f"{lut_path} was measured for {lut.embed_dim}-d embeddings, the supernet embeds into "
+                             f"{embed_dim}", f"profile with --embed-dim {embed_dim}")
+    space = restricted_space(supernet.space, lut.resolutions)  # search only resolutions the LUT measured
+    if force and Path(out).exists():
+        Path(out).unlink()
+    splits = load_splits(DataSpec.from_dict(sck["data"]))
+    scorer = CandidateScorer(supernet.to(device), model_from_checkpoint(gallery), splits,
+                             recal_batches=recal_batches, device=device)
+    meta = {"supernet": {"path": str(supernet_path), "model_version": sck["model_version"]},
+            "gallery": {"path": str(gallery_path), "model_version": gallery["model_version"]},
+            "lut": {"path": str(lut_path), "device": lut.device.get("spec"), "runtime": lut.runtime,
+                    "threads": lut.threads, "calibrated": bool(lut.calibration)},
+            "validation": scorer.sizes()}
+    return EvolutionSearch(space, cfg, lambda arch: lut.predict(arch, space), scorer, out, meta).run(progress)
+
+
 def load_search(path: str | Path) -> dict:
     """A ``search.json`` (refusing other JSON with a clear message)."""
     import json

@@ -41,44 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..search import SearchConfig, parse_budget, search_from_files
 
-    from ..checkpoint import load_checkpoint
-    from ..data import DataSpec, load_splits
-    from ..latency import load_lut, predict_latency
-    from ..models import model_from_checkpoint
-    from ..search import CandidateScorer, EvolutionSearch, SearchConfig, parse_budget
-    from ..spaces import load_supernet
-    from ..train import resolve_device
-
-    device = resolve_device(args.device)
     cfg = SearchConfig(budget_ms=parse_budget(args.latency_budget), reward=args.reward, mix=args.mix,
                        latency_weight=args.latency_weight, metric=args.metric, population=args.population,
                        generations=args.generations, mutation_prob=args.mutation_prob, parents=args.parents,
                        seed=args.seed)
-    cfg.check()
-    supernet, sck = load_supernet(args.supernet)
-    gallery = load_checkpoint(args.gallery, "gallery")
-    compat = (sck.get("compatible_with") or {}).get("gallery_version")
-    if compat != gallery["model_version"]:
-        from ..errors import EdgeQueryError
-
-        raise EdgeQueryError(f"supernet {args.supernet} was trained against gallery {compat}, not "
-                             f"{args.gallery} ({gallery['model_version']})",
-                             f"train a supernet against this gallery: edgequery train supernet --gallery {args.gallery}")
-    space = supernet.space
-    lut = load_lut(args.lut, space=space)
-    if args.force and Path(args.out).exists():
-        Path(args.out).unlink()
-    splits = load_splits(DataSpec.from_dict(sck["data"]))
-    scorer = CandidateScorer(supernet.to(device), model_from_checkpoint(gallery), splits,
-                             recal_batches=args.recal_batches, device=device)
-    meta = {"supernet": {"path": str(args.supernet), "model_version": sck["model_version"]},
-            "gallery": {"path": str(args.gallery), "model_version": gallery["model_version"]},
-            "lut": {"path": str(args.lut), **{k: lut.get(k) for k in ("device", "runtime", "threads")}},
-            "validation": scorer.sizes()}
-    search = EvolutionSearch(space, cfg, lambda arch: predict_latency(lut, space, arch), scorer, args.out, meta)
-    result = search.run()
+    result = search_from_files(args.supernet, args.gallery, args.lut, cfg, args.out, recal_batches=args.recal_batches,
+                               device=args.device, force=args.force)
     best = result["chosen"]
     print(f"chosen: {best['arch']}\n  predicted latency {best['latency_ms']:.3f} ms (budget {cfg.budget_ms:g} ms), "
           f"M_het {best['m_het']:.4f}, M_hom {best['m_hom']:.4f}, {best['flops'] / 1e6:.1f} MFLOPs")

@@ -280,12 +280,20 @@ def net_file(arch, runtime: str) -> str:
 
 
 def measure_archs(archs: Sequence, device: Device, runtime: str, protocol: Protocol, folder: Path,
-                  embed_dim: int = 128, jobs: int = 1, desc: str = "time nets") -> list[dict]:
-    """Export each arch as a whole embedding net (as ``edgequery export`` does) and time it on ``device``."""
+                  embed_dim: int = 128, jobs: int = 1, desc: str = "time nets", resolution: int | None = None
+                  ) -> list[dict]:
+    """Export each arch as a whole embedding net (as ``edgequery export`` does) and time it on ``device``.
+
+    ``archs`` are parsed archs of a space, or names such as ``mobilenet_v3_small`` - then
+    ``resolution`` gives their input side.  Weights are random: they do not change float32 latency.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     names = [net_file(a, runtime) for a in archs]
-    items = [{"arch": str(a), "resolution": a.resolution, "embed_dim": embed_dim, "path": str(folder / n)}
-             for a, n in zip(archs, names)]
+    sides = [getattr(a, "resolution", resolution) for a in archs]
+    if None in sides:
+        raise EdgeQueryError("measure_archs needs resolution= for archs named without one", "pass resolution=32")
+    items = [{"arch": str(a), "resolution": r, "embed_dim": embed_dim, "path": str(folder / n)}
+             for a, r, n in zip(archs, sides, names)]
     export_files(items, runtime, jobs, desc=f"export {runtime} nets")
     device.supports(runtime)
     try:
@@ -308,14 +316,21 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
             "mean_error_pct": round(float(np.mean(err) * 100), 3), "spearman_rho": round(float(rho), 4)}
 
 
+def _fit_line(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """``measured ~ scale * raw + offset``, minimising the *relative* error (what the ±5 % goal counts)."""
+    design = np.stack([raw / measured, 1.0 / measured], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    return float(scale), float(offset)
+
+
 def fit_calibration(raw: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
-    """Least-squares ``measured = scale * raw + offset`` (what ``--calibrate`` stores)."""
+    """The line ``measured = scale * raw + offset`` that ``--calibrate`` stores (relative least squares)."""
     raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
     if len(raw_a) < 3:
         raise EdgeQueryError(f"calibration needs at least 3 measured nets, got {len(raw_a)}", "pass --n 20 or more")
-    scale, offset = np.polyfit(raw_a, m, 1)
-    return {"scale": round(float(scale), 6), "offset_ms": round(float(offset), 6), "fitted_on": len(raw_a),
-            "fitted_at": now()}
+    scale, offset = _fit_line(raw_a, m)
+    return {"scale": round(scale, 6), "offset_ms": round(offset, 6), "fit": "relative least squares",
+            "fitted_on": len(raw_a), "fitted_at": now()}
 
 
 def cross_validated(raw: Sequence[float], measured: Sequence[float], folds: int = 5, seed: int = 0) -> dict[str, Any]:
@@ -326,9 +341,28 @@ def cross_validated(raw: Sequence[float], measured: Sequence[float], folds: int 
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        scale, offset = np.polyfit(raw_a[train], m[train], 1)
+        scale, offset = _fit_line(raw_a[train], m[train])
         pred[test] = scale * raw_a[test] + offset
     return {**accuracy(pred, m), "folds": folds, "predicted_ms": [round(float(p), 5) for p in pred]}
+
+
+def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float], calibrate: bool) -> dict[str, Any]:
+    """The calibration figures of a validation from its raw predictions and measurements (no timing here).
+
+    With ``calibrate`` the fitted line is stored in ``lut`` (and saved to its file).
+    """
+    report: dict[str, Any] = {}
+    if lut.calibration:
+        report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], measured)
+    if len(raw) >= 10:
+        report["calibrated_cross_validated"] = cross_validated(raw, measured)
+    if calibrate:
+        lut.calibration = fit_calibration(raw, measured)
+        if lut.path:
+            lut.save(lut.path)
+        report["calibration"] = lut.calibration
+        report["calibrated_in_sample"] = accuracy([lut.calibrated(r) for r in raw], measured)
+    return report
 
 
 def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
@@ -379,14 +413,5 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         "nets": [{"arch": str(a), "flops": f, "raw_ms": round(r, 5), "measured_ms": m["median_ms"],
                   "measured_p10_ms": m["p10_ms"], "measured_p90_ms": m["p90_ms"]}
                  for a, f, r, m in zip(archs, flops, raw, measured)]}
-    if lut.calibration:
-        report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], meas)
-    if len(archs) >= 10:
-        report["calibrated_cross_validated"] = cross_validated(raw, meas)
-    if calibrate:
-        lut.calibration = fit_calibration(raw, meas)
-        if lut.path:
-            lut.save(lut.path)
-        report["calibration"] = lut.calibration
-        report["calibrated_in_sample"] = accuracy([lut.calibrated(r) for r in raw], meas)
+    report.update(score_calibration(lut, raw, meas, calibrate))
     return report
