@@ -247,20 +247,26 @@ def sshd(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+def _remote_agent_dirs(sshd) -> set[str]:
+    """The agent's temp folders on the ssh host (other runs may have left some: compare before/after)."""
+    ls = subprocess.run(["ssh", "-F", str(sshd["config"]), "-p", str(sshd["port"]), "127.0.0.1",
+                         "ls -d /tmp/edgequery-agent.* 2>/dev/null"], capture_output=True, text=True)
+    return set(ls.stdout.split())
+
+
 def test_ssh_device_profiles_over_a_real_sshd(sshd, tmp_path, onnx_lut):
+    before = _remote_agent_dirs(sshd)
     spec = f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}?python={sys.executable}&config={sshd['config']}"
     out = tmp_path / "lut-ssh.json"
     shutil.copytree(onnx_lut.path.with_name(onnx_lut.path.name + ".work"), tmp_path / "lut-ssh.json.work")
     lut = profile(tiny_space(), [24], parse_device(spec), "onnxruntime", FAST, out, log=lambda m: None)
     assert lut.complete and set(lut.blocks) == set(onnx_lut.blocks)
     assert lut.device["spec"] == f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}" and lut.device["cpu"]
-    # the remote temp folder is removed when done
-    left = subprocess.run(["ssh", "-F", str(sshd["config"]), "-p", str(sshd["port"]), "127.0.0.1",
-                           "ls -d /tmp/edgequery-agent.* 2>/dev/null | wc -l"], capture_output=True, text=True)
-    assert left.stdout.strip() == "0"
+    assert _remote_agent_dirs(sshd) == before  # the remote temp folder is removed when done
 
 
 def test_ssh_device_names_what_is_missing_on_the_remote(sshd, tmp_path):
+    before = _remote_agent_dirs(sshd)
     base = f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}?config={sshd['config']}"
     bare = tmp_path / "bare-python"
     bare.write_text(f"#!/bin/sh\nexec /usr/bin/env -i {sys.executable} -I -S \"$@\"\n")  # no site-packages
@@ -271,6 +277,7 @@ def test_ssh_device_names_what_is_missing_on_the_remote(sshd, tmp_path):
         parse_device(f"{base}&python=/nonexistent/python3").supports("onnxruntime")
     with pytest.raises(EdgeQueryError, match="ssh .* failed"):
         parse_device(f"ssh://nobody-here@127.0.0.1:{_free_port()}").supports("onnxruntime")
+    assert _remote_agent_dirs(sshd) == before  # a device that cannot be used leaves nothing behind
 
 
 # --------------------------------------------------------------------------- adb (no phone here: a fake adb)

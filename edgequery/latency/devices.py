@@ -232,15 +232,19 @@ class SSHDevice(Device):
         self._copied.update((str(f), dest) for f in files)
 
     def supports(self, runtime):
-        remote = self._remote()
-        self._copy([AGENT], remote)
-        proc = self._ssh(f"{shlex.quote(self.python)} {remote}/agent.py --check {runtime}", check=False)
-        lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-        if proc.returncode == 127 or not lines:
-            raise EdgeQueryError(f"{self.describe()} cannot run {self.python!r} ({proc.stderr.strip()[-200:]})",
-                                 "install Python 3 there, or name the interpreter: ?python=/path/to/python3")
-        if lines[0].get("type") == "fatal":
-            raise EdgeQueryError(f"{self.describe()}: {lines[0]['error']}", lines[0].get("fix"))
+        try:
+            remote = self._remote()
+            self._copy([AGENT], remote)
+            proc = self._ssh(f"{shlex.quote(self.python)} {remote}/agent.py --check {runtime}", check=False)
+            lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+            if proc.returncode == 127 or not lines:
+                raise EdgeQueryError(f"{self.describe()} cannot run {self.python!r} ({proc.stderr.strip()[-200:]})",
+                                     "install Python 3 there, or name the interpreter: ?python=/path/to/python3")
+            if lines[0].get("type") == "fatal":
+                raise EdgeQueryError(f"{self.describe()}: {lines[0]['error']}", lines[0].get("fix"))
+        except EdgeQueryError:
+            self.close()  # nothing is left behind on a device that cannot be used
+            raise
 
     def time_models(self, folder, models, runtime, protocol):
         remote = self._remote()
