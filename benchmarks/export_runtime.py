@@ -166,6 +166,10 @@ def main() -> None:
                 nets.append((args.searched_arch, args.searched_arch, None, True))
             real = load_splits(DataSpec(n_train=16, n_val=0, n_query=16, n_gallery=16), progress=False).query.images
             for label, arch, ck_path, searched in nets:
+                if searched and ":" in arch and f"r{res}," not in arch:
+                    notes.append(f"{res}px: the searched net {arch} is a {arch.split(':')[0]} arch at another input "
+                                 "resolution; not measured here")
+                    continue
                 print(f"{label} @ {res}px", flush=True)
                 row = {"net": label, "role": "query encoder", "resolution": res, "searched": searched}
                 if arch == "resnet101" and gallery is not None:
