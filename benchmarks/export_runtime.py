@@ -256,8 +256,8 @@ def main() -> None:
                      "precision": "float32 files (quantized variants: see `edgequery export --quantize`)",
                      "cost_reduction": "ResNet-101 median / net median, same runtime, same run"},
         "results": results,
-        "notes": notes + ["the machine has 2 CPU cores shared with other jobs running at the same time: timings are "
-                          "noisy; medians and same-run ratios are the figures to read"],
+        "notes": notes + ["2 CPU cores; other jobs may share them (see load_average_1_5_15min): medians and "
+                          "same-run ratios are the figures to read"],
         "load_average_1_5_15min": {"start": load_before, "end": [round(v, 2) for v in os.getloadavg()]},
         "tools": tool_versions(),
         "machine": machine_info(),
@@ -266,6 +266,14 @@ def main() -> None:
     write_json(args.out, out)
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
+
+
+def _label(r: dict) -> str:
+    """Tick label: a short net name, and its heterogeneous Recall@1 when measured."""
+    name = "searched" if r.get("searched") else \
+        r["net"].replace("mobilenet_v3_", "MBv3-").replace("resnet101", "ResNet-101")
+    het = (r.get("het_recall@1") or {}).get("pytorch")
+    return name if het is None else f"{name}\nhet R@1 {100 * het:.1f}" + (" (paragon)" if r["net"] == "resnet101" else "")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -278,7 +286,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(resolutions), figsize=(5.5 * len(resolutions), 3.8), squeeze=False)
     for ax, res in zip(axes[0], resolutions):
         rows = [r for r in results if r["resolution"] == res]
-        labels = [r["net"].replace("mobilenet_v3_", "MBv3-").replace("resnet101", "ResNet-101")[:24] for r in rows]
+        labels = [_label(r) for r in rows]
         xs = np.arange(len(rows))
         for i, (fmt, colour) in enumerate((("tflite", "#4c72b0"), ("onnx", "#dd8452"))):
             med = [r[fmt]["latency"]["median_ms"] for r in rows]
@@ -289,7 +297,9 @@ def plot(results: list[dict], path: Path) -> None:
             for x, r, m in zip(xs, rows, med):
                 red = r.get("cost_reduction_vs_resnet101", {}).get(f"{fmt}_latency")
                 if red and r["net"] != "resnet101":
-                    ax.annotate(f"{red:.0f}x", (x + (i - 0.5) * 0.38, m), ha="center", va="bottom", fontsize=7)
+                    top = r[fmt]["latency"]["p90_ms"]
+                    ax.annotate(f"{red:.0f}x", (x + (i - 0.5) * 0.38, top), ha="center", va="bottom", fontsize=7,
+                                xytext=(0, 2), textcoords="offset points")
         ax.set_yscale("log")
         ax.set_xticks(xs, labels, fontsize=8)
         ax.set_ylabel("latency, ms (median, p10-p90; log)")

@@ -9,7 +9,10 @@ Stages: gallery model (ResNet-101) -> MobileNetV3 query nets with and without BC
 (unless ``--no-search``) BCT supernet of the mbv3 space -> per-block latency table of
 this machine (``profile``, device ``local``) -> evolutionary search under a latency
 budget (default: the median predicted latency of random archs, so that it binds) ->
-the chosen arch retrained with BCT -> evaluation of every query net against the gallery.
+the chosen arch retrained with BCT -> evaluation of every query net against the gallery ->
+the deployable query net (the searched one, else MobileNetV3 with BCT) exported to TFLite
+and ONNX with parity checks and a model card (``export/``) -> the gallery split indexed
+with faiss (``gallery_index/``), ready for ``edgequery serve``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train the ResNet-101 gallery model and MobileNetV3-small query nets with and "
                                    "without BCT; then train a BCT supernet, profile this machine's per-block "
                                    "latency, search under a latency budget and retrain the winner with BCT; "
-                                   "evaluate paragon / homogeneous / heterogeneous retrieval of every query net. "
+                                   "evaluate paragon / homogeneous / heterogeneous retrieval of every query net; "
+                                   "export the deployable query net to TFLite and ONNX (parity-checked, with a "
+                                   "model card) and index the gallery split with faiss for `edgequery serve`. "
                                    "All into --out; rerunning reuses finished stages.",
                        formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -49,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="e.g. 0.4ms; default: the median predicted latency of 200 random archs")
     g.add_argument("--population", type=int, default=PRESET["population"])
     g.add_argument("--generations", type=int, default=PRESET["generations"])
+    p.add_argument("--no-deploy", action="store_true",
+                   help="skip exporting the query net (TFLite, ONNX) and indexing the gallery split with faiss")
     p.set_defaults(handler=run)
 
 
@@ -104,12 +111,44 @@ def run(args: argparse.Namespace) -> int:
         title = {"bct": f"{args.query_arch} with BCT", "no_bct": f"{args.query_arch} without BCT",
                  "searched": f"searched {search and search['arch']} with BCT"}[name]
         print(format_report(report, f"\n{title}"))
+    if not args.no_deploy:
+        summary["deploy"] = _deploy_stages(args, out, queries["searched" if search else "bct"], gallery_path,
+                                           search and str(out / search["lut"]), timings)
     timings["total"] = round(time.time() - t0, 1)
     summary["seconds"] = timings
     write_json(out / "summary.json", summary)
     het = {k: round(100 * v["heterogeneous"]["recall@1"], 2) for k, v in summary["eval"].items()}
     say(f"[demo] heterogeneous Recall@1: {json.dumps(het)}; wrote {out / 'summary.json'}")
+    if not args.no_deploy:
+        d = summary["deploy"]
+        say(f"[demo] serve it: edgequery serve --index {d['index']} --export {d['export']}")
     return 0
+
+
+def _deploy_stages(args, out: Path, query_path: Path, gallery_path: Path, lut: str | None, timings: dict) -> dict:
+    """Export the query net (TFLite + ONNX, parity-checked, model card) and index the gallery split."""
+    from ..checkpoint import load_checkpoint
+    from ..export.card import read_card
+    from ..export.pipeline import ExportOptions, export_query
+    from ..gallery.build import build_index
+
+    export_dir = out / "export" / "query"
+    version = load_checkpoint(query_path, "query")["model_version"]
+    try:
+        card, _ = read_card(export_dir)
+    except Exception:  # noqa: BLE001 - no finished export there yet
+        card = None
+    if card is None or card["model_version"] != version:
+        t = time.time()
+        card = export_query(query_path, export_dir, gallery_path,
+                            ExportOptions(threads=(1,), lut=lut, force=True, name="query"))
+        timings["export"] = round(time.time() - t, 1)
+    t = time.time()
+    index = build_index(gallery_path, "fashion-mnist", "Flat", out / "gallery_index")
+    timings["index"] = round(time.time() - t, 1)
+    return {"export": str(export_dir), "index": str(out / "gallery_index"), "items": index["items"],
+            "query_model_version": version,
+            "files": {e["file"]: e["parity"]["cosine_min"] for e in card["files"]}}
 
 
 def _search_stages(args, out: Path, spec, splits, gallery_path: Path, timings: dict) -> dict:
