@@ -348,14 +348,16 @@ def main() -> None:
 
     res = json.loads(args.out.read_text()) if args.out.exists() else {}
     res.update(benchmark="gallery_search", machine=machine_info(), faiss_version=faiss.__version__,
-               note="2 CPU cores shared with other jobs while measuring: absolute timings are noisy, compare within "
-                    "one run. Indexes are built with all cores; single-query latency uses 1 faiss thread (as "
+               note="2 CPU cores, possibly shared with other jobs (each part records its load average): "
+                    "compare within one run. Indexes are built with all cores; single-query latency uses 1 faiss thread (as "
                     "`edgequery serve` does by default); batch throughput uses `threads`. IVF/PQ are trained on "
                     f"a random sample of at most {TRAIN_SAMPLE} vectors.",
                threads=args.threads)
     res.setdefault("index", {})
     res.setdefault("commands", {})
+    res.setdefault("load_average_1min_at_start", {})
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
+    load_start = os.getloadavg()[0]
     if "random" in parts:
         for n in (int(s) for s in args.sizes.split(",")):
             name = f"random-{n // 1000}k" if n < 10**6 else f"random-{n // 10**6}M"
@@ -364,6 +366,7 @@ def main() -> None:
                                           "the hardest case for approximate search",
                                   **bench_index(base, queries, name, args.threads)}
             res["commands"][name] = cmd
+            res["load_average_1min_at_start"][name] = round(load_start, 2)
             del base
             write_json(args.out, res)
     if parts & {"real", "server"}:
@@ -376,6 +379,7 @@ def main() -> None:
                                       f"(model_version {info['model_version']}); {N_QUERIES} random images held out "
                                       "as queries", **bench_index(emb[base_idx], emb[query_idx], name, args.threads)}
         res["commands"][name] = cmd
+        res["load_average_1min_at_start"][name] = round(load_start, 2)
         write_json(args.out, res)
     if "server" in parts:
         res["server"] = bench_server(args.gallery, emb, labels, info, [int(c) for c in args.clients.split(",")],
@@ -383,6 +387,7 @@ def main() -> None:
         res["server"]["note"] = ("clients are Python threads (httpx) on the same 2 shared cores as the server; "
                                  "throughput is a floor, latency includes client-side contention")
         res["commands"]["server"] = cmd
+        res["load_average_1min_at_start"]["server"] = round(load_start, 2)
         write_json(args.out, res)
     res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(args.out, res)
