@@ -42,8 +42,14 @@ RESULTS = HERE / "results"
 CACHE = HERE / ".cache" / "lut"
 
 
-def run_one(runtime: str, res: int, args) -> dict:
+def space_at(res: int):
+    """The mbv3 space; at a resolution outside it (e.g. 224 px, camera-sized), the same choices at that size."""
     space = get_space("mbv3")
+    return space if res in space.resolutions else get_space("mbv3", resolutions=[res])
+
+
+def run_one(runtime: str, res: int, args) -> dict:
+    space = space_at(res)
     device = parse_device(args.device)
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
                         rounds=args.rounds)
@@ -68,7 +74,7 @@ def run_one(runtime: str, res: int, args) -> dict:
 def refit(result: dict) -> dict:
     """``result`` with its calibration figures recomputed from its stored measurements."""
     path = RESULTS / result["lut_file"]
-    lut = load_lut(path, space=get_space("mbv3"))
+    lut = load_lut(path, space=space_at(result["resolution"]))
     lut.calibration = None
     raw = [n["raw_ms"] for n in result["nets"]]
     scores = score_calibration(lut, raw, [n["measured_ms"] for n in result["nets"]], calibrate=True)
@@ -131,13 +137,20 @@ def main() -> None:
         results = out["results"] = [refit(r) for r in out["results"]]
         out["refit"] = "calibration re-fitted on the stored measurements: python benchmarks/lut_accuracy.py --refit"
     else:
-        results = [run_one(rt, int(res), args) for res in args.resolutions.split(",")
-                   for rt in args.runtimes.split(",")]
-        out = {"benchmark": "lut_accuracy", "machine": machine_info(), "space": "mbv3",
+        command = "python benchmarks/lut_accuracy.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("force", "refit"))
+        fresh = [{**run_one(rt, int(res), args), "command": command, "machine": machine_info(),
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 for res in args.resolutions.split(",") for rt in args.runtimes.split(",")]
+        # results of other (runtime, resolution) pairs already in the file are kept
+        path = RESULTS / "lut_accuracy.json"
+        kept = json.loads(path.read_text())["results"] if path.exists() else []
+        done = {(r["runtime"], r["resolution"]) for r in fresh}
+        results = sorted([r for r in kept if (r["runtime"], r["resolution"]) not in done] + fresh,
+                         key=lambda r: (r["resolution"], r["runtime"]))
+        out = {"benchmark": "lut_accuracy", "space": "mbv3",
                "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
                        "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
-               "command": "python benchmarks/lut_accuracy.py " + " ".join(
-                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("force", "refit")),
                "results": results}
     write_json(RESULTS / "lut_accuracy.json", out)
     plot(results, RESULTS / "lut_accuracy.png")
