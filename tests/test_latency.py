@@ -148,6 +148,19 @@ def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
     assert load_lut(path).calibration["fitted_on"] == 10
 
 
+def test_nets_of_a_space_at_another_resolution_are_measured(tmp_path):
+    """A space configured for an input size outside the defaults (as lut_accuracy does for 224 px)
+    exports and times its whole nets; parsed in the default space the same arch is refused."""
+    from edgequery.latency.profiler import measure_archs
+
+    space = get_space("mbv3", resolutions=(48,), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2,))
+    arch = space.smallest()
+    with pytest.raises(EdgeQueryError, match="resolution"):
+        measure_archs([arch], parse_device("local"), "onnxruntime", FAST, tmp_path / "default", jobs=1)
+    timed = measure_archs([arch], parse_device("local"), "onnxruntime", FAST, tmp_path / "own", jobs=1, space=space)
+    assert len(timed) == 1 and timed[0]["median_ms"] > 0
+
+
 def test_accuracy_and_calibration_arithmetic():
     acc = accuracy([1.0, 1.04, 1.2, 2.0], [1.0, 1.0, 1.0, 1.0])
     assert acc["within_5pct"] == 0.5 and acc["within_10pct"] == 0.5 and acc["mape_pct"] == pytest.approx(31.0)

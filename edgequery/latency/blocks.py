@@ -87,12 +87,19 @@ def block_module(space, block, seed: int = 0) -> nn.Module:
     return space.build_block(block).eval()
 
 
-def net_module(arch: str, embed_dim: int, seed: int = 0) -> nn.Module:
-    """A whole query net of ``arch`` as ``edgequery export`` exports it (trunk, head, L2 norm)."""
-    from ..models import build_embedding_net
+def net_module(arch: str, embed_dim: int, seed: int = 0, space=None) -> nn.Module:
+    """A whole query net of ``arch`` as ``edgequery export`` exports it (trunk, head, L2 norm).
+
+    ``space``: the space the arch string belongs to, when it is not the default one (e.g. a
+    space configured for another input resolution); default: parsed as ``edgequery export`` does.
+    """
+    from ..models import EmbeddingNet, build_embedding_net
 
     torch.manual_seed(seed)
-    return build_embedding_net(str(arch), embed_dim, num_classes=10).eval()
+    if space is None:
+        return build_embedding_net(str(arch), embed_dim, num_classes=10).eval()
+    trunk, dim = space.build(space.parse(str(arch)))
+    return EmbeddingNet(trunk, dim, embed_dim, num_classes=10).eval()
 
 
 def export_item(item: dict, runtime: str, space=None) -> Path:
@@ -101,7 +108,8 @@ def export_item(item: dict, runtime: str, space=None) -> Path:
 
     if "arch" in item:
         res = int(item["resolution"])
-        return export_model(net_module(item["arch"], item["embed_dim"]), (1, 3, res, res), runtime, item["path"])
+        net = net_module(item["arch"], item["embed_dim"], space=space)
+        return export_model(net, (1, 3, res, res), runtime, item["path"])
     block = BlockSpec(item["key"], tuple(item["in_shape"]), tuple(item["out_shape"]))
     return export_model(block_module(space, block), (1, *block.in_shape), runtime, item["path"])
 

@@ -280,11 +280,12 @@ def net_file(arch, runtime: str) -> str:
 
 
 def measure_archs(archs: Sequence, device: Device, runtime: str, protocol: Protocol, folder: Path,
-                  embed_dim: int = 128, jobs: int = 1, desc: str = "time nets", resolution: int | None = None
-                  ) -> list[dict]:
+                  embed_dim: int = 128, jobs: int = 1, desc: str = "time nets", resolution: int | None = None,
+                  space=None) -> list[dict]:
     """Export each arch as a whole embedding net (as ``edgequery export`` does) and time it on ``device``.
 
-    ``archs`` are parsed archs of a space, or names such as ``mobilenet_v3_small`` - then
+    ``archs`` are parsed archs of a space (pass ``space`` when it is not the default one, e.g.
+    configured for another input resolution), or names such as ``mobilenet_v3_small`` - then
     ``resolution`` gives their input side.  Weights are random: they do not change float32 latency.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -294,7 +295,7 @@ def measure_archs(archs: Sequence, device: Device, runtime: str, protocol: Proto
         raise EdgeQueryError("measure_archs needs resolution= for archs named without one", "pass resolution=32")
     items = [{"arch": str(a), "resolution": r, "embed_dim": embed_dim, "path": str(folder / n)}
              for a, r, n in zip(archs, sides, names)]
-    export_files(items, runtime, jobs, desc=f"export {runtime} nets")
+    export_files(items, runtime, jobs, space, desc=f"export {runtime} nets")
     device.supports(runtime)
     try:
         timed = time_files(device, folder, names, runtime, protocol, desc=desc)
@@ -399,7 +400,7 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         log(f"note: the space yielded only {len(archs)} distinct archs; validating on those")
     folder = Path(workdir) if workdir else work_folder(lut.path or Path("lut.json"), lut.runtime)
     t0 = time.time()
-    measured = measure_archs(archs, device, lut.runtime, protocol, folder, lut.embed_dim, jobs=jobs)
+    measured = measure_archs(archs, device, lut.runtime, protocol, folder, lut.embed_dim, jobs=jobs, space=sub)
     keys = [[b.key for b in sub.blocks(a, lut.embed_dim)] for a in archs]
     raw = [lut.raw(k) for k in keys]
     flops = [sub.cost(a, lut.embed_dim)["flops"] for a in archs]
