@@ -377,3 +377,21 @@ def test_baselines_and_both_spaces_export_with_parity(trained, arch):
         assert e["parity"]["passed"], (arch, e["file"], e["parity"])
         assert e["io"]["input"]["shape"] == [1, 3, res, res] or e["format"] == "onnx"
     assert verify_export(out, trained / "gallery.pt", progress=False)["passed"]
+
+
+@pytest.mark.slow
+def test_demo_deploy_stage_exports_indexes_and_reuses_the_export(trained, tmp_path):
+    from edgequery.commands.demo import deploy_stages
+
+    timings: dict = {}
+    first = deploy_stages(tmp_path, trained / "query.pt", trained / "gallery.pt", None, timings)
+    assert "export" in timings and first["items"] == SPEC.n_gallery
+    assert set(first["files"]) == {"query_encoder.tflite", "query_encoder.onnx"}
+    assert min(first["files"].values()) >= 0.9999
+    report = verify_export(first["export"], trained / "gallery.pt", progress=False)
+    assert report["model_version"] == first["query_model_version"]
+
+    timings.clear()
+    again = deploy_stages(tmp_path, trained / "query.pt", trained / "gallery.pt", None, timings)
+    assert "export" not in timings, "an export of the same query model_version is reused"
+    assert again == first

@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
                  "searched": f"searched {search and search['arch']} with BCT"}[name]
         print(format_report(report, f"\n{title}"))
     if not args.no_deploy:
-        summary["deploy"] = _deploy_stages(args, out, queries["searched" if search else "bct"], gallery_path,
-                                           search and str(out / search["lut"]), timings)
+        summary["deploy"] = deploy_stages(out, queries["searched" if search else "bct"], gallery_path,
+                                          search and str(out / search["lut"]), timings)
     timings["total"] = round(time.time() - t0, 1)
     summary["seconds"] = timings
     write_json(out / "summary.json", summary)
@@ -125,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy_stages(args, out: Path, query_path: Path, gallery_path: Path, lut: str | None, timings: dict) -> dict:
-    """Export the query net (TFLite + ONNX, parity-checked, model card) and index the gallery split."""
+def deploy_stages(out: Path, query_path: Path, gallery_path: Path, lut: str | None, timings: dict) -> dict:
+    """Export the query net (TFLite + ONNX, parity-checked, model card) into ``out/export/query`` and index
+    the gallery split of the gallery model's data into ``out/gallery_index``.  An export of the same
+    query model_version is reused; the index build resumes or reuses by itself."""
     from ..checkpoint import load_checkpoint
     from ..export.card import read_card
     from ..export.pipeline import ExportOptions, export_query
