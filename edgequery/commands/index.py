@@ -7,8 +7,9 @@ import argparse
 from .common import HelpFormatter, say
 
 FACTORY_HELP = ('faiss index_factory string: "Flat" (exact), "IVF1024,PQ32" (compressed, needs >= 1024 '
-                'training vectors), "HNSW32" (graph; deletes become tombstones), ... Always wrapped in IDMap2 '
-                "for stable ids; inner product on L2-normalised vectors (cosine)")
+                'training vectors), "IVF1024,PQ32,RFlat" (the same, re-ranked exactly: recall at the cost of '
+                'keeping the vectors; see serve --k-factor), "HNSW32" (graph; deletes become tombstones), ... '
+                "Always wrapped in IDMap2 for stable ids; inner product on L2-normalised vectors (cosine)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-images-per-add", type=int, default=64)
     g.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per search")
     g.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
+    g.add_argument("--k-factor", type=float, default=4.0,
+                   help="an index with exact re-ranking (factory ending in ,RFlat) re-ranks k x this many candidates")
     g.add_argument("--faiss-threads", type=int, default=1,
                    help="OpenMP threads per faiss search (requests already run in parallel)")
     g.add_argument("--snapshot-every", type=int, default=1000,
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
                  "snapshot_every"):
         if getattr(args, name) < 1:
             raise EdgeQueryError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive value")
+    if args.k_factor < 1:
+        raise EdgeQueryError(f"--k-factor {args.k_factor} is below 1", "pass at least 1 (4 is a good start)")
     if args.max_upload_mb <= 0:
         raise EdgeQueryError("--max-upload-mb must be positive", "pass e.g. 8")
     token = read_token(args.token_file)
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     max_pixels=args.max_pixels, max_images_per_add=args.max_images_per_add)
     faiss.omp_set_num_threads(args.faiss_threads)
     service = open_service(args.index, args.gallery, args.export, args.query, token, limits, nprobe=args.nprobe,
-                           ef_search=args.ef_search, snapshot_every=args.snapshot_every,
+                           ef_search=args.ef_search, k_factor=args.k_factor, snapshot_every=args.snapshot_every,
                            device=str(resolve_device(args.device)))
     accepted = ", ".join(f"{a.model_version} ({a.role})" for a in service.accepted.values())
     say(f"serving {len(service.store)} items ({service.store.describe()['factory']}) on http://{args.host}:{args.port}"

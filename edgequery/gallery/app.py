@@ -143,15 +143,16 @@ def read_token(token_file: str | None = None, env: dict | None = None) -> str | 
 
 def open_service(index_dir: str | Path, gallery_path: str | None = None, exports: list[str] = (),
                  queries: list[str] = (), token: str | None = None, limits: Limits | None = None,
-                 nprobe: int = 16, ef_search: int = 128, snapshot_every: int = 1000, device: str = "cpu",
+                 nprobe: int = 16, ef_search: int = 128, k_factor: float = 4.0, snapshot_every: int = 1000,
+                 device: str = "cpu",
                  progress: bool = True) -> GalleryService:
     """Open an index directory for serving, checking it against the gallery model and exports."""
     from ..checkpoint import load_checkpoint
     from .compat import accepted_versions
     from .store import FaissGalleryStore
 
-    store = FaissGalleryStore(index_dir, nprobe=nprobe, ef_search=ef_search, snapshot_every=snapshot_every,
-                              progress=progress)
+    store = FaissGalleryStore(index_dir, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                              snapshot_every=snapshot_every, progress=progress)
     try:
         recorded = (store.meta("gallery") or {}).get("path")
         path = gallery_path or recorded

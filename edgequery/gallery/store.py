@@ -25,6 +25,9 @@ cannot delete at all, and an IVF index keeps its internal ids in its inverted li
 ``IDMap2`` cannot renumber after a removal.  Those keep deleted ids as *tombstones*: the
 vectors stay in the index but every search excludes them with a faiss ``IDSelector``.
 When tombstones pass a quarter of the index, opening rebuilds it from SQLite (compaction).
+The selector is applied at the stage that enumerates vectors, also inside compositions
+such as ``OPQ16,IVF1024,PQ32,RFlat`` (pre-transform, exact re-ranking), see
+:func:`search_parameters`.
 
 Concurrency: searches share a read lock, writes to the faiss index take the write
 lock, and SQLite serialises its own writers.
@@ -176,6 +179,60 @@ def _has_ivf(index) -> bool:
         return False
 
 
+def _stages(index) -> Iterator[Any]:
+    """The faiss index and the indexes it wraps (pre-transform, refine, ID map), outermost first."""
+    import faiss
+
+    while index is not None:
+        index = faiss.downcast_index(index)
+        yield index
+        if isinstance(index, faiss.IndexRefine):
+            index = index.base_index
+        elif isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+            index = index.index
+        else:
+            index = None
+
+
+def _find_stage(index, kind) -> bool:
+    return any(isinstance(stage, kind) for stage in _stages(index))
+
+
+def search_parameters(index, *, nprobe: int, ef_search: int, k_factor: float, sel, keep: list):
+    """faiss search parameters for ``index`` (an ``index_factory`` composition, without the ID map).
+
+    faiss takes parameters as a tree mirroring the composition — a refine stage holds its base
+    index's parameters, a pre-transform its sub-index's — and each stage checks it gets its own
+    type; the id filter ``sel`` only works where vectors are enumerated (flat codes, IVF lists,
+    the HNSW graph).  Every object made is appended to ``keep``: faiss holds raw pointers to them.
+    """
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        p = faiss.IndexRefineSearchParameters()
+        p.k_factor = k_factor
+        p.base_index_params = search_parameters(index.base_index, nprobe=nprobe, ef_search=ef_search,
+                                                k_factor=k_factor, sel=sel, keep=keep)
+    elif isinstance(index, faiss.IndexPreTransform):
+        p = faiss.SearchParametersPreTransform()
+        p.index_params = search_parameters(index.index, nprobe=nprobe, ef_search=ef_search,
+                                           k_factor=k_factor, sel=sel, keep=keep)
+    else:
+        if isinstance(index, faiss.IndexHNSW):
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = ef_search
+        elif isinstance(index, faiss.IndexIVF):
+            p = faiss.SearchParametersIVF()
+            p.nprobe = nprobe
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None:
+            p.sel = sel
+    keep.append(p)
+    return p
+
+
 def train_faiss_index(index, sample: np.ndarray, factory: str) -> None:
     """Train ``index`` (a no-op for Flat/HNSW), with a clear error when data is too scarce."""
     if index.is_trained:
@@ -279,17 +336,20 @@ def _log(msg: str) -> None:
 class FaissGalleryStore(GalleryStore):
     """A gallery index directory (``gallery.sqlite`` + faiss snapshot) opened for serving.
 
-    ``nprobe`` (IVF) and ``ef_search`` (HNSW) trade recall for speed at search time;
+    ``nprobe`` (IVF), ``ef_search`` (HNSW) and ``k_factor`` (a refine stage such as
+    ``RFlat`` re-ranks ``k_factor * k`` candidates exactly) trade recall for speed at search time;
     ``snapshot_every`` is how many writes may accumulate before the snapshot is
     refreshed in the background (only start-up time depends on it, never durability).
     """
 
-    def __init__(self, directory: str | Path, nprobe: int = 16, ef_search: int = 128,
+    def __init__(self, directory: str | Path, nprobe: int = 16, ef_search: int = 128, k_factor: float = 4.0,
                  snapshot_every: int = 1000, progress: bool = True):
         import faiss
 
         self.directory = Path(directory)
-        self.nprobe, self.ef_search = int(nprobe), int(ef_search)
+        self.nprobe, self.ef_search, self.k_factor = int(nprobe), int(ef_search), float(k_factor)
+        if self.k_factor < 1:
+            raise EdgeQueryError(f"k_factor {k_factor} is below 1", "a refine stage needs k_factor >= 1 (e.g. 4)")
         self.snapshot_every = max(1, int(snapshot_every))
         self.progress = progress
         self._lock = ReadWriteLock()
@@ -314,10 +374,13 @@ class FaissGalleryStore(GalleryStore):
                 stale.unlink(missing_ok=True)
             self._index = self._load()
             inner = faiss.downcast_index(self._index.index)
-            self._hnsw = isinstance(inner, faiss.IndexHNSW)
+            self._hnsw = _find_stage(self._index.index, faiss.IndexHNSW)
+            self._refine = _find_stage(self._index.index, faiss.IndexRefine)
+            self._composed = len(list(_stages(self._index.index))) > 1
             self._removable = isinstance(inner, faiss.IndexFlatCodes)  # see the module docstring
+            if _has_ivf(self._index):
+                self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
             self._reconcile()
-            self._set_search_parameters()
         except BaseException:
             self._dirty = 0
             self.close()
@@ -375,16 +438,6 @@ class FaissGalleryStore(GalleryStore):
             self._dirty = self.snapshot_every  # refresh the snapshot soon
             self._maybe_snapshot()
 
-    def _set_search_parameters(self) -> None:
-        import faiss
-
-        ps = faiss.ParameterSpace()
-        if _has_ivf(self._index):
-            self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
-            ps.set_index_parameter(self._index, "nprobe", self.nprobe)
-        if self._hnsw:
-            ps.set_index_parameter(self._index, "efSearch", self.ef_search)
-
     def _update_selector(self) -> None:
         import faiss
 
@@ -394,22 +447,6 @@ class FaissGalleryStore(GalleryStore):
         batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64))
         self._selector = faiss.IDSelectorNot(batch)
         self._selector_refs = batch  # the Not selector does not own its argument
-
-    def _search_params(self):
-        import faiss
-
-        if self._selector is None:
-            return None
-        if self._hnsw:
-            p = faiss.SearchParametersHNSW()
-            p.efSearch = self.ef_search
-        elif _has_ivf(self._index):
-            p = faiss.SearchParametersIVF()
-            p.nprobe = self.nprobe
-        else:
-            p = faiss.SearchParameters()
-        p.sel = self._selector
-        return p
 
     # ------------------------------------------------------------------ the interface
 
@@ -444,11 +481,22 @@ class FaissGalleryStore(GalleryStore):
         return True
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        import faiss
+
         q = normalize_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
         with self._lock.read():
-            scores, ids = self._index.search(q, int(k), params=self._search_params())
+            keep: list = []  # faiss holds raw pointers to these during the search
+            sel = self._selector
+            if sel is not None and self._composed:
+                # IndexIDMap2 translates our ids to the inner index's sequential ones only for the
+                # outermost parameters; a stage nested in a refine / pre-transform gets it done here
+                sel = faiss.IDSelectorTranslated(self._index.id_map, sel)
+                keep.append(sel)
+            params = search_parameters(self._index.index, nprobe=self.nprobe, ef_search=self.ef_search,
+                                       k_factor=self.k_factor, sel=sel, keep=keep)
+            scores, ids = self._index.search(q, int(k), params=params)
         meta = self.db.items(np.unique(ids[ids >= 0]))
         # An id deleted between the faiss search and the lookup is simply left out.
         return [[Hit(int(i), float(s), m.label, m.label_name, m.source)
@@ -471,6 +519,8 @@ class FaissGalleryStore(GalleryStore):
             d["nprobe"] = self.nprobe
         if self._hnsw:
             d["ef_search"] = self.ef_search
+        if self._refine:
+            d["k_factor"] = self.k_factor
         return d
 
     # ------------------------------------------------------------------ snapshots
