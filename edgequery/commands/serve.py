@@ -60,12 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise EdgeQueryError(f"--port {args.port} is not a TCP port", "pass a port between 1 and 65535")
-    for name in ("max_k", "max_pixels", "max_images_per_add", "nprobe", "ef_search", "faiss_threads",
+    for name in ("max_k", "max_pixels", "max_images_per_add", "nprobe", "ef_search", "k_factor", "faiss_threads",
                  "snapshot_every"):
         if getattr(args, name) < 1:
             raise EdgeQueryError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive value")
-    if args.k_factor < 1:
-        raise EdgeQueryError(f"--k-factor {args.k_factor} is below 1", "pass at least 1 (4 is a good start)")
     if args.max_upload_mb <= 0:
         raise EdgeQueryError("--max-upload-mb must be positive", "pass e.g. 8")
     token = read_token(args.token_file)

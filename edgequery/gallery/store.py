@@ -179,23 +179,17 @@ def _has_ivf(index) -> bool:
         return False
 
 
-def _stages(index) -> Iterator[Any]:
-    """The faiss index and the indexes it wraps (pre-transform, refine, ID map), outermost first."""
+def _stages(index) -> list:
+    """The stages of an ``index_factory`` composition (refine, pre-transform, ...), outermost first."""
     import faiss
 
+    out = []
     while index is not None:
         index = faiss.downcast_index(index)
-        yield index
-        if isinstance(index, faiss.IndexRefine):
-            index = index.base_index
-        elif isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap)):
-            index = index.index
-        else:
-            index = None
-
-
-def _find_stage(index, kind) -> bool:
-    return any(isinstance(stage, kind) for stage in _stages(index))
+        out.append(index)
+        index = (index.base_index if isinstance(index, faiss.IndexRefine)
+                 else index.index if isinstance(index, faiss.IndexPreTransform) else None)
+    return out
 
 
 def search_parameters(index, *, nprobe: int, ef_search: int, k_factor: float, sel, keep: list):
@@ -373,14 +367,17 @@ class FaissGalleryStore(GalleryStore):
             for stale in self.directory.glob(".index.*.tmp"):  # left by a snapshot cut short by a kill
                 stale.unlink(missing_ok=True)
             self._index = self._load()
-            inner = faiss.downcast_index(self._index.index)
-            self._hnsw = _find_stage(self._index.index, faiss.IndexHNSW)
-            self._refine = _find_stage(self._index.index, faiss.IndexRefine)
-            self._composed = len(list(_stages(self._index.index))) > 1
-            self._removable = isinstance(inner, faiss.IndexFlatCodes)  # see the module docstring
+            stages = _stages(self._index.index)
+            self._hnsw = any(isinstance(st, faiss.IndexHNSW) for st in stages)
+            self._refine = any(isinstance(st, faiss.IndexRefine) for st in stages)
+            self._composed = len(stages) > 1
+            self._removable = isinstance(stages[0], faiss.IndexFlatCodes)  # see the module docstring
             if _has_ivf(self._index):
                 self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
             self._reconcile()
+            # the parameters of a search without tombstones never change: made once, shared read-only
+            self._plain_keep: list = []
+            self._plain_params = self._search_parameters(None, self._plain_keep)
         except BaseException:
             self._dirty = 0
             self.close()
@@ -448,6 +445,19 @@ class FaissGalleryStore(GalleryStore):
         self._selector = faiss.IDSelectorNot(batch)
         self._selector_refs = batch  # the Not selector does not own its argument
 
+    def _search_parameters(self, sel, keep: list):
+        """The parameter tree of a search filtered by ``sel`` (None: unfiltered); call under the lock."""
+        import faiss
+
+        if sel is not None and self._composed:
+            # IndexIDMap2 translates our ids to the inner index's sequential ones only for the
+            # outermost parameters; a stage nested in a refine / pre-transform gets it done here
+            # (the translation points into id_map, which an add may move: made per search)
+            sel = faiss.IDSelectorTranslated(self._index.id_map, sel)
+            keep.append(sel)
+        return search_parameters(self._index.index, nprobe=self.nprobe, ef_search=self.ef_search,
+                                 k_factor=self.k_factor, sel=sel, keep=keep)
+
     # ------------------------------------------------------------------ the interface
 
     def __len__(self) -> int:
@@ -481,21 +491,12 @@ class FaissGalleryStore(GalleryStore):
         return True
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        import faiss
-
         q = normalize_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
         with self._lock.read():
             keep: list = []  # faiss holds raw pointers to these during the search
-            sel = self._selector
-            if sel is not None and self._composed:
-                # IndexIDMap2 translates our ids to the inner index's sequential ones only for the
-                # outermost parameters; a stage nested in a refine / pre-transform gets it done here
-                sel = faiss.IDSelectorTranslated(self._index.id_map, sel)
-                keep.append(sel)
-            params = search_parameters(self._index.index, nprobe=self.nprobe, ef_search=self.ef_search,
-                                       k_factor=self.k_factor, sel=sel, keep=keep)
+            params = self._plain_params if self._selector is None else self._search_parameters(self._selector, keep)
             scores, ids = self._index.search(q, int(k), params=params)
         meta = self.db.items(np.unique(ids[ids >= 0]))
         # An id deleted between the faiss search and the lookup is simply left out.
