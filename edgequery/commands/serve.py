@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_k", "max_pixels", "max_images_per_add", "nprobe", "ef_search", "k_factor", "faiss_threads",
                  "snapshot_every"):
         if getattr(args, name) < 1:
-            raise EdgeQueryError(f"--{name.replace('_', '-')} must be at least 1", "pass a positive value")
+            raise EdgeQueryError(f"--{name.replace('_', '-')} must be at least 1", "pass 1 or more")
     if args.max_upload_mb <= 0:
         raise EdgeQueryError("--max-upload-mb must be positive", "pass e.g. 8")
     token = read_token(args.token_file)
