@@ -48,9 +48,9 @@ from edgequery.commands.common import write_json
 from edgequery.data import DataSpec, load_splits, resize_images, to_model_input
 from edgequery.evaluate import embed
 from edgequery.export import ExportOptions, export_query
-from edgequery.export.convert import to_onnx, to_tflite
+from edgequery.runtimes.convert import to_onnx, to_tflite
 from edgequery.export.pipeline import parity_figures, parity_passed, tool_versions
-from edgequery.export.runtimes import measure_latency, open_runner
+from edgequery.runtimes.run import measure_latency, open_runner
 from edgequery.metrics import retrieval_metrics
 from edgequery.models import build_embedding_net, model_from_checkpoint
 from edgequery.sysinfo import machine_info

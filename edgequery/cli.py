@@ -14,6 +14,7 @@ import sys
 
 from . import __version__
 from .errors import EdgeQueryError
+from .log import NORMAL, QUIET, VERBOSE, setup_logging
 
 COMMAND_MODULES = ("data", "train", "eval", "profile", "search", "demo", "index", "serve", "export")
 
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgequery {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="print debug lines and the converters' own output (litert-torch, TensorFlow, onnx)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"edgequery.commands.{name}").register(sub)
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    setup_logging(QUIET if args.quiet else VERBOSE if args.verbose else NORMAL)
     try:
         return int(args.handler(args) or 0)
     except EdgeQueryError as exc:

@@ -1,28 +1,21 @@
-"""What machine and software a figure was measured on (recorded in every result file)."""
+"""What machine and software a figure was measured on (recorded in every result file).
+
+The identity part is the timing agent's :func:`~edgequery.runtimes.agent.fingerprint`
+(the same function runs on a board over ssh); this adds the host's Python-side facts.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
+from .runtimes.agent import cpu_model, fingerprint
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Hardware", "Processor")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_model", "fingerprint", "machine_info"]
 
 
 def machine_info() -> dict:
     import torch
 
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    info = fingerprint()
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
     if info["cuda"]:
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

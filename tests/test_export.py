@@ -23,7 +23,7 @@ from edgequery.errors import EdgeQueryError
 from edgequery.export import ExportOptions, export_query, verify_export
 from edgequery.export.card import read_onnx_metadata, sha256_file
 from edgequery.export.pipeline import file_name, parity_figures, parity_passed, read_png
-from edgequery.export.runtimes import measure_latency, open_runner
+from edgequery.runtimes.run import measure_latency, open_runner
 from edgequery.train import TrainConfig
 
 SPEC = DataSpec(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
@@ -255,7 +255,7 @@ def test_verify_refuses_another_gallery(trained, exported, capsys):
 def test_verify_catches_a_swapped_model_even_with_rehashed_card(trained, exported, tmp_path):
     """Someone drops another net's file in and fixes the hash and metadata: parity still fails."""
     from edgequery.export.card import write_onnx_metadata
-    from edgequery.export.convert import to_onnx
+    from edgequery.runtimes.convert import to_onnx
     from edgequery.models import model_from_checkpoint
 
     out, _ = exported

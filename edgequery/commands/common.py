@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 
@@ -67,13 +65,57 @@ def train_config_from_args(args: argparse.Namespace, **extra):
                        extra=extra)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Atomically write pretty JSON."""
-    from ..checkpoint import atomic_write
+def add_space_args(p: argparse.ArgumentParser, default: str | None = "mbv3", required: bool = False) -> None:
+    """``--space NAME`` and ``--space-option KEY=V1,V2`` (repeatable): the search space and its choice lists."""
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", choices=["mbv3", "shufflenet"], default=default, required=required,
+                   help="search space" + (f" (default {default})" if default else ""))
+    g.add_argument("--space-option", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="override one of the space's choice lists, e.g. resolutions=128,160,224 or widths=0.75,1.0 "
+                        "(repeatable; mbv3: resolutions widths depths kernels expands; shufflenet: resolutions ops "
+                        "channels). The configuration travels with every artifact made from the space")
 
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+def parse_space_options(items: list[str]) -> dict[str, list]:
+    """``["resolutions=128,224", "ops=a,b"]`` -> ``{"resolutions": [128, 224], "ops": ["a", "b"]}``."""
+    from ..errors import EdgeQueryError
+
+    out: dict[str, list] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not values.strip():
+            raise EdgeQueryError(f"--space-option {item!r} is not KEY=V1,V2,...",
+                                 "write it like --space-option resolutions=128,160,224")
+
+        def value(v: str):
+            v = v.strip()
+            for cast in (int, float):
+                try:
+                    return cast(v)
+                except ValueError:
+                    pass
+            return v
+
+        out[key] = [value(v) for v in values.split(",") if v.strip()]
+    return out
+
+
+def space_from_args(args: argparse.Namespace):
+    """The search space ``--space`` / ``--space-option`` describe."""
+    from ..spaces import get_space
+
+    return get_space(args.space, **parse_space_options(getattr(args, "space_option", [])))
+
+
+# Kept until every command logs through `logging` and writes through edgequery.files (then removed).
+def write_json(path: str | Path, obj) -> None:
+    from ..files import write_json as _write_json
+
+    _write_json(path, obj)
 
 
 def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    import logging
+
+    logging.getLogger("edgequery.commands").info(msg)

@@ -50,9 +50,9 @@ import torch
 
 from ..errors import EdgeQueryError
 from . import card as cards
-from .convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic, to_onnx,
+from ..runtimes.convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic, to_onnx,
                       to_tflite, to_tflite_int8)
-from .runtimes import Runner, measure_latency, open_runner
+from ..runtimes.run import Runner, measure_latency, open_runner
 
 FP32_MIN_COSINE = 0.9999          # float files vs PyTorch, every image
 FP32_MIN_CENTRED_COSINE = 0.999   # float files vs PyTorch, image-dependent part (see parity_figures)

@@ -9,8 +9,8 @@ runtime's file format, with the same converters ``edgequery export`` uses:
 =============  ============  ==================================================
 runtime        file          converter
 =============  ============  ==================================================
-litert         ``.tflite``   litert-torch (:func:`edgequery.export.convert.to_tflite`)
-onnxruntime    ``.onnx``     torch.onnx dynamo (:func:`edgequery.export.convert.to_onnx`)
+litert         ``.tflite``   litert-torch (:func:`edgequery.runtimes.convert.to_tflite`)
+onnxruntime    ``.onnx``     torch.onnx dynamo (:func:`edgequery.runtimes.convert.to_onnx`)
 torch          ``.pt2``      ``torch.export`` + ``torch.export.save``
 =============  ============  ==================================================
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgeQueryError
+from ..runtimes.convert import to_runtime_file
 
 RUNTIME_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx", "torch": ".pt2"}
 
@@ -60,28 +61,6 @@ class Identity(nn.Module):
 IDENTITY_SHAPE = (1, 8)
 
 
-def export_model(module: nn.Module, in_shape: Sequence[int], runtime: str, path: str | Path) -> Path:
-    """Write ``module`` (batch-1 input of ``in_shape``, batch dim included) for ``runtime`` at ``path``."""
-    from ..export.convert import to_onnx, to_tflite
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
-    tmp = path.with_name(path.stem + ".part" + path.suffix)
-    if runtime == "litert":
-        to_tflite(module, 0, tmp, sample_shape=tuple(in_shape))
-    elif runtime == "onnxruntime":
-        to_onnx(module, 0, tmp, sample_shape=tuple(in_shape))
-    elif runtime == "torch":
-        with torch.no_grad():
-            program = torch.export.export(module, (torch.zeros(tuple(in_shape)),))
-        torch.export.save(program, str(tmp))
-    else:
-        check_runtime(runtime)
-    tmp.replace(path)  # a killed conversion never leaves a file that looks finished
-    return path
-
-
 def block_module(space, block, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return space.build_block(block).eval()
@@ -109,9 +88,9 @@ def export_item(item: dict, runtime: str, space=None) -> Path:
     if "arch" in item:
         res = int(item["resolution"])
         net = net_module(item["arch"], item["embed_dim"], space=space)
-        return export_model(net, (1, 3, res, res), runtime, item["path"])
+        return to_runtime_file(net, (1, 3, res, res), runtime, item["path"])
     block = BlockSpec(item["key"], tuple(item["in_shape"]), tuple(item["out_shape"]))
-    return export_model(block_module(space, block), (1, *block.in_shape), runtime, item["path"])
+    return to_runtime_file(block_module(space, block), (1, *block.in_shape), runtime, item["path"])
 
 
 def _worker(job_file: str) -> None:

@@ -15,7 +15,7 @@ profiling logic)::
                                        from LiteRT or downloaded from its releases); cpumask is
                                        taskset's hex mask on the phone
 
-``local`` and ``ssh`` run :mod:`edgequery.latency.agent` (one self-contained script)
+``local`` and ``ssh`` run :mod:`edgequery.runtimes.agent` (one self-contained script)
 and read its JSON lines; ``adb`` runs ``benchmark_model`` per file and parses its log
 (:func:`parse_benchmark_model`).  Every device yields the same records, one per model::
 
@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import EdgeQueryError
 
-AGENT = Path(__file__).with_name("agent.py")
+AGENT = Path(__file__).parent.parent / "runtimes" / "agent.py"
 DEVICE_HELP = "local, local?cpus=1, ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], adb[:serial]"
 
 

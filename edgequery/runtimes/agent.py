@@ -55,15 +55,70 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def cpu_model():
+# ISA features that change how fast a runtime's kernels are (x86 and ARM names, as /proc/cpuinfo spells them)
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "avx_vnni", "neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "fphp")
+
+
+def _cpuinfo():
+    """(model name, set of feature flags) from /proc/cpuinfo; ('', set()) where there is none."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "Hardware", "Processor")):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not model and key in ("model name", "Hardware", "Processor", "cpu model"):
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return model, flags
+
+
+def cpu_model():
+    return _cpuinfo()[0] or platform.processor() or platform.machine()
+
+
+def cpu_caches():
+    """``{"L1d": "32K", "L2": "512K", ...}`` of CPU 0 from sysfs (empty where sysfs has none)."""
+    out = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(base, entry, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(base, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(base, entry, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        out[f"L{level}{suffix}"] = size
+    return out
+
+
+def fingerprint(runtime=None, threads=None):
+    """What a latency figure depends on: CPU, ISA flags, caches, OS and kernel, runtime and threads.
+
+    ``host`` and ``python`` are recorded for the reader but are not part of the identity.
+    """
+    model, flags = _cpuinfo()
+    info = {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "machine": platform.machine(), "isa": sorted(f for f in ISA_FLAGS if f in flags),
+            "caches": cpu_caches(), "os": platform.system(), "kernel": platform.release(),
+            "host": platform.node(), "python": platform.python_version()}
+    if runtime is not None:
+        info.update(runtime=runtime, runtime_version=runtime_version(runtime) if runtime else None, threads=threads)
+    return info
 
 
 def runtime_version(runtime):
@@ -84,9 +139,7 @@ def runtime_version(runtime):
 
 
 def machine_info(runtime, threads):
-    return {"type": "info", "runtime": runtime, "runtime_version": runtime_version(runtime), "threads": threads,
-            "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform(),
-            "python": platform.python_version()}
+    return {"type": "info", **fingerprint(runtime, threads)}
 
 
 # --------------------------------------------------------------------------- one callable per runtime

@@ -201,7 +201,7 @@ def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 10, runs: int =
     if runs < 1 or warmup < 0:
         raise EdgeQueryError(f"latency protocol needs runs >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup})",
                              "pass --runs 50 --warmup 10 or similar")
-    from ..latency.agent import summarise, time_call  # the one timing loop (the on-device agent's)
+    from .agent import summarise, time_call  # the one timing loop (the on-device agent's)
 
     call = runner.timed_call(x)
     for _ in range(warmup):

@@ -38,16 +38,17 @@ model inputs.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import EdgeQueryError
+from ..log import quiet_converters
 
 ONNX_OPSET = 18
 INPUT_NAME = "image"
@@ -74,15 +75,9 @@ class NamedEncoder(nn.Module):
         return {OUTPUT_NAME: self.net(image)}
 
 
-@contextlib.contextmanager
 def _quiet(enabled: bool = True):
-    """Silence converters' chatter on stdout/stderr (their errors still raise)."""
-    if not enabled:
-        yield
-        return
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
+    """Converters' chatter (C and Python level) kept out of the terminal unless ``--verbose``."""
+    return quiet_converters("model conversion") if enabled else contextlib.nullcontext()
 
 
 def input_shape(resolution: int, layout: str = "NCHW") -> tuple[int, int, int, int]:
@@ -205,3 +200,23 @@ def _calibration_feeds(calibration: np.ndarray | None, layout: str, mode: str) -
     if layout == "NHWC":
         x = x.transpose(0, 2, 3, 1)
     return [np.ascontiguousarray(x[i:i + 1]) for i in range(len(x))]
+
+
+def to_runtime_file(module: nn.Module, in_shape: Sequence[int], runtime: str, path: str | Path) -> Path:
+    """Write ``module`` (batch-1 input of ``in_shape``, batch dim included) for ``runtime`` at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    if runtime == "litert":
+        to_tflite(module, 0, tmp, sample_shape=tuple(in_shape))
+    elif runtime == "onnxruntime":
+        to_onnx(module, 0, tmp, sample_shape=tuple(in_shape))
+    elif runtime == "torch":
+        with torch.no_grad():
+            program = torch.export.export(module, (torch.zeros(tuple(in_shape)),))
+        torch.export.save(program, str(tmp))
+    else:
+        raise EdgeQueryError(f"unknown runtime {runtime!r}", "use litert, onnxruntime or torch")
+    tmp.replace(path)  # a killed conversion never leaves a file that looks finished
+    return path
