@@ -48,7 +48,6 @@ def setup_logging(verbosity: int = NORMAL) -> None:
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG))
-    root.propagate = False
     if verbosity < VERBOSE:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TensorFlow / LiteRT C++ logging
         os.environ.setdefault("GLOG_minloglevel", "2")

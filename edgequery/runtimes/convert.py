@@ -91,12 +91,12 @@ def to_tflite(net: nn.Module, resolution: int, path: str | Path, layout: str = "
     ``sample_shape`` replaces the image shape for nets that take something else (the
     latency profiler's single blocks).
     """
-    import litert_torch
-
     module = NamedEncoder(net.eval(), layout).eval()
     sample = torch.zeros(sample_shape or input_shape(resolution, layout))
     path = Path(path)
     with _quiet(quiet), torch.no_grad():
+        import litert_torch  # TensorFlow's import-time chatter (oneDNN, absl, pytree) stays in the quiet block
+
         litert_torch.convert(module, sample_kwargs={INPUT_NAME: sample}).export(str(path))
     return path
 
@@ -122,11 +122,11 @@ def to_onnx(net: nn.Module, resolution: int, path: str | Path, quiet: bool = Tru
 
 def quantize_tflite_dynamic(float_path: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
     """A dynamic-range copy of a float ``.tflite`` file (ai-edge-quantizer ``dynamic_wi8_afp32``)."""
-    from ai_edge_quantizer import quantizer, recipe
-
-    qt = quantizer.Quantizer(str(float_path))
-    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     with _quiet(quiet):
+        from ai_edge_quantizer import quantizer, recipe
+
+        qt = quantizer.Quantizer(str(float_path))
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
         result = qt.quantize(None, enable_progress_report=False)
     Path(out_path).write_bytes(bytes(result.quantized_model))
     return Path(out_path)
@@ -140,16 +140,16 @@ def to_tflite_int8(net: nn.Module, resolution: int, path: str | Path, calibratio
     per-channel int8 weights, int8 activations whose ranges come from histogram
     observers over the calibration images; the converter then lowers the quantized graph.
     """
-    import litert_torch
-    from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import quantize_pt2e
-
     feeds = _calibration_feeds(calibration, layout, "int8")
     module = NamedEncoder(net.eval(), layout).eval()
     sample = {INPUT_NAME: torch.zeros(input_shape(resolution, layout))}
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
     with _quiet(quiet), torch.no_grad():
+        import litert_torch
+        from litert_torch.quantize import pt2e_quantizer, quant_config
+        from torchao.quantization.pt2e import quantize_pt2e
+
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
         graph = torch.export.export(module, (), sample).module()
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
         for x in feeds:
