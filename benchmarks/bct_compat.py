@@ -1,77 +1,70 @@
 """BCT compatibility on Fashion-MNIST: paragon / homogeneous / heterogeneous retrieval.
 
 Trains (or reuses, from ``--cache``) a ResNet-101 gallery model and MobileNetV3-small and
--large query nets with and without BCT, then evaluates every query net against the
-gallery.  Writes ``benchmarks/results/bct_compat.json`` and ``bct_compat.png``.
+-large query nets with and without BCT - the stages of :mod:`edgequery.workflow` - then
+evaluates every query net against the gallery.  Writes ``<out-dir>/bct_compat.json``
+(``benchmarks/results/`` by default) and ``bct_compat.png``.
 
-    python benchmarks/bct_compat.py                 # the committed preset (~15 min alone on 2 cores)
-    python benchmarks/bct_compat.py --n-train 2000 --gallery-epochs 1 --query-epochs 1   # smoke run
+    python benchmarks/bct_compat.py                  # the full run: ~25 min on 2 cores from an empty cache
+    python benchmarks/bct_compat.py --preset quick   # ~1-2 min: 1000 images, 1 epoch, MobileNetV3-small only
 
-Each training run checkpoints per epoch into the cache, so a killed run resumes.
+The full run's training took 1351 s in the committed results (gallery 779 s, the four
+query nets 89-196 s each), plus a minute of evaluation.  Each training run checkpoints
+per epoch into the cache, so a killed run resumes; a finished one is reused.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from pathlib import Path
 
-from edgequery.checkpoint import is_finished, load_checkpoint
-from edgequery.commands.common import write_json
-from edgequery.data import DataSpec, load_splits
-from edgequery.evaluate import evaluate_pair, format_report
-from edgequery.models import model_from_checkpoint
-from edgequery.recipes import train_gallery, train_query
-from edgequery.sysinfo import machine_info
-from edgequery.train import TrainConfig
+import _bench
+from edgequery.checkpoint import load_checkpoint
+from edgequery.evaluate import format_report
+from edgequery.workflow import Workflow
 
-HERE = Path(__file__).resolve().parent
-QUERY_ARCHS = ("mobilenet_v3_small", "mobilenet_v3_large")
+QUICK = {**_bench.BCT_QUICK, "query_archs": "mobilenet_v3_small"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=8000)
-    ap.add_argument("--n-query", type=int, default=1000)
-    ap.add_argument("--n-gallery", type=int, default=9000)
+def main(argv: list[str] | None = None) -> Path:
+    ap = _bench.parser(__doc__, {"quick": QUICK})
+    _bench.add_bct_args(ap)
     ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--gallery-epochs", type=int, default=4)
-    ap.add_argument("--query-epochs", type=int, default=6)
+    ap.add_argument("--query-archs", default="mobilenet_v3_small,mobilenet_v3_large", help="comma list")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "bct_compat.json")
-    args = ap.parse_args()
+    args = _bench.parse(ap, argv)
+    prov = _bench.start(args)
 
-    spec = DataSpec(resolution=args.resolution, n_train=args.n_train, n_val=1000, n_query=args.n_query,
-                    n_gallery=args.n_gallery)
-    splits = load_splits(spec)
-    tag = f"n{args.n_train}-r{args.resolution}"
-    gallery_path = args.cache / f"gallery-r101-{tag}-e{args.gallery_epochs}.pt"
-    seconds = {}
-    if not is_finished(gallery_path):
-        t = time.time()
-        train_gallery(spec, TrainConfig(epochs=args.gallery_epochs, device=args.device), gallery_path, splits=splits)
-        seconds["gallery"] = round(time.time() - t, 1)
+    spec = _bench.bct_spec(args, args.resolution)
+    wf = Workflow(spec, args.device)
+    archs = args.query_archs.split(",")
+    gallery_path, queries = _bench.bct_checkpoints(wf, args.cache, args.gallery_epochs, args.query_epochs, archs)
+    reports = wf.evaluate({f"{a}-{'bct' if b else 'nobct'}": p for (a, b), p in queries.items()}, gallery_path)
+    results = []
+    for ((arch, bct), path), (name, report) in zip(queries.items(), reports.items()):
+        print(format_report(report, f"\n{name}"), flush=True)
+        results.append({"query_arch": arch, "bct": bct, "checkpoint": path.name,
+                        "train_config": load_checkpoint(path, "query")["train"]["config"],
+                        **{k: report[k] for k in ("paragon", "homogeneous", "heterogeneous")}})
     gallery = load_checkpoint(gallery_path, "gallery")
-    gallery_model = model_from_checkpoint(gallery)
+    body = {
+        "data": {"dataset": spec.dataset, "resolution": spec.resolution, "sizes": wf.splits.sizes(),
+                 "classes": wf.splits.num_classes, "spec": spec.to_dict()},
+        "gallery": {"arch": gallery["model"]["arch"], "epochs": args.gallery_epochs, "checkpoint": gallery_path.name,
+                    "embed_dim": gallery["model"]["embed_dim"], "model_version": gallery["model_version"],
+                    "train_config": gallery["train"]["config"], "train_seconds": _bench.train_seconds(gallery)},
+        "query_epochs": args.query_epochs,
+        "results": results,
+        "paper_premise_checks": premise_checks(results),
+        "stages": wf.stages,   # status reused / ran / resumed and wall seconds of each stage this run
+    }
+    path = _bench.write(args, "bct_compat", body, prov)
+    plot(results, path.with_suffix(".png"))
+    return path
 
-    results, cache = [], {}
-    for arch in QUERY_ARCHS:
-        for bct in (False, True):
-            name = f"{arch}-{'bct' if bct else 'nobct'}"
-            path = args.cache / f"query-{name}-{tag}-e{args.query_epochs}-g{gallery['model_version']}.pt"
-            if not is_finished(path):
-                t = time.time()
-                train_query(gallery_path, TrainConfig(epochs=args.query_epochs, device=args.device), path,
-                            arch=arch, bct=bct, spec=spec, splits=splits)
-                seconds[name] = round(time.time() - t, 1)
-            report = evaluate_pair(model_from_checkpoint(load_checkpoint(path, "query")), gallery_model, splits,
-                                   device=args.device, gallery_cache=cache)
-            print(format_report(report, f"\n{name}"), flush=True)
-            results.append({"query_arch": arch, "bct": bct, **{k: report[k] for k in
-                                                               ("paragon", "homogeneous", "heterogeneous")}})
 
+def premise_checks(results: list[dict]) -> dict[str, dict[str, bool]]:
+    """BCT's claims on these figures: compatible nets beat their own homogeneous retrieval and come near
+    the paragon; nets trained without BCT are near chance against the gallery."""
     paragon_r1 = results[0]["paragon"]["recall@1"]
     checks = {}
     for r in results:
@@ -81,26 +74,7 @@ def main() -> None:
             checks[key] = {"het_ge_hom": het >= hom, "het_within_3pt_of_paragon": paragon_r1 - het <= 0.03}
         else:
             checks[key] = {"het_near_chance_le_20pct": het <= 0.20}
-    out = {
-        "benchmark": "bct_compat",
-        "command": "python benchmarks/bct_compat.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("cache", "out")),
-        "data": {"dataset": "fashion-mnist", "resolution": args.resolution, "sizes": splits.sizes(),
-                 "classes": splits.num_classes},
-        "gallery": {"arch": "resnet101", "epochs": args.gallery_epochs, "embed_dim": gallery["model"]["embed_dim"],
-                    "model_version": gallery["model_version"]},
-        "query_epochs": args.query_epochs,
-        "train_config": TrainConfig().to_dict(),
-        "results": results,
-        "paper_premise_checks": checks,
-        "train_seconds_this_run": seconds,
-        "machine": machine_info(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json(args.out, out)
-    plot(results, args.out.with_suffix(".png"))
-    print(json.dumps(checks, indent=1))
-    print(f"wrote {args.out}")
+    return checks
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -125,6 +99,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ paragon's on-device cost) and, when given, a searched net, this script exports e
 to TFLite (litert-torch) and ONNX (torch.onnx) - float32, batch 1 - and measures:
 
 * file size, parameters, FLOPs;
-* latency in ai-edge-litert and onnxruntime at 1 thread (DESIGN.md §4: warm-up, then
+* latency in ai-edge-litert and onnxruntime at 1 thread (``--warmup`` untimed runs, then
   ``--runs`` timed runs; median, p10, p90; end to end);
 * the **x-fold cost reduction** of each query net against ResNet-101 (latency ratio per
   runtime, and FLOPs ratio) - the figure that parallels CMP-NAS's 80x (DeepFashion2)
@@ -13,27 +13,28 @@ to TFLite (litert-torch) and ONNX (torch.onnx) - float32, batch 1 - and measures
 * heterogeneous Recall@1 of each query net (its exported TFLite/ONNX files embedding the
   query split, the gallery model embedding the gallery split), the paragon's Recall@1
   (ResNet-101 on both sides), and for each trained query net its dynamic-range and int8
-  files' size, latency and Recall@1 change - **only where trained checkpoints exist** in ``--cache``
-  (``benchmarks/bct_compat.py`` trains them there).  Without them, accuracy is reported
-  as unavailable and latency/size are measured on randomly initialised nets (weights do
-  not change float32 latency or size).
+  files' size, latency and Recall@1 change - **only where trained checkpoints exist**:
+  with ``--train``, the gallery and BCT query nets ``benchmarks/bct_compat.py`` trains
+  (the workflow's stages: reused from ``--cache`` when that script made them); else the
+  newest finished ones found in ``--cache``.  Without them, accuracy is reported as
+  unavailable and latency/size are measured on randomly initialised nets (weights do not
+  change float32 latency or size).
 
 At 224 px (``--resolutions 32,224``) nets are randomly initialised: it is a cost figure
 only (nothing is trained at 224 here).
 
-    python benchmarks/export_runtime.py                          # 32 px; ~10 min on 2 cores
-    python benchmarks/export_runtime.py --resolutions 32,224     # + the 224 px cost ratio
-    python benchmarks/export_runtime.py --searched-query benchmarks/.cache/query-searched.pt
+    python benchmarks/export_runtime.py --resolutions 32,224 --gallery G --searched-query Q   # as committed
+    python benchmarks/export_runtime.py --train          # trains/reuses bct_compat.py's models first
+    python benchmarks/export_runtime.py --preset quick   # ~3-5 min: small nets, few runs, tiny trained models
 
-The machine is shared by several jobs, so timings are noisy: the JSON keeps medians and
-p10/p90, and ratios are computed from medians measured in the same run.  Writes
-``benchmarks/results/export_runtime.json`` and ``export_runtime.png``.
+The committed run (32 and 224 px, dynamic + int8 variants) took about 10 min on 2 cores;
+conversions are 7-17 s per file.  Timings are noisy on a shared machine: the JSON keeps
+medians and p10/p90, and ratios are computed from medians measured in the same run.
+Writes ``<out-dir>/export_runtime.json`` and ``export_runtime.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import shutil
 import tempfile
@@ -43,21 +44,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _bench
 from edgequery.checkpoint import load_checkpoint
-from edgequery.commands.common import write_json
 from edgequery.data import DataSpec, load_splits, resize_images, to_model_input
 from edgequery.evaluate import embed
-from edgequery.export import ExportOptions, export_query
-from edgequery.runtimes.convert import to_onnx, to_tflite
-from edgequery.export.pipeline import parity_figures, parity_passed, tool_versions
-from edgequery.runtimes.run import measure_latency, open_runner
+from edgequery.export import ExportOptions, parity_figures, parity_passed, tool_versions
 from edgequery.metrics import retrieval_metrics
 from edgequery.models import build_embedding_net, model_from_checkpoint
-from edgequery.sysinfo import machine_info
+from edgequery.runtimes.convert import to_onnx, to_tflite
+from edgequery.runtimes.run import measure_latency, open_runner
+from edgequery.workflow import Workflow
 
-HERE = Path(__file__).resolve().parent
+log = _bench.log
 BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet101")
 FORMATS = ("tflite", "onnx")
+QUICK = {**_bench.BCT_QUICK, "train": True, "nets": "mobilenet_v3_small,resnet101", "runs": 5, "warmup": 1,
+         "quantize": "dynamic"}
 
 
 def flops(net: torch.nn.Module, res: int) -> int:
@@ -72,6 +74,10 @@ def flops(net: torch.nn.Module, res: int) -> int:
 def export_params(net: torch.nn.Module) -> int:
     classifier = {id(p) for p in net.classifier.parameters()}
     return sum(p.numel() for p in net.parameters() if id(p) not in classifier)
+
+
+def slug(text: str, n: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:n]
 
 
 def measure_files(net: torch.nn.Module, res: int, work: Path, stem: str, args, x_real: np.ndarray | None) -> dict:
@@ -91,8 +97,8 @@ def measure_files(net: torch.nn.Module, res: int, work: Path, stem: str, args, x
         out[fmt] = {"bytes": path.stat().st_size, "latency": lat, "convert_seconds": round(convert_s, 1),
                     "parity": {"cosine_min": par["cosine_min"], "passed": parity_passed(par),
                                "images": par["images"], "real_images": x_real is not None}}
-        print(f"  {stem}.{fmt}: {path.stat().st_size / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms "
-              f"(p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}), parity cos {par['cosine_min']:.6f}", flush=True)
+        log.info("  %s.%s: %.2f MB, median %.3f ms (p10 %.3f, p90 %.3f), parity cos %.6f", stem, fmt,
+                 path.stat().st_size / 1e6, lat["median_ms"], lat["p10_ms"], lat["p90_ms"], par["cosine_min"])
         path.unlink()
     return out
 
@@ -123,119 +129,131 @@ def find_checkpoints(cache: Path, resolution: int, gallery: Path | None = None) 
     return None, {}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--resolutions", default="32", help="comma list of input sides (default 32; add 224 for cost)")
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="where trained checkpoints are looked for")
-    ap.add_argument("--gallery", type=Path, default=None, help="gallery checkpoint (default: newest in --cache)")
-    ap.add_argument("--searched-query", type=Path, default=None,
-                    help="a trained query checkpoint of the searched net (edgequery train query --arch search.json)")
-    ap.add_argument("--searched-arch", default=None, help="a searched arch string (latency/size only, random init)")
-    ap.add_argument("--quantize", default="dynamic,int8",
-                    help="quantized variants exported for trained query nets (their Recall@1 change; 'none' to skip)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "export_runtime.json")
-    args = ap.parse_args()
-    resolutions = [int(r) for r in args.resolutions.split(",")]
+class Context:
+    """One resolution's models: the gallery (if any), its splits, the trained query nets, a workflow."""
+
+    def __init__(self, args, res: int, stages: dict):
+        self.args, self.res = args, res
+        archs = [a for a in args.nets.split(",") if a != "resnet101"]
+        if args.train and res <= 64:
+            wf = Workflow(_bench.bct_spec(args, res), args.device, stages=stages)
+            self.gpath, trained = _bench.bct_checkpoints(wf, args.cache, args.gallery_epochs, args.query_epochs,
+                                                         archs, bcts=(True,))
+            self.queries = {a: p for (a, _), p in trained.items()}
+        else:
+            self.gpath, self.queries = find_checkpoints(args.cache, res, args.gallery)
+        self.gallery = load_checkpoint(self.gpath, "gallery") if self.gpath else None
+        self.spec = self.splits = self.g_emb = None
+        if self.gallery is not None:
+            self.spec = DataSpec.from_dict(self.gallery["data"])
+            self.splits = load_splits(self.spec)
+            self.g_emb = embed(model_from_checkpoint(self.gallery), self.splits.gallery, self.spec,
+                               desc="gallery model: gallery")
+        self.wf = Workflow(self.spec, args.device, stages=stages)
+        log.info("resolution %d: gallery %s; trained query nets: %s", res, self.gpath or "none (latency/size only)",
+                 ", ".join(self.queries) or "none")
+
+
+def paragon_row(ctx: Context, row: dict, work: Path) -> torch.nn.Module:
+    """ResNet-101, the trained gallery model itself, as the query encoder."""
+    net = model_from_checkpoint(ctx.gallery)
+    row["weights"] = f"trained gallery model {ctx.gpath.name}"
+    x_real = to_model_input(ctx.splits.query.images[:16], ctx.spec).numpy()
+    row.update(measure_files(net, ctx.res, work, "resnet101", ctx.args, x_real))
+    m = retrieval_metrics(embed(net, ctx.splits.query, ctx.spec, desc="paragon: queries"), ctx.splits.query.labels,
+                          ctx.g_emb, ctx.splits.gallery.labels)
+    row["paragon_recall@1"] = m["recall@1"]
+    row["het_recall@1"] = {"pytorch": m["recall@1"], "paragon": "the same model on both sides"}
+    return net
+
+
+def trained_row(ctx: Context, row: dict, ck_path: Path, work: Path) -> torch.nn.Module:
+    """A trained BCT query net through the real export path (the workflow's export stage), retrieval per file."""
+    args = ctx.args
     quantize = tuple(q for q in args.quantize.split(",") if q and q != "none")
+    row["weights"] = f"trained query net {Path(ck_path).name} (BCT)"
+    out_dir = work / slug(row["net"])
+    # quantized files are exported too; the 1-point dynamic-range gate is lifted here
+    # (max_dynamic_drop=100) so the benchmark reports the drop instead of stopping on it
+    card = ctx.wf.export(ck_path, out_dir, ctx.gpath, ExportOptions(
+        threads=(args.threads,), runs=args.runs, warmup=args.warmup, quantize=quantize, max_dynamic_drop=100.0),
+        name=f"export_{row['net']}_r{ctx.res}")
+    row["quantized"] = []
+    for e in card["files"]:
+        lat = e["latency"][f"threads={args.threads}"]
+        log.info("  %s: %.2f MB, median %.3f ms, het R@1 %.2f", e["file"], e["bytes"] / 1e6, lat["median_ms"],
+                 100 * e["retrieval"]["recall@1"])
+        if e["quantization"] != "none":
+            drop = e["retrieval"]["recall@1_drop_points"]
+            row["quantized"].append({
+                "file": e["file"], "format": e["format"], "quantization": e["quantization"], "bytes": e["bytes"],
+                "latency": lat, "het_recall@1": e["retrieval"]["recall@1"], "recall@1_drop_points_vs_float32": drop,
+                "within_1_point": drop <= 1.0, "cosine_min_vs_pytorch": e["parity"]["cosine_min"]})
+            continue
+        row[e["format"]] = {"bytes": e["bytes"], "latency": lat, "convert_seconds": e["convert_seconds"],
+                            "parity": {k: e["parity"][k] for k in ("cosine_min", "passed", "images")}
+                            | {"real_images": True}}
+    row["het_recall@1"] = {"pytorch": card["retrieval"]["pytorch"]["recall@1"],
+                           **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]
+                              if e["quantization"] == "none"}}
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return model_from_checkpoint(load_checkpoint(ck_path, "query"))
 
-    results, notes = [], []
-    load_before = [round(v, 2) for v in os.getloadavg()]
-    work = Path(tempfile.mkdtemp(prefix="export-runtime-"))
-    try:
-        for res in resolutions:
-            gpath, queries = find_checkpoints(args.cache, res, args.gallery)
-            gallery = load_checkpoint(gpath, "gallery") if gpath else None
-            print(f"resolution {res}: gallery {gpath or 'none (latency/size only)'}; trained query nets: "
-                  f"{', '.join(queries) or 'none'}", flush=True)
-            splits = spec = g_emb = None
-            if gallery is not None:
-                spec = DataSpec.from_dict(gallery["data"])
-                splits = load_splits(spec)
-                g_model = model_from_checkpoint(gallery)
-                g_emb = embed(g_model, splits.gallery, spec, desc="gallery model: gallery")
 
-            # (label, arch, trained query checkpoint or None, searched?)
-            nets = [(a, a, queries.get(a), False) for a in BASELINES]
-            if args.searched_query:
-                ck = load_checkpoint(args.searched_query, "query")
-                nets.append((ck["model"]["arch"], ck["model"]["arch"], args.searched_query, True))
-            elif args.searched_arch:
-                nets.append((args.searched_arch, args.searched_arch, None, True))
-            real = load_splits(DataSpec(n_train=16, n_val=0, n_query=16, n_gallery=16), progress=False).query.images
-            for label, arch, ck_path, searched in nets:
-                if searched and ":" in arch and f"r{res}," not in arch:
-                    notes.append(f"{res}px: the searched net {arch} is a {arch.split(':')[0]} arch at another input "
-                                 "resolution; not measured here")
-                    continue
-                print(f"{label} @ {res}px", flush=True)
-                row = {"net": label, "role": "query encoder", "resolution": res, "searched": searched}
-                if arch == "resnet101" and gallery is not None:
-                    # the paragon: the gallery model itself as the query encoder
-                    net, row["weights"] = model_from_checkpoint(gallery), f"trained gallery model {gpath.name}"
-                    x_real = to_model_input(splits.query.images[:16], spec).numpy()
-                    row.update(measure_files(net, res, work, "resnet101", args, x_real))
-                    q_emb = embed(net, splits.query, spec, desc="paragon: queries")
-                    m = retrieval_metrics(q_emb, splits.query.labels, g_emb, splits.gallery.labels)
-                    row["paragon_recall@1"] = m["recall@1"]
-                    row["het_recall@1"] = {"pytorch": m["recall@1"], "note": "paragon: same model on both sides"}
-                elif ck_path is not None and gallery is not None:
-                    # a trained BCT query net: the real export path, with retrieval through each file
-                    net = model_from_checkpoint(load_checkpoint(ck_path, "query"))
-                    row["weights"] = f"trained query net {Path(ck_path).name} (BCT)"
-                    out_dir = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:60]
-                    # quantized files are exported too; the 1-point dynamic-range gate is lifted here
-                    # (max_dynamic_drop=100) so the benchmark reports the drop instead of stopping on it
-                    card = export_query(ck_path, out_dir, gpath, ExportOptions(
-                        threads=(args.threads,), runs=args.runs, warmup=args.warmup, force=True,
-                        quantize=quantize, max_dynamic_drop=100.0))
-                    row["quantized"] = []
-                    for e in card["files"]:
-                        lat = e["latency"][f"threads={args.threads}"]
-                        print(f"  {e['file']}: {e['bytes'] / 1e6:.2f} MB, median {lat['median_ms']:.3f} ms, "
-                              f"het R@1 {100 * e['retrieval']['recall@1']:.2f}", flush=True)
-                        if e["quantization"] != "none":
-                            drop = e["retrieval"]["recall@1_drop_points"]
-                            row["quantized"].append({
-                                "file": e["file"], "format": e["format"], "quantization": e["quantization"],
-                                "bytes": e["bytes"], "latency": lat, "het_recall@1": e["retrieval"]["recall@1"],
-                                "recall@1_drop_points_vs_float32": drop,
-                                "within_1_point": drop <= 1.0,
-                                "cosine_min_vs_pytorch": e["parity"]["cosine_min"]})
-                            continue
-                        row[e["format"]] = {"bytes": e["bytes"], "latency": lat, "convert_seconds": e["convert_seconds"],
-                                            "parity": {k: e["parity"][k] for k in ("cosine_min", "passed", "images")}
-                                            | {"real_images": True}}
-                    row["het_recall@1"] = {"pytorch": card["retrieval"]["pytorch"]["recall@1"],
-                                           **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]
-                                              if e["quantization"] == "none"}}
-                    shutil.rmtree(out_dir, ignore_errors=True)
-                else:
-                    torch.manual_seed(0)
-                    net = build_embedding_net(arch, 128, 10).eval()
-                    net_res = getattr(net.trunk, "resolution", res)
-                    row["weights"] = "random initialisation (no trained checkpoint at this resolution)"
-                    x_real = to_model_input(resize_images(real, net_res), DataSpec()).numpy() if net_res <= 64 else None
-                    row.update(measure_files(net, net_res, work, re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)[:40], args,
-                                             x_real))
-                    row["het_recall@1"] = None
-                row["params"] = export_params(net)
-                row["flops"] = flops(net, getattr(net.trunk, "resolution", res))
-                results.append(row)
-            if gallery is None:
-                notes.append(f"{res}px: no trained ResNet-101 gallery checkpoint in {args.cache}; Recall@1 not "
-                             "reported, latency/size measured on randomly initialised nets")
+def random_row(ctx: Context, row: dict, arch: str, work: Path, real: torch.Tensor) -> torch.nn.Module:
+    """A randomly initialised net: size and latency only."""
+    torch.manual_seed(0)
+    net = build_embedding_net(arch, 128, 10).eval()
+    net_res = getattr(net.trunk, "resolution", ctx.res)
+    row["weights"] = "random initialisation (no trained checkpoint at this resolution)"
+    x_real = to_model_input(resize_images(real, net_res), DataSpec()).numpy() if net_res <= 64 else None
+    row.update(measure_files(net, net_res, work, slug(arch, 40), ctx.args, x_real))
+    row["het_recall@1"] = None
+    return net
+
+
+def resolution_rows(args, res: int, work: Path, stages: dict, notes: list[str]) -> list[dict]:
+    ctx = Context(args, res, stages)
+    nets = [(a, a, ctx.queries.get(a), False) for a in args.nets.split(",")]  # (label, arch, checkpoint, searched)
+    if args.searched_query:
+        ck = load_checkpoint(args.searched_query, "query")
+        nets.append((ck["model"]["arch"], ck["model"]["arch"], args.searched_query, True))
+    elif args.searched_arch:
+        nets.append((args.searched_arch, args.searched_arch, None, True))
+    real = load_splits(DataSpec(n_train=16, n_val=0, n_query=16, n_gallery=16), progress=False).query.images
+    rows = []
+    for label, arch, ck_path, searched in nets:
+        if searched and ":" in arch and f"r{res}," not in arch:
+            notes.append(f"{res}px: the searched net {arch} is a {arch.split(':')[0]} arch at another input "
+                         "resolution; not measured here")
+            continue
+        log.info("%s @ %dpx", label, res)
+        row = {"net": label, "role": "query encoder", "resolution": res, "searched": searched}
+        with ctx.wf.stage(f"measure_{slug(label, 40)}_r{res}"):
+            if arch == "resnet101" and ctx.gallery is not None:
+                net = paragon_row(ctx, row, work)
+            elif ck_path is not None and ctx.gallery is not None:
+                net = trained_row(ctx, row, ck_path, work)
             else:
-                missing = [a for a in BASELINES[:2] if a not in queries]
-                if missing:
-                    notes.append(f"{res}px: no trained BCT query checkpoint for {', '.join(missing)} in {args.cache}; "
-                                 "their latency/size are from randomly initialised nets")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                net = random_row(ctx, row, arch, work, real)
+        row["params"] = export_params(net)
+        row["flops"] = flops(net, getattr(net.trunk, "resolution", res))
+        rows.append(row)
+    notes.extend(missing_notes(ctx, args))
+    return rows
 
-    # x-fold cost reduction against ResNet-101 as the query encoder, per resolution and runtime
+
+def missing_notes(ctx: Context, args) -> list[str]:
+    if ctx.gallery is None:
+        return [f"{ctx.res}px: no trained ResNet-101 gallery checkpoint in {args.cache}; Recall@1 not reported, "
+                "latency/size measured on randomly initialised nets"]
+    missing = [a for a in args.nets.split(",") if a != "resnet101" and a not in ctx.queries]
+    return [f"{ctx.res}px: no trained BCT query checkpoint for {', '.join(missing)} in {args.cache}; their "
+            "latency/size are from randomly initialised nets"] if missing else []
+
+
+def cost_reductions(results: list[dict], resolutions: list[int]) -> None:
+    """x-fold cost reduction against ResNet-101 as the query encoder, per resolution and runtime."""
     for res in resolutions:
         ref = next((r for r in results if r["resolution"] == res and r["net"] == "resnet101"), None)
         for r in results:
@@ -247,25 +265,45 @@ def main() -> None:
                 **{f"{fmt}_size": round(ref[fmt]["bytes"] / r[fmt]["bytes"], 2) for fmt in FORMATS},
                 "flops": round(ref["flops"] / r["flops"], 2)}
 
-    out = {
-        "benchmark": "export_runtime",
-        "command": "python benchmarks/export_runtime.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "cache")),
-        "protocol": {"batch": 1, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
-                     "statistic": "median (p10, p90) in ms, end to end incl. per-invocation overhead",
-                     "precision": "float32 files (quantized variants: see `edgequery export --quantize`)",
-                     "cost_reduction": "ResNet-101 median / net median, same runtime, same run"},
-        "results": results,
-        "notes": notes + ["2 CPU cores; other jobs may share them (see load_average_1_5_15min): medians and "
-                          "same-run ratios are the figures to read"],
-        "load_average_1_5_15min": {"start": load_before, "end": [round(v, 2) for v in os.getloadavg()]},
-        "tools": tool_versions(),
-        "machine": machine_info(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json(args.out, out)
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out}")
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = _bench.parser(__doc__, {"quick": QUICK})
+    ap.add_argument("--resolutions", default="32", help="comma list of input sides (default 32; add 224 for cost)")
+    ap.add_argument("--nets", default=",".join(BASELINES), help="comma list of baseline nets")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gallery", type=Path, default=None, help="gallery checkpoint (default: newest in --cache)")
+    ap.add_argument("--train", action="store_true",
+                    help="train (or reuse) bct_compat.py's gallery and BCT query nets through the workflow")
+    _bench.add_bct_args(ap, "with --train")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--searched-query", type=Path, default=None,
+                    help="a trained query checkpoint of the searched net (edgequery train query --arch search.json)")
+    ap.add_argument("--searched-arch", default=None, help="a searched arch string (latency/size only, random init)")
+    ap.add_argument("--quantize", default="dynamic,int8",
+                    help="quantized variants exported for trained query nets (their Recall@1 change; 'none' to skip)")
+    args = _bench.parse(ap, argv)
+    prov = _bench.start(args)
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    results, notes, stages = [], [], {}
+    work = Path(tempfile.mkdtemp(prefix="export-runtime-"))
+    try:
+        for res in resolutions:
+            results += resolution_rows(args, res, work, stages, notes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cost_reductions(results, resolutions)
+    body = {"protocol": {"batch": 1, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,
+                         "statistic": "median (p10, p90) in ms, end to end incl. per-invocation overhead",
+                         "precision": "float32 files (quantized variants: see `edgequery export --quantize`)",
+                         "cost_reduction": "ResNet-101 median / net median, same runtime, same run"},
+            "results": results, "tools": tool_versions(), "stages": stages}
+    notes.append("medians and same-run ratios are the figures to read: other jobs may share the cores "
+                 "(provenance.load_average)")
+    path = _bench.write(args, "export_runtime", body, prov, notes)
+    plot(results, path.with_suffix(".png"))
+    return path
 
 
 def _label(r: dict) -> str:

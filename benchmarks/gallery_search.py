@@ -1,7 +1,8 @@
 """Gallery search: faiss Flat vs IVF-PQ vs HNSW, and the HTTP server under concurrent clients.
 
-Three parts, each writing its section of ``benchmarks/results/gallery_search.json`` (a
-rerun of one part keeps the others) and the plot ``gallery_search.png``:
+Three parts, each a section of ``<out-dir>/gallery_search.json`` (a rerun of some parts
+keeps the other sections of an earlier run of the same preset, each with that run's
+``provenance``) and the plot ``gallery_search.png``:
 
 ``random``   faiss micro-benchmark on 100k and 1M random unit vectors (128-d, isotropic
              Gaussian, normalised).  Random data is the *hardest* case for approximate
@@ -9,30 +10,34 @@ rerun of one part keeps the others) and the plot ``gallery_search.png``:
              so its recall figures are a lower bound; they measure speed and memory.
 ``real``     the same comparison on real embeddings: the 10k Fashion-MNIST test images
              (``--real-pool all``: all 70k) embedded by the gallery model, 1000 held out as
-             queries.  Needs ``--gallery`` (default: ``bct_compat.py``'s ResNet-101).
+             queries.  The gallery model is ``--gallery``, or else ``bct_compat.py``'s
+             ResNet-101 (its data and epochs flags below), trained or reused through the
+             workflow's gallery stage in ``--cache``.
 ``server``   ``edgequery serve`` in a subprocess on 127.0.0.1 over the real-embedding
              index (Flat and HNSW32), N concurrent httpx clients, a bounded number of
              requests per level; ``/v1/search`` (phone path: embedding in, JSON out) and
-             ``/v1/search/image`` (server-side ResNet-101 forward).  Needs ``--gallery``.
+             ``/v1/search/image`` (server-side ResNet-101 forward).
 
 For every index: build time (train + add), serialised size, batch throughput (all
 queries in one call, faiss on all cores), single-query latency (nq = 1, one faiss
 thread, as the server runs it) and recall@10 against exact search (Flat).  IVF is swept
-over ``nprobe``, HNSW over ``efSearch``.
+over ``nprobe``, HNSW over ``efSearch``.  The real part also records how close a query's
+exact neighbours are (``neighbour_cosines``): what limits quantised (PQ) recall there.
 
-    python benchmarks/gallery_search.py                               # all parts
-    python benchmarks/gallery_search.py --parts random --sizes 100000 # a quick look
-    python benchmarks/gallery_search.py --parts real,server --gallery benchmarks/.cache/gallery-r101-n12000-r32-e6.pt
+    python benchmarks/gallery_search.py                               # all parts (the full run)
+    python benchmarks/gallery_search.py --parts random --sizes 100000 # one part: the others are kept
+    python benchmarks/gallery_search.py --preset quick                # ~2-3 min: 20k vectors, tiny gallery model
 
-The machine is shared and has 2 cores: the server benchmark's clients run on the same
-cores as the server, so its throughput is a floor and its latencies include client-side
-contention.  Quote ratios from one run.
+The committed sections took about 15 min together (the 1M-vector random set most of it;
+the real and server parts a few minutes with the gallery model trained).  The machine is
+shared and has 2 cores: the server benchmark's clients run on the same cores as the
+server, so its throughput is a floor and its latencies include client-side contention.
+Quote ratios from one run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import contextlib
 import os
 import signal
 import socket
@@ -45,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgequery.commands.common import write_json
-from edgequery.sysinfo import machine_info
+import _bench
 
-HERE = Path(__file__).resolve().parent
+log = _bench.log
+QUICK = {**{k: v for k, v in _bench.BCT_QUICK.items() if k != "query_epochs"}, "sizes": "20000",
+         "clients": "1,4", "requests": 40, "image_requests": 10}
 DIM = 128
 N_QUERIES = 1000
 LATENCY_QUERIES = 200
@@ -59,7 +65,7 @@ NPROBES, EF_SEARCHES = [1, 8, 32, 128], [16, 64, 256]
 
 def factories(n: int) -> dict:
     """Flat, IVF-PQ and HNSW; IVF1024 unless ``n`` is too small to train it (>= 39 points per list)."""
-    from edgequery.gallery.store import suggest_ivf
+    from edgequery.gallery.faiss_index import suggest_ivf
 
     ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
     return {"Flat": None, f"{ivf},PQ32": ("nprobe", NPROBES), "HNSW32": ("efSearch", EF_SEARCHES)}
@@ -82,7 +88,7 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
     """Build each factory over ``base`` and measure it against exact search."""
     import faiss
 
-    from edgequery.gallery.store import make_faiss_index, train_faiss_index
+    from edgequery.gallery.faiss_index import make_faiss_index, train_faiss_index
 
     ids = np.arange(1, len(base) + 1, dtype=np.int64)
     results, truth = [], None
@@ -122,9 +128,9 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
                    "latency_ms_p99": round(float(np.percentile(lat, 99)), 4),
                    "recall@10": round(recall_at_k(found, truth), 4)}
             results.append(row)
-            print(f"[{label}] {factory:<14} {row['param'] or '':>9}={value!s:<5} recall@10 {row['recall@10']:.3f}  "
-                  f"{row['qps_batch']:>9.0f} q/s batch  p50 {row['latency_ms_p50']:.3f} ms  "
-                  f"build {row['build_s']:.1f}s  {row['bytes'] / 2**20:.0f} MiB", flush=True)
+            log.info(f"[{label}] {factory:<14} {row['param'] or '':>9}={value!s:<5} recall@10 {row['recall@10']:.3f}  "
+                     f"{row['qps_batch']:>9.0f} q/s batch  p50 {row['latency_ms_p50']:.3f} ms  "
+                     f"build {row['build_s']:.1f}s  {row['bytes'] / 2**20:.0f} MiB")
         del index
     return {"n": len(base), "dim": DIM, "queries": len(queries), "k": K, "results": results}
 
@@ -210,10 +216,36 @@ def load_clients(url: str, n_clients: int, n_requests: int, make_request) -> dic
             "mean_ms": round(float(np.mean(lat)), 2), "throughput_rps": round(n_requests / wall, 1)}
 
 
-def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: dict, clients: list[int],
-                 requests: int, image_requests: int) -> dict:
+@contextlib.contextmanager
+def serving(index: Path):
+    """``edgequery serve`` over ``index`` in a subprocess on a free loopback port; yields its URL once healthy."""
     import httpx
 
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = index.parent / "server.log"
+    with open(log_path, "w") as server_log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgequery", "serve", "--index", str(index), "--port", str(port),
+                                 "--log-level", "warning"], stdout=server_log, stderr=server_log)
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
+def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: dict, clients: list[int],
+                 requests: int, image_requests: int) -> dict:
     from edgequery.data import load_fashion_mnist, resize_images, DataSpec
     from edgequery.gallery.build import create_index
     from edgequery.gallery.images import png_thumbnail
@@ -235,22 +267,7 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
             create_index(Path(tmp) / "index", emb[base_idx], items, factory, info["model_version"],
                          gallery_path=gallery_path, data=info["data"], classes=classes)
             build_s = time.perf_counter() - t0
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            log = open(Path(tmp) / "server.log", "w")
-            proc = subprocess.Popen([sys.executable, "-m", "edgequery", "serve", "--index", str(Path(tmp) / "index"),
-                                     "--port", str(port), "--log-level", "warning"], stdout=log, stderr=log)
-            try:
-                deadline = time.time() + 300
-                while True:
-                    try:
-                        if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError(f"server did not start:\n{(Path(tmp) / 'server.log').read_text()}")
-                    time.sleep(0.3)
+            with serving(Path(tmp) / "index") as url:
                 queries = emb[query_idx].tolist()
 
                 def by_embedding(c, i):
@@ -266,20 +283,16 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
                     row = {"factory": factory, "endpoint": "/v1/search",
                            **load_clients(url, n, requests, by_embedding)}
                     out["levels"].append(row)
-                    print(f"[server] {factory:<7} /v1/search        {n:>3} clients: p50 {row['p50_ms']} ms, "
-                          f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s", flush=True)
+                    log.info(f"[server] {factory:<7} /v1/search        {n:>3} clients: p50 {row['p50_ms']} ms, "
+                             f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s")
                 if factory == "Flat":
                     for n in clients[:2]:
                         row = {"factory": factory, "endpoint": "/v1/search/image",
                                **load_clients(url, n, image_requests, by_image)}
                         out["levels"].append(row)
-                        print(f"[server] {factory:<7} /v1/search/image  {n:>3} clients: p50 {row['p50_ms']} ms, "
-                              f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s", flush=True)
+                        log.info(f"[server] {factory:<7} /v1/search/image  {n:>3} clients: p50 {row['p50_ms']} ms, "
+                                 f"p99 {row['p99_ms']} ms, {row['throughput_rps']} req/s")
                 out.setdefault("build_s", {})[factory] = round(build_s, 1)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-                log.close()
     out["model"] = {k: info[k] for k in ("arch", "model_version")}
     return out
 
@@ -322,77 +335,109 @@ def plot(res: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def neighbour_cosines(base: np.ndarray, queries: np.ndarray) -> dict:
+    """How close each query's exact neighbours are (cosine; the embeddings are unit vectors)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    d, _ = index.search(queries, K)
+    return {"median_1st": round(float(np.median(d[:, 0])), 6), f"median_{K}th": round(float(np.median(d[:, -1])), 6),
+            f"median_gap_1st_to_{K}th": float(np.median(d[:, 0] - d[:, -1]))}
+
+
+def parse(argv: list[str] | None):
+    ap = _bench.parser(__doc__, {"quick": QUICK})
     ap.add_argument("--parts", default="random,real,server", help="comma-separated: random, real, server")
     ap.add_argument("--sizes", default="100000,1000000", help="random-vector index sizes")
-    ap.add_argument("--gallery", type=Path, default=HERE / ".cache" / "gallery-r101-n12000-r32-e6.pt",
+    ap.add_argument("--gallery", type=Path, default=None,
                     help="gallery checkpoint for the real and server parts (default: bct_compat.py's ResNet-101)")
+    _bench.add_bct_args(ap, "the gallery model, without --gallery", queries=False)
     ap.add_argument("--real-pool", choices=["test", "all"], default="test",
-                    help="real part: Fashion-MNIST test set (10k) or train+test (70k) embedded by --gallery")
+                    help="real part: Fashion-MNIST test set (10k) or train+test (70k) embedded by the gallery model")
     ap.add_argument("--clients", default="1,4,16", help="concurrency levels of the server benchmark")
     ap.add_argument("--requests", type=int, default=400, help="/v1/search requests per level")
     ap.add_argument("--image-requests", type=int, default=60, help="/v1/search/image requests per level")
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss threads for batch search (1: on a shared machine, OpenMP teams mostly wait)")
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "gallery_search.json")
-    args = ap.parse_args()
-    parts = set(args.parts.split(","))
-    if not parts <= {"random", "real", "server"}:
+    args = _bench.parse(ap, argv)
+    if not set(args.parts.split(",")) <= {"random", "real", "server"}:
         ap.error(f"unknown part in {args.parts}")
-    if parts & {"real", "server"} and not args.gallery.is_file():
-        ap.error(f"{args.gallery} does not exist: run benchmarks/bct_compat.py first or pass --gallery")
+    return args
 
+
+def kept_sections(path: Path, preset: str) -> dict:
+    """The sections of an earlier run of the same preset at ``path``, each with that run's provenance."""
+    old = _bench.previous(path, "gallery_search")
+    if old is None or old.provenance.config.get("preset") != preset:
+        return {"index": {}}
+    prov = _bench.kept_provenance(old)
+    kept = {"index": {name: {**sec, "provenance": sec.get("provenance", prov)}
+                      for name, sec in old.results.get("index", {}).items()}}
+    if "server" in old.results:
+        kept["server"] = {**old.results["server"], "provenance": old.results["server"].get("provenance", prov)}
+    return kept
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse(argv)
+    prov = _bench.start(args)
     import faiss
 
-    res = json.loads(args.out.read_text()) if args.out.exists() else {}
-    res.update(benchmark="gallery_search", machine=machine_info(), faiss_version=faiss.__version__,
-               note="2 CPU cores, possibly shared with other jobs (each part records its load average): "
-                    "compare within one run. Indexes are built with all cores; single-query latency uses 1 faiss thread (as "
-                    "`edgequery serve` does by default); batch throughput uses `threads`. IVF/PQ are trained on "
-                    f"a random sample of at most {TRAIN_SAMPLE} vectors.",
-               threads=args.threads)
-    res.setdefault("index", {})
-    res.setdefault("commands", {})
-    res.setdefault("load_average_1min_at_start", {})
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
-    load_start = os.getloadavg()[0]
+    from edgequery.workflow import Workflow
+
+    parts = set(args.parts.split(","))
+    res = kept_sections(Path(args.out_dir) / "gallery_search.json", args.preset)
+    measured, notes, stages = [], [], {}
+    wf = Workflow(_bench.bct_spec(args, 32), stages=stages)
     if "random" in parts:
         for n in (int(s) for s in args.sizes.split(",")):
             name = f"random-{n // 1000}k" if n < 10**6 else f"random-{n // 10**6}M"
             base, queries = random_unit(n, seed=0), random_unit(N_QUERIES, seed=1)
-            res["index"][name] = {"data": "random unit vectors (normalised isotropic Gaussian): no cluster structure, "
-                                          "the hardest case for approximate search",
-                                  **bench_index(base, queries, name, args.threads)}
-            res["commands"][name] = cmd
-            res["load_average_1min_at_start"][name] = round(load_start, 2)
+            with wf.stage(f"index_{name}"):
+                res["index"][name] = {"data": "random unit vectors (normalised isotropic Gaussian): no cluster "
+                                              "structure, the hardest case for approximate search",
+                                      **bench_index(base, queries, name, args.threads)}
+            measured.append(name)
             del base
-            write_json(args.out, res)
     if parts & {"real", "server"}:
-        emb, labels, info = real_embeddings(args.gallery, args.cache, args.real_pool)
+        gallery = args.gallery or _bench.gallery_checkpoint(wf, args.cache, args.gallery_epochs)
+        emb, labels, info = real_embeddings(gallery, args.cache, args.real_pool)
     if "real" in parts:
         base_idx, query_idx = split_real(emb)
         name = f"{info['arch']}-fashion-mnist-{len(base_idx) // 1000}k"
         pool = "test set" if args.real_pool == "test" else "train+test"
-        res["index"][name] = {"data": f"Fashion-MNIST {pool} embedded by the gallery model {info['arch']} "
-                                      f"(model_version {info['model_version']}); {N_QUERIES} random images held out "
-                                      "as queries", **bench_index(emb[base_idx], emb[query_idx], name, args.threads)}
-        res["commands"][name] = cmd
-        res["load_average_1min_at_start"][name] = round(load_start, 2)
-        write_json(args.out, res)
+        with wf.stage(f"index_{name}"):
+            res["index"][name] = {"data": f"Fashion-MNIST {pool} embedded by the gallery model {info['arch']} "
+                                          f"(model_version {info['model_version']}); {N_QUERIES} random images held "
+                                          "out as queries", "gallery": str(gallery),
+                                  "neighbour_cosines": neighbour_cosines(emb[base_idx], emb[query_idx]),
+                                  **bench_index(emb[base_idx], emb[query_idx], name, args.threads)}
+        nc = res["index"][name]["neighbour_cosines"]
+        notes.append(f"{name}: the median cosine of a query's {K}th exact neighbour is {nc[f'median_{K}th']:.5f}, "
+                     f"{nc[f'median_gap_1st_to_{K}th']:.1e} below its 1st: quantised codes (PQ) must resolve "
+                     "differences that small to order the top 10")
+        measured.append(name)
     if "server" in parts:
-        res["server"] = bench_server(args.gallery, emb, labels, info, [int(c) for c in args.clients.split(",")],
-                                     args.requests, args.image_requests)
-        res["server"]["note"] = ("clients are Python threads (httpx) on the same 2 shared cores as the server; "
-                                 "throughput is a floor, latency includes client-side contention")
-        res["commands"]["server"] = cmd
-        res["load_average_1min_at_start"]["server"] = round(load_start, 2)
-        write_json(args.out, res)
-    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(args.out, res)
-    plot(res, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        with wf.stage("server"):
+            res["server"] = bench_server(gallery, emb, labels, info, [int(c) for c in args.clients.split(",")],
+                                         args.requests, args.image_requests)
+        res["server"]["clients_note"] = ("clients are Python threads (httpx) on the same cores as the server; "
+                                         "throughput is a floor, latency includes client-side contention")
+        measured.append("server")
+    kept = [k for k in (*res["index"], "server") if k in res and k not in measured and
+            (res["index"].get(k) or res.get(k) or {}).get("provenance")]
+    for k in measured:
+        (res["index"].get(k) if k != "server" else res["server"]).pop("provenance", None)
+    if kept:
+        notes.append(f"kept from an earlier run: {', '.join(kept)} (each section holds that run's provenance)")
+    notes.append("indexes are built with all cores; single-query latency uses 1 faiss thread (as `edgequery serve` "
+                 f"does by default); batch throughput uses {args.threads}; IVF/PQ are trained on a random sample of at "
+                 f"most {TRAIN_SAMPLE} vectors")
+    res.update(faiss_version=faiss.__version__, threads=args.threads, stages=stages)
+    path = _bench.write(args, "gallery_search", res, prov, notes)
+    plot(res, path.with_suffix(".png"))
+    return path
 
 
 if __name__ == "__main__":

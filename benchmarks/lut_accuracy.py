@@ -1,84 +1,155 @@
 """How well a per-block latency table predicts whole nets, on this machine.
 
-For each runtime (and resolution): build the LUT of the ``mbv3`` space with
-``edgequery.latency.profile`` on the ``local`` device (wall time recorded: the goal is
+For each runtime (and resolution): build the LUT of the ``mbv3`` space with the
+workflow's profile stage on the ``local`` device (wall time recorded: the goal is
 <= 10 minutes per runtime per resolution here), then measure N random whole nets end to
 end with ``validate`` and compare: share predicted within ±5 % / ±10 %, mean absolute %
 error, Spearman rho - uncalibrated, and calibrated out of sample (5-fold: each net
 predicted by a line fitted on the other folds).  The calibration fitted on all N is
-stored in the LUT, which is written to ``benchmarks/results/`` for the search to use.
+stored in the LUT, which is written to ``--out-dir`` for the search to use
+(``search_ablation.py`` reads ``lut-local-litert-r32.json`` there).
 
     python benchmarks/lut_accuracy.py                                  # litert + onnxruntime, 32 px, 100 nets
-    python benchmarks/lut_accuracy.py --runtimes onnxruntime --n 30    # a quick look
+    python benchmarks/lut_accuracy.py --resolutions 224                # camera-sized inputs
+    python benchmarks/lut_accuracy.py --preset quick                   # ~3-4 min: small space, 12 nets
     python benchmarks/lut_accuracy.py --refit    # re-fit the calibration on the stored measurements
 
-``--refit`` times nothing: it re-scores the nets already measured in ``lut_accuracy.json``
-with the current calibration fit and stores the new line in the LUT files.
-
-Writes ``benchmarks/results/lut_accuracy.json`` and ``lut_accuracy.png`` (predicted vs
-measured), plus ``lut-local-<runtime>-r<res>.json``.  Model files are cached under
-``benchmarks/.cache/lut/`` (delete it to re-convert).  The machine has 2 cores and may be
-shared: the JSON records the load average before and after each phase.
+Full-run wall times recorded in the committed results: 32 px - litert 578 s, onnxruntime
+399 s (LUT builds 328 s and 229 s); 224 px - litert 1958 s, onnxruntime 1112 s.
+``--refit`` times nothing: it re-scores the nets already measured in
+``lut_accuracy.json`` with the current calibration fit and stores the new line in the
+LUT files.  Results of other (runtime, resolution) pairs already in the file, from a run
+of the same preset, are kept (each with its own run's ``provenance``).  Model files are
+cached under ``--cache`` (delete it to re-convert).  Each result records the load
+average before and after each phase.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from edgequery.commands.common import write_json
-from edgequery.latency import load_lut, parse_device, profile, validate
-from edgequery.latency.profiler import Protocol, score_calibration
+import _bench
+from edgequery.commands.common import add_space_args, parse_space_options
+from edgequery.latency import Protocol, load_lut, parse_device, score_calibration, validate
 from edgequery.spaces import get_space
-from edgequery.sysinfo import machine_info
+from edgequery.workflow import Workflow
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / ".cache" / "lut"
-
-
-def space_at(res: int):
-    """The mbv3 space; at a resolution outside it (e.g. 224 px, camera-sized), the same choices at that size."""
-    space = get_space("mbv3")
-    return space if res in space.resolutions else get_space("mbv3", resolutions=[res])
+log = _bench.log
+QUICK = {"runtimes": "onnxruntime", "n": 12, "runs": 10, "warmup": 2, "min_seconds": 0.01, "rounds": 1,
+         "space_option": ["widths=1.0", "kernels=3,5", "expands=3,6"]}
 
 
-def run_one(runtime: str, res: int, args) -> dict:
-    space = space_at(res)
-    device = parse_device(args.device)
+def space_at(args, res: int):
+    """The space (``--space-option`` applied); at a resolution outside it (e.g. 224 px) the same choices at that size."""
+    options = parse_space_options(args.space_option)
+    space = get_space(args.space, **options)
+    return space if res in space.resolutions else get_space(args.space, **{**options, "resolutions": [res]})
+
+
+def lut_name(args, runtime: str, res: int) -> str:
+    options = parse_space_options(args.space_option)
+    return f"lut-{args.device}-{runtime}-r{res}" + (f"-{_bench.digest(options)}" if options else "") + ".json"
+
+
+def run_one(runtime: str, res: int, args, wf: Workflow) -> dict:
+    space = space_at(args, res)
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
                         rounds=args.rounds)
-    out = RESULTS / f"lut-{device.name}-{runtime}-r{res}.json"
+    out = Path(args.out_dir) / lut_name(args, runtime, res)
+    workdir = Path(args.cache) / out.stem
+    if args.force and out.exists():
+        out.unlink()
     load0 = os.getloadavg()
-    t0 = time.time()
-    lut = profile(space, [res], device, runtime, protocol, out, jobs=args.jobs, force=args.force,
-                  workdir=CACHE / f"{runtime}-r{res}")
-    wall = time.time() - t0
+    wf.profile(out, space, [res], runtime, protocol, device=args.device, jobs=args.jobs, workdir=workdir,
+               name=f"profile_{runtime}_r{res}")
     load1 = os.getloadavg()
     lut = load_lut(out, space=space)
-    report = validate(lut, space, parse_device(args.device), n=args.n, seed=args.seed, calibrate=True,
-                      protocol=protocol, workdir=CACHE / f"{runtime}-r{res}", jobs=args.jobs)
+    with wf.stage(f"validate_{runtime}_r{res}"):
+        report = validate(lut, space, parse_device(args.device), n=args.n, seed=args.seed, calibrate=True,
+                          protocol=protocol, workdir=workdir, jobs=args.jobs)
     report.pop("lut", None)
-    return {"runtime": runtime, "resolution": res, "lut_file": out.name, "blocks": len(lut.blocks),
-            "overhead_ms": lut.overhead_ms, "lut_build_seconds": round(lut.build_seconds, 1),
-            "lut_build_wall_seconds_this_run": round(wall, 1),
+    return {"runtime": runtime, "resolution": res, "lut_file": out.name, "space": space.config(),
+            "blocks": len(lut.blocks), "overhead_ms": lut.overhead_ms, "lut_build_seconds": round(lut.build_seconds, 1),
+            "lut_build_wall_seconds_this_run": wf.stages[f"profile_{runtime}_r{res}"]["seconds"],
             "load_average": {"before_profile": load0, "after_profile": load1, "after_validate": os.getloadavg()},
             **report}
 
 
-def refit(result: dict) -> dict:
+def refit(result: dict, out_dir: Path) -> dict:
     """``result`` with its calibration figures recomputed from its stored measurements."""
-    path = RESULTS / result["lut_file"]
-    lut = load_lut(path, space=space_at(result["resolution"]))
+    lut = load_lut(out_dir / result["lut_file"])
     lut.calibration = None
     raw = [n["raw_ms"] for n in result["nets"]]
     scores = score_calibration(lut, raw, [n["measured_ms"] for n in result["nets"]], calibrate=True)
     return {**{k: v for k, v in result.items() if k not in scores}, **scores}
+
+
+def kept_results(path: Path, preset: str) -> list[dict]:
+    """Results of an earlier run of the same preset at ``path``, each with that run's provenance."""
+    old = _bench.previous(path, "lut_accuracy")
+    if old is None or old.provenance.config.get("preset") != preset:
+        return []
+    prov = _bench.kept_provenance(old)
+    return [{**r, "provenance": r.get("provenance", prov)} for r in old.results.get("results", [])]
+
+
+def parse(argv: list[str] | None):
+    p = _bench.parser(__doc__, {"quick": QUICK}, cache=_bench.CACHE / "lut")
+    add_space_args(p)
+    p.add_argument("--runtimes", default="litert,onnxruntime")
+    p.add_argument("--resolutions", default="32")
+    p.add_argument("--device", default="local")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--min-seconds", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--force", action="store_true", help="re-measure the LUTs")
+    p.add_argument("--refit", action="store_true",
+                   help="time nothing: re-fit the calibration on the measurements stored in lut_accuracy.json")
+    return _bench.parse(p, argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse(argv)
+    prov = _bench.start(args)
+    path = Path(args.out_dir) / "lut_accuracy.json"
+    kept = kept_results(path, args.preset)
+    wf = Workflow(None)
+    notes = []
+    if args.refit:
+        if not kept:
+            raise SystemExit(f"--refit: no results of preset {args.preset} in {path} to re-fit")
+        results = [refit(r, Path(args.out_dir)) for r in kept]
+        notes.append("calibration re-fitted on the stored measurements (--refit); each result's provenance is the "
+                     "run that measured it")
+    else:
+        fresh = [run_one(rt, int(res), args, wf) for res in args.resolutions.split(",") for rt in args.runtimes.split(",")]
+        done = {(r["runtime"], r["resolution"]) for r in fresh}
+        others = [r for r in kept if (r["runtime"], r["resolution"]) not in done]
+        if others:
+            notes.append("kept from an earlier run: " + ", ".join(f"{r['runtime']} {r['resolution']}px" for r in others)
+                         + " (each with that run's provenance)")
+        results = sorted(others + fresh, key=lambda r: (r["resolution"], r["runtime"]))
+    body = {"space": args.space,
+            "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
+                    "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
+            "results": results, "stages": wf.stages}
+    out = _bench.write(args, "lut_accuracy", body, prov, notes)
+    plot(results, out.with_suffix(".png"))
+    for r in results:
+        u, c = r["uncalibrated"], r.get("calibrated_cross_validated", {})
+        log.info(f"{r['runtime']:12s} {r['resolution']}px  LUT {r['blocks']} blocks in {r['lut_build_seconds']:.0f}s | "
+                 f"uncalibrated: {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%, MAPE {u['mape_pct']:.1f}%, "
+                 f"rho {u['spearman_rho']:.3f} | calibrated CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
+                 f"{c.get('within_10pct', float('nan')):.0%} ±10%, MAPE {c.get('mape_pct', float('nan')):.1f}%")
+    return out
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -108,58 +179,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("measured end to end (ms)")
         ax.set_ylabel("predicted (ms)")
         ax.set_title(f"{r['runtime']} ({r['runtime_version']}), {r['resolution']} px, {r['threads']} thread,\n"
-                     f"{r['n']} random mbv3 nets; LUT built in {r['lut_build_seconds'] / 60:.1f} min", fontsize=9)
+                     f"{r['n']} random nets; LUT built in {r['lut_build_seconds'] / 60:.1f} min", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runtimes", default="litert,onnxruntime")
-    p.add_argument("--resolutions", default="32")
-    p.add_argument("--device", default="local")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--min-seconds", type=float, default=0.1)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--force", action="store_true", help="re-measure the LUTs")
-    p.add_argument("--refit", action="store_true",
-                   help="time nothing: re-fit the calibration on the measurements stored in lut_accuracy.json")
-    args = p.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    if args.refit:
-        out = json.loads((RESULTS / "lut_accuracy.json").read_text())
-        results = out["results"] = [refit(r) for r in out["results"]]
-        out["refit"] = "calibration re-fitted on the stored measurements: python benchmarks/lut_accuracy.py --refit"
-    else:
-        command = "python benchmarks/lut_accuracy.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("force", "refit"))
-        fresh = [{**run_one(rt, int(res), args), "command": command, "machine": machine_info(),
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                 for res in args.resolutions.split(",") for rt in args.runtimes.split(",")]
-        # results of other (runtime, resolution) pairs already in the file are kept
-        path = RESULTS / "lut_accuracy.json"
-        kept = json.loads(path.read_text())["results"] if path.exists() else []
-        done = {(r["runtime"], r["resolution"]) for r in fresh}
-        results = sorted([r for r in kept if (r["runtime"], r["resolution"]) not in done] + fresh,
-                         key=lambda r: (r["resolution"], r["runtime"]))
-        out = {"benchmark": "lut_accuracy", "space": "mbv3",
-               "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
-                       "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
-               "results": results}
-    write_json(RESULTS / "lut_accuracy.json", out)
-    plot(results, RESULTS / "lut_accuracy.png")
-    for r in results:
-        u, c = r["uncalibrated"], r.get("calibrated_cross_validated", {})
-        print(f"{r['runtime']:12s} {r['resolution']}px  LUT {r['blocks']} blocks in {r['lut_build_seconds']:.0f}s | "
-              f"uncalibrated: {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%, MAPE {u['mape_pct']:.1f}%, "
-              f"rho {u['spearman_rho']:.3f} | calibrated CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
-              f"{c.get('within_10pct', float('nan')):.0%} ±10%, MAPE {c.get('mape_pct', float('nan')):.1f}%")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

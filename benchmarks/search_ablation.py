@@ -2,65 +2,61 @@
 and the searched net against MobileNetV3 + BCT - measured on this machine.
 
 One ResNet-101 gallery model, one BCT supernet of the ``mbv3`` space, one LUT measured
-here (``benchmarks/lut_accuracy.py`` writes it, calibrated), one latency budget that
-binds (default: the *measured* latency of MobileNetV3-large exported to the LUT's
-runtime).  Then:
+here (``--lut``: by default the one ``benchmarks/lut_accuracy.py`` writes, calibrated;
+without one, e.g. under ``--preset quick``, the workflow's profile stage measures one
+into the cache), one latency budget that binds (default: the *measured* latency of
+MobileNetV3-large exported to the LUT's runtime).  Then:
 
 1. **R1 vs R2 vs R3** - three searches under the budget (ordinary NAS = M_hom,
    compatibility only = M_het, the mix); each winner retrained with BCT from scratch and
    evaluated on the test query/gallery splits (het and hom Recall@1).
-2. **Latency- vs FLOPs-constrained** - the R3 search again with FLOPs as the constraint,
-   at the FLOPs budget that a line fitted to (FLOPs, predicted latency) of 200 random
-   archs maps to the latency budget; the final populations of both searches are exported
-   and *measured*: how often each breaks the latency budget.
+2. **Latency- vs FLOPs-constrained** - the R3 search again with FLOPs as the cost
+   (``cost_unit`` MFLOPs), at the FLOPs budget that a line fitted to (FLOPs, predicted
+   latency) of 200 random archs maps to the latency budget; the final populations of both
+   searches are exported and *measured*: how often each breaks the latency budget.
 3. **Spearman rho(FLOPs, M_het)** over ``--n-random`` random archs (inherited supernet
    weights, BN recalibrated) - CMP-NAS found heterogeneous accuracy does not follow FLOPs.
 4. **The searched net vs MobileNetV3-small/large + BCT** on the measured-latency /
    het-Recall@1 plane (all trained with the same data and epochs).
 
 Candidates are scored on the validation split (its first fifth as queries, the rest as
-gallery); final figures come from the test query/gallery splits.  Every checkpoint is
-cached in ``--cache`` (resumable).  Latency is measured with the LUT's protocol on the
-``local`` device through the same agent (random weights: float32 latency does not depend
-on them).
+gallery); final figures come from the test query/gallery splits.  Every training run,
+search and the LUT are workflow stages (:mod:`edgequery.workflow`), cached in ``--cache``:
+reused when finished, resumed when not.  Latency is measured with the LUT's protocol on
+the ``local`` device through the same agent (random weights: float32 latency does not
+depend on them).
 
-    python benchmarks/search_ablation.py                 # the preset below, ~1 h on 2 cores
-    python benchmarks/search_ablation.py --population 8 --generations 2 --n-random 30   # quicker look
+    python benchmarks/search_ablation.py                  # the full run (see below)
+    python benchmarks/search_ablation.py --preset quick   # ~3-5 min: small space, data, population
 
-Writes ``benchmarks/results/search_ablation.json`` and ``search_ablation.png``.
+The committed full run took 826 s with the gallery and supernet already cached; from an
+empty cache add their training (~10 and ~8 min here): about 30-35 min on 2 cores.
+Writes ``<out-dir>/search_ablation.json`` and ``search_ablation.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from edgequery.checkpoint import is_finished, load_checkpoint
-from edgequery.commands.common import write_json
-from edgequery.data import DataSpec, load_splits
-from edgequery.evaluate import evaluate_pair
-from edgequery.latency import load_lut, measure_archs, parse_device, restricted_space
-from edgequery.latency.profiler import Protocol
-from edgequery.models import model_from_checkpoint
-from edgequery.recipes import train_gallery, train_query
+import _bench
+from edgequery.checkpoint import load_checkpoint
+from edgequery.commands.common import add_space_args, space_from_args
+from edgequery.data import DataSpec
+from edgequery.files import read_json, write_json
+from edgequery.latency import Protocol, load_lut, measure_archs, parse_device, restricted_space
 from edgequery.search import CandidateScorer, EvolutionSearch, SearchConfig
-from edgequery.spaces import get_space
-from edgequery.spaces.training import load_supernet, train_supernet
-from edgequery.sysinfo import machine_info
-from edgequery.train import TrainConfig
+from edgequery.spaces.training import load_supernet
+from edgequery.workflow import Workflow
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+log = _bench.log
 BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+QUICK = {"lut": None, "space_option": ["widths=1.0", "kernels=3,5", "expands=3,6"], "n_train": 1000, "n_val": 300,
+         "n_query": 200, "n_gallery": 500, "gallery_epochs": 1, "supernet_epochs": 1, "query_epochs": 1,
+         "population": 4, "generations": 2, "n_random": 6, "recal_batches": 2}
+# the timing protocol of a LUT measured here for lack of --lut (a quick one: the full run passes a real LUT)
+QUICK_PROTOCOL = {"threads": 1, "warmup": 2, "runs": 10, "min_seconds": 0.01, "rounds": 1}
 
 
 class Memo:
@@ -68,31 +64,34 @@ class Memo:
 
     def __init__(self, scorer: CandidateScorer, path: Path):
         self.scorer, self.path = scorer, path
-        self.cache: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+        self.cache: dict[str, dict] = read_json(path, "score cache") if path.exists() else {}
 
     def __call__(self, arch) -> dict:
         key = str(arch)
         if key not in self.cache:
             self.cache[key] = self.scorer(arch)
             if len(self.cache) % 10 == 0:
-                write_json(self.path, self.cache)
+                self.save()
         return self.cache[key]
 
     def save(self) -> None:
         write_json(self.path, self.cache)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lut", type=Path, default=RESULTS / "lut-local-litert-r32.json")
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache" / "ablation")
+def parse(argv: list[str] | None):
+    ap = _bench.parser(__doc__, {"quick": QUICK}, cache=_bench.CACHE / "ablation")
+    add_space_args(ap)
+    ap.add_argument("--lut", type=Path, default=_bench.RESULTS / "lut-local-litert-r32.json",
+                    help="the LUT searched with; 'none': measure one here (--runtime, --resolution)")
+    ap.add_argument("--runtime", default="onnxruntime", help="without --lut: the runtime to profile")
+    ap.add_argument("--resolution", type=int, default=32, help="without --lut: the resolution to profile")
     ap.add_argument("--n-train", type=int, default=5000)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--n-query", type=int, default=1000)
     ap.add_argument("--n-gallery", type=int, default=5000)
     ap.add_argument("--gallery-epochs", type=int, default=2)
     ap.add_argument("--supernet-epochs", type=int, default=10)
-    ap.add_argument("--query-epochs", type=int, default=4)
+    ap.add_argument("--query-epochs", type=int, default=8)
     ap.add_argument("--budget", default="mobilenet_v3_large",
                     help="latency budget in ms, or a baseline name: its measured latency (default)")
     ap.add_argument("--population", type=int, default=16)
@@ -102,205 +101,223 @@ def main() -> None:
     ap.add_argument("--n-random", type=int, default=40, help="random archs for the FLOPs / M_het correlation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", type=Path, default=RESULTS / "search_ablation.json")
-    args = ap.parse_args()
-    t_start = time.time()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    args = _bench.parse(ap, argv)
+    if args.lut is not None and str(args.lut) == "none":
+        args.lut = None
+    return args
 
-    # ------------------------------------------------------------------ models
-    lut = load_lut(args.lut, space=get_space("mbv3"))
-    res = lut.resolutions[0]
-    space = restricted_space(get_space("mbv3"), [res])
-    spec = DataSpec(resolution=res, n_train=args.n_train, n_val=args.n_val, n_query=args.n_query,
-                    n_gallery=args.n_gallery)
-    splits = load_splits(spec)
-    tag = f"n{args.n_train}-r{res}"
-    gallery_path = args.cache / f"gallery-r101-{tag}-e{args.gallery_epochs}.pt"
-    if not is_finished(gallery_path):
-        t = time.time()
-        train_gallery(spec, TrainConfig(epochs=args.gallery_epochs, device=args.device), gallery_path, splits=splits)
-        seconds["train_gallery"] = round(time.time() - t, 1)
-    gallery = load_checkpoint(gallery_path, "gallery")
-    gver = gallery["model_version"]
-    gallery_model = model_from_checkpoint(gallery)
-    qcfg = TrainConfig(epochs=args.query_epochs, device=args.device)
 
-    def query_net(arch: str, name: str) -> Path:
-        path = args.cache / f"query-{name}-bct-{tag}-e{args.query_epochs}-g{gver}.pt"
-        if not is_finished(path):
-            t = time.time()
-            train_query(gallery_path, qcfg, path, arch=arch, bct=True, spec=spec, splits=splits)
-            seconds[f"train_query_{name}"] = round(time.time() - t, 1)
+class Ablation:
+    """The shared pieces: data, models, the LUT and its space, the scorer, latency measurement."""
+
+    def __init__(self, args):
+        self.args = args
+        args.cache.mkdir(parents=True, exist_ok=True)
+        self.base_space = space_from_args(args)
+        self.stages: dict[str, dict] = {}
+        lut_path = args.lut or self._profile_here()
+        self.lut = load_lut(lut_path, space=self.base_space)
+        self.lut_path, self.res = Path(lut_path), self.lut.resolutions[0]
+        self.space = restricted_space(self.base_space, [self.res])
+        self.spec = DataSpec(resolution=self.res, n_train=args.n_train, n_val=args.n_val, n_query=args.n_query,
+                             n_gallery=args.n_gallery)
+        self.wf = Workflow(self.spec, args.device, stages=self.stages)
+        self.gallery_path = _bench.gallery_checkpoint(self.wf, args.cache, args.gallery_epochs)
+        self.gver = load_checkpoint(self.gallery_path, "gallery")["model_version"]
+        self.tag = f"{_bench.data_tag(self.spec)}-g{self.gver}"
+        self.protocol = Protocol.of(self.lut)
+        self._pred: dict[str, float] = {}
+
+    def _profile_here(self) -> Path:
+        a = self.args
+        path = a.cache / f"lut-local-{a.runtime}-r{a.resolution}-{_bench.digest(self.base_space.config())}.json"
+        Workflow(None, stages=self.stages).profile(path, self.base_space, [a.resolution], a.runtime, Protocol(**QUICK_PROTOCOL), jobs=2,
+                               workdir=a.cache / "lut-work" / a.runtime)
         return path
 
-    baselines = {name: query_net(name, name) for name in BASELINES}
-    supernet_path = args.cache / f"supernet-mbv3-{tag}-e{args.supernet_epochs}-g{gver}.pt"
-    if not is_finished(supernet_path):
-        t = time.time()
-        train_supernet(gallery_path, TrainConfig(epochs=args.supernet_epochs, device=args.device), supernet_path,
-                       space="mbv3", spec=spec, splits=splits)
-        seconds["train_supernet"] = round(time.time() - t, 1)
-    supernet, sck = load_supernet(supernet_path)
+    def query_net(self, arch: str, name: str) -> Path:
+        return self.wf.query(self.args.cache / f"query-{name}-bct-{self.tag}-e{self.args.query_epochs}.pt",
+                             self.gallery_path, arch, True, self.args.query_epochs, name=f"train_query_{name}",
+                             space=self.space if ":" in arch else None)
 
-    # ------------------------------------------------------------------ measured latency
-    device = parse_device("local")
-    protocol = Protocol(**{k: lut.protocol[k] for k in ("threads", "warmup", "runs", "min_seconds", "rounds")})
-    timing_dir = args.cache / f"nets-{lut.runtime}"
+    def measure(self, archs: list, name: str) -> list[float]:
+        """Measured median latency (ms) of each arch (parsed archs of the space, or baseline names)."""
+        named = [a for a in archs if isinstance(a, str)]
+        parsed = [a for a in archs if not isinstance(a, str)]
+        ms: dict[str, float] = {}
+        with self.wf.stage(name):
+            for group, space in ((parsed, self.space), (named, None)):
+                if group:
+                    timed = measure_archs(group, parse_device("local"), self.lut.runtime, self.protocol,
+                                          self.args.cache / f"nets-{self.lut.runtime}", jobs=2, resolution=self.res,
+                                          space=space)
+                    ms.update({t["arch"]: t["median_ms"] for t in timed})
+        return [ms[str(a)] for a in archs]
 
-    def measure(archs: list) -> list[float]:
-        timed = measure_archs(archs, device, lut.runtime, protocol, timing_dir, jobs=2, resolution=res)
-        return [t["median_ms"] for t in timed]
-
-    t = time.time()
-    base_ms = dict(zip(BASELINES, measure(list(BASELINES))))
-    seconds["measure_baselines"] = round(time.time() - t, 1)
-    budget = base_ms[args.budget] if args.budget in base_ms else float(args.budget)
-    log(f"measured {lut.runtime} latency: {base_ms}; budget {budget:.4f} ms")
-
-    # ------------------------------------------------------------------ searches
-    scorer = Memo(CandidateScorer(supernet, gallery_model, splits, recal_batches=args.recal_batches,
-                                  device=args.device), args.cache / f"scores-{sck['model_version']}.json")
-    pred = {}
-
-    def predicted(arch) -> float:
+    def predicted(self, arch) -> float:
         key = str(arch)
-        if key not in pred:
-            pred[key] = lut.predict(arch, space)
-        return pred[key]
+        if key not in self._pred:
+            self._pred[key] = self.lut.predict(arch, self.space)
+        return self._pred[key]
 
-    def mflops(arch) -> float:
-        return space.cost(arch)["flops"] / 1e6
+    def mflops(self, arch) -> float:
+        return self.space.cost(arch)["flops"] / 1e6
 
-    rng = np.random.default_rng(args.seed + 1)
-    probe = [space.sample(rng) for _ in range(200)]
-    slope, intercept = np.polyfit([mflops(a) for a in probe], [predicted(a) for a in probe], 1)
-    flops_budget = (budget - intercept) / slope
-    share_in = float(np.mean([predicted(a) <= budget for a in probe]))
-    log(f"budget {budget:.4f} ms admits {share_in:.0%} of random archs; matched FLOPs budget {flops_budget:.2f} MFLOPs")
 
-    def run_search(name: str, reward: str, constraint, limit: float) -> dict:
-        cfg = SearchConfig(budget_ms=limit, reward=reward, mix=args.mix, population=args.population,
-                           generations=args.generations, seed=args.seed)
-        out = args.cache / f"search-{name}-{sck['model_version']}-b{limit:.4f}.json"
-        t = time.time()
-        if out.exists() and json.loads(out.read_text()).get("complete"):
-            result = json.loads(out.read_text())
-        else:
-            result = EvolutionSearch(space, cfg, constraint, scorer, out,
-                                     meta={"lut": str(args.lut), "supernet": sck["model_version"]}).run()
-        scorer.save()
-        seconds[f"search_{name}"] = round(time.time() - t, 1)
-        log(f"search {name}: chose {result['chosen']['arch']} (M_het {result['chosen']['m_het']:.3f}, "
-            f"M_hom {result['chosen']['m_hom']:.3f})")
-        return result
+def main(argv: list[str] | None = None) -> Path:
+    args = parse(argv)
+    prov = _bench.start(args)
+    ab = Ablation(args)
+    baselines = {name: ab.query_net(name, name) for name in BASELINES}
+    sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
+                                          f"-e{args.supernet_epochs}.pt", ab.gallery_path, ab.base_space,
+                             args.supernet_epochs)
+    supernet, sck = load_supernet(sn_path)
+    base_ms = dict(zip(BASELINES, ab.measure(list(BASELINES), "measure_baselines")))
+    budget = base_ms[args.budget] if args.budget in base_ms else float(args.budget)
+    log.info("measured %s latency: %s; budget %.4f ms", ab.lut.runtime, base_ms, budget)
+    scorer = Memo(CandidateScorer(supernet, load_model(ab.gallery_path), ab.wf.splits, recal_batches=args.recal_batches,
+                                  device=args.device), args.cache / f"scores-{sck['model_version']}.json")
+    fit = flops_budget(ab, budget, args.seed)
+    searches = {r: run_search(ab, scorer, sck, r, r, "ms", budget) for r in ("r1", "r2", "r3")}
+    searches["r3_flops"] = run_search(ab, scorer, sck, "r3_flops", "r3", "MFLOPs", fit["matched_mflops"])
+    broken = {name: over_budget(ab, searches[name], budget, fit["matched_mflops"]) for name in ("r3", "r3_flops")}
+    corr = flops_vs_het(ab, scorer, args)
+    rows = retrained(ab, searches, baselines, sck["model_version"], budget)
+    by = {r["net"]: r for r in rows}
+    body = {"data": {**ab.spec.to_dict(), "sizes": ab.wf.splits.sizes(), "candidate_scoring": scorer.scorer.sizes()},
+            "gallery": {"arch": "resnet101", "epochs": args.gallery_epochs, "model_version": ab.gver},
+            "supernet": {"space": ab.base_space.config(), "searched_space": ab.space.config(),
+                         "epochs": args.supernet_epochs, "sampling": sck["sampling"]["rule"],
+                         "model_version": sck["model_version"]},
+            "query_epochs": args.query_epochs,
+            "lut": {"file": ab.lut_path.name, "runtime": ab.lut.runtime, "runtime_version": ab.lut.runtime_version,
+                    "threads": ab.lut.threads, "device": ab.lut.device,
+                    "calibration": ab.lut.calibration and ab.lut.calibration.model_dump(mode="json"),
+                    "measured_here_by_this_script": args.lut is None},
+            "protocol": ab.protocol.to_dict(),
+            "budget": {"ms": round(budget, 4), "from": args.budget, **fit},
+            "search": {"population": args.population, "generations": args.generations, "mix": args.mix,
+                       "recal_batches": args.recal_batches, "archs_scored": len(scorer.cache),
+                       "winners": {k: {"cost_unit": v["config"]["cost_unit"],
+                                       **{x: v["chosen"][x] for x in ("arch", "cost", "latency_ms", "m_het", "m_hom",
+                                                                      "reward")}} for k, v in searches.items()},
+                       "notes": {k: v["notes"] for k, v in searches.items() if v["notes"]},
+                       "pareto_front_r3": [{x: c[x] for x in ("arch", "latency_ms", "m_het", "m_hom")}
+                                           for c in searches["r3"]["pareto_front"]]},
+            "1_rewards": [by[f"searched_{r}"] for r in ("r1", "r2", "r3")],
+            "2_latency_vs_flops_constraint": broken,
+            "3_flops_vs_het": corr,
+            "4_searched_vs_mobilenetv3": [by["searched_r3"], *(by[b] for b in BASELINES)],
+            "goal": goal(by), "stages": ab.wf.stages}
+    path = _bench.write(args, "search_ablation", body, prov)
+    plot(body, path.with_suffix(".png"))
+    return path
 
-    searches = {r: run_search(r, r, predicted, budget) for r in ("r1", "r2", "r3")}
-    searches["r3_flops"] = run_search("r3_flops", "r3", mflops, flops_budget)
 
-    # ------------------------------------------------------------------ 2. latency vs FLOPs constraint, measured
-    t = time.time()
-    broken = {}
-    for name in ("r3", "r3_flops"):
-        final = searches[name]["state"]["population"]
-        chosen = searches[name]["chosen"]["arch"]  # kept as a parent, so in the final population; made sure
-        archs = [space.parse(a) for a in dict.fromkeys([*final, chosen])]
-        ms = measure(archs)
-        broken[name] = {
-            "constraint": "predicted latency (LUT)" if name == "r3" else f"FLOPs <= {flops_budget:.2f} M",
-            "nets_measured": len(archs), "over_budget": int(sum(m > budget for m in ms)),
-            "share_over_budget": round(float(np.mean([m > budget for m in ms])), 4),
-            "chosen": chosen, "chosen_measured_ms": ms[[str(a) for a in archs].index(chosen)],
-            "chosen_predicted_ms": round(predicted(chosen), 4),
-            "nets": [{"arch": str(a), "mflops": round(mflops(a), 2), "predicted_ms": round(predicted(a), 4),
-                      "measured_ms": m} for a, m in zip(archs, ms)]}
-        log(f"{name}: {broken[name]['over_budget']}/{len(archs)} of the final population measured over budget; "
-            f"chosen measured {broken[name]['chosen_measured_ms']:.4f} ms")
-    seconds["measure_populations"] = round(time.time() - t, 1)
+def load_model(path: Path):
+    from edgequery.models import model_from_checkpoint
 
-    # ------------------------------------------------------------------ 3. FLOPs vs M_het
+    return model_from_checkpoint(load_checkpoint(path, "gallery"))
+
+
+def flops_budget(ab: Ablation, budget: float, seed: int) -> dict:
+    """The FLOPs budget a line fitted to (MFLOPs, predicted ms) of 200 random archs maps the latency budget to."""
+    rng = np.random.default_rng(seed + 1)
+    probe = [ab.space.sample(rng) for _ in range(200)]
+    slope, intercept = np.polyfit([ab.mflops(a) for a in probe], [ab.predicted(a) for a in probe], 1)
+    share_in = float(np.mean([ab.predicted(a) <= budget for a in probe]))
+    matched = float((budget - intercept) / slope)
+    log.info("budget %.4f ms admits %.0f%% of random archs; matched FLOPs budget %.2f MFLOPs", budget, 100 * share_in,
+             matched)
+    return {"share_of_random_archs_within": share_in, "matched_mflops": round(matched, 3),
+            "flops_fit": {"slope_ms_per_mflop": float(slope), "intercept_ms": float(intercept)}}
+
+
+def run_search(ab: Ablation, scorer: Memo, sck: dict, name: str, reward: str, unit: str, limit: float) -> dict:
+    a = ab.args
+    cfg = SearchConfig(budget=limit, cost_unit=unit, reward=reward, mix=a.mix, population=a.population,
+                       generations=a.generations, seed=a.seed)
+    out = a.cache / f"search-{name}-{sck['model_version']}-{_bench.digest(cfg.model_dump(mode='json'))}.json"
+    meta = {"supernet": {"model_version": sck["model_version"]},
+            "lut": {"path": str(ab.lut_path), "device": ab.lut.device, "runtime": ab.lut.runtime,
+                    "threads": ab.lut.threads, "calibrated": bool(ab.lut.calibration)}}
+    cost = ab.predicted if unit == "ms" else ab.mflops
+    result = ab.wf.search(out, cfg, lambda: EvolutionSearch(ab.space, cfg, cost, scorer, out, meta).run(),
+                          expect={"supernet.model_version": sck["model_version"]}, name=f"search_{name}")
+    scorer.save()
+    c = result["chosen"]
+    log.info("search %s: chose %s (M_het %.3f, M_hom %.3f)", name, c["arch"], c["m_het"], c["m_hom"])
+    return result
+
+
+def over_budget(ab: Ablation, search: dict, budget: float, matched_mflops: float) -> dict:
+    """The final population of a search (its winner included), exported and measured against the latency budget."""
+    chosen = search["chosen"]["arch"]
+    archs = [ab.space.parse(a) for a in dict.fromkeys([*search["state"]["population"], chosen])]
+    ms = ab.measure(archs, f"measure_population_{search['config']['reward']}_{search['config']['cost_unit']}")
+    latency = search["config"]["cost_unit"] == "ms"
+    out = {"constraint": "predicted latency (LUT)" if latency else f"FLOPs <= {matched_mflops:.2f} M",
+           "nets_measured": len(archs), "over_budget": int(sum(m > budget for m in ms)),
+           "share_over_budget": round(float(np.mean([m > budget for m in ms])), 4),
+           "chosen": chosen, "chosen_measured_ms": ms[[str(a) for a in archs].index(chosen)],
+           "chosen_predicted_ms": round(ab.predicted(chosen), 4),
+           "nets": [{"arch": str(a), "mflops": round(ab.mflops(a), 2), "predicted_ms": round(ab.predicted(a), 4),
+                     "measured_ms": m} for a, m in zip(archs, ms)]}
+    log.info("%s: %d/%d of the final population measured over budget; chosen measured %.4f ms", out["constraint"],
+             out["over_budget"], len(archs), out["chosen_measured_ms"])
+    return out
+
+
+def flops_vs_het(ab: Ablation, scorer: Memo, args) -> dict:
     from scipy.stats import spearmanr
 
-    t = time.time()
     rng = np.random.default_rng(args.seed + 2)
-    randoms = [space.sample(rng) for _ in range(args.n_random)]
-    het = [scorer(a)["het"]["recall@1"] for a in randoms]
-    hom = [scorer(a)["hom"]["recall@1"] for a in randoms]
-    fl = [mflops(a) for a in randoms]
-    scorer.save()
-    seconds["score_random"] = round(time.time() - t, 1)
-    corr = {"n": len(randoms), "note": "inherited supernet weights, BN recalibrated, validation split",
+    randoms = [ab.space.sample(rng) for _ in range(args.n_random)]
+    with ab.wf.stage("score_random"):
+        het = [scorer(a)["het"]["recall@1"] for a in randoms]
+        hom = [scorer(a)["hom"]["recall@1"] for a in randoms]
+        scorer.save()
+    fl = [ab.mflops(a) for a in randoms]
+    corr = {"n": len(randoms), "scored_with": "inherited supernet weights, BN recalibrated, validation split",
             "spearman_flops_vs_het_r1": round(float(spearmanr(fl, het).statistic), 4),
             "spearman_flops_vs_hom_r1": round(float(spearmanr(fl, hom).statistic), 4),
-            "spearman_predicted_latency_vs_het_r1": round(float(spearmanr([predicted(a) for a in randoms], het)
+            "spearman_predicted_latency_vs_het_r1": round(float(spearmanr([ab.predicted(a) for a in randoms], het)
                                                                 .statistic), 4),
             "archs": [{"arch": str(a), "mflops": round(f, 2), "het_r1": h, "hom_r1": o}
                       for a, f, h, o in zip(randoms, fl, het, hom)]}
-    log(f"Spearman rho(FLOPs, M_het) over {len(randoms)} random archs: {corr['spearman_flops_vs_het_r1']}")
+    log.info("Spearman rho(FLOPs, M_het) over %d random archs: %s", len(randoms), corr["spearman_flops_vs_het_r1"])
+    return corr
 
-    # ------------------------------------------------------------------ 1 + 4. retrain winners, evaluate, measure
-    nets = {}
-    for name in ("r1", "r2", "r3"):
-        arch = searches[name]["chosen"]["arch"]
-        nets[f"searched_{name}"] = (arch, query_net(arch, f"searched-{name}-{sck['model_version']}"))
-    for name, path in baselines.items():
-        nets[name] = (name, path)
-    t = time.time()
-    ms = dict(zip(nets, measure([space.parse(a) if ":" in a else a for a, _ in nets.values()])))
-    seconds["measure_retrained"] = round(time.time() - t, 1)
-    cache: dict = {}
+
+def retrained(ab: Ablation, searches: dict, baselines: dict, sn_version: str, budget: float) -> list[dict]:
+    """Each latency-search winner retrained with BCT, and the baselines: measured and evaluated on the test splits."""
+    nets = {f"searched_{r}": (searches[r]["chosen"]["arch"], None) for r in ("r1", "r2", "r3")}
+    nets = {k: (arch, ab.query_net(arch, f"{k.replace('_', '-')}-{sn_version}")) for k, (arch, _) in nets.items()}
+    nets.update({name: (name, path) for name, path in baselines.items()})
+    ms = dict(zip(nets, ab.measure([ab.space.parse(a) if ":" in a else a for a, _ in nets.values()],
+                                   "measure_retrained")))
+    reports = ab.wf.evaluate({name: path for name, (_, path) in nets.items()}, ab.gallery_path)
     rows = []
     for name, (arch, path) in nets.items():
-        ck = load_checkpoint(path, "query")
-        report = evaluate_pair(model_from_checkpoint(ck), gallery_model, splits, device=args.device,
-                               gallery_cache=cache)
+        ck, report, searched = load_checkpoint(path, "query"), reports[name], ":" in arch
         rows.append({"net": name, "arch": arch, "checkpoint": path.name, "model_version": ck["model_version"],
-                     "measured_ms": ms[name], "predicted_ms": round(predicted(arch), 4) if ":" in arch else None,
-                     "within_budget": ms[name] <= budget,
-                     "mflops": round((space.cost(space.parse(arch))["flops"] if ":" in arch else
-                                      _baseline_flops(arch, res)) / 1e6, 2),
+                     "measured_ms": ms[name], "predicted_ms": round(ab.predicted(arch), 4) if searched else None,
+                     "within_budget": ms[name] <= budget, "mflops": round((ab.space.cost(ab.space.parse(arch))["flops"] if searched
+                                                             else _baseline_flops(arch, ab.res)) / 1e6, 2),
                      "het_r1": report["heterogeneous"]["recall@1"], "hom_r1": report["homogeneous"]["recall@1"],
                      "het_map_r": report["heterogeneous"]["map@r"], "paragon_r1": report["paragon"]["recall@1"]})
-        log(f"{name}: het R@1 {rows[-1]['het_r1']:.3f}, hom R@1 {rows[-1]['hom_r1']:.3f}, {ms[name]:.4f} ms")
-    by = {r["net"]: r for r in rows}
-    goal_ref = max((by[b] for b in BASELINES if by[b]["measured_ms"] >= by["searched_r3"]["measured_ms"]),
-                   key=lambda r: r["het_r1"], default=None)
-    goal = {"statement": "at equal or lower measured latency, the searched net (R3) beats MobileNetV3 + BCT on het "
-                         "Recall@1",
-            "compared_with": goal_ref and goal_ref["net"],
-            "met": None if goal_ref is None else bool(by["searched_r3"]["het_r1"] > goal_ref["het_r1"]),
-            "note": None if goal_ref else "every MobileNetV3 baseline measured faster than the searched net"}
+    return rows
 
-    out = {"benchmark": "search_ablation", "machine": machine_info(),
-           "command": "python benchmarks/search_ablation.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("cache", "out")),
-           "data": {**spec.to_dict(), "sizes": splits.sizes(), "candidate_scoring": scorer.scorer.sizes()},
-           "gallery": {"arch": "resnet101", "epochs": args.gallery_epochs, "model_version": gver},
-           "supernet": {"space": space.config(), "epochs": args.supernet_epochs, "sampling": "uniform",
-                        "model_version": sck["model_version"]},
-           "query_epochs": args.query_epochs,
-           "lut": {"file": args.lut.name, "runtime": lut.runtime, "runtime_version": lut.runtime_version,
-                   "threads": lut.threads, "calibration": lut.calibration, "device": lut.device.get("spec")},
-           "protocol": protocol.to_dict(),
-           "budget": {"ms": round(budget, 4), "from": args.budget, "share_of_random_archs_within": share_in,
-                      "matched_mflops": round(float(flops_budget), 3),
-                      "flops_fit": {"slope_ms_per_mflop": float(slope), "intercept_ms": float(intercept)}},
-           "search": {"population": args.population, "generations": args.generations, "mix": args.mix,
-                      "recal_batches": args.recal_batches, "archs_scored": len(scorer.cache),
-                      "winners": {k: {x: v["chosen"][x] for x in ("arch", "latency_ms", "m_het", "m_hom", "reward")}
-                                  for k, v in searches.items()},
-                      "pareto_front_r3": [{x: c[x] for x in ("arch", "latency_ms", "m_het", "m_hom")}
-                                          for c in searches["r3"]["pareto_front"]]},
-           "1_rewards": [by[f"searched_{r}"] for r in ("r1", "r2", "r3")],
-           "2_latency_vs_flops_constraint": broken,
-           "3_flops_vs_het": corr,
-           "4_searched_vs_mobilenetv3": [by["searched_r3"], *(by[b] for b in BASELINES)],
-           "goal": goal, "seconds": {**seconds, "total_this_run": round(time.time() - t_start, 1)},
-           "load_average_end": os.getloadavg(),
-           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(args.out, out)
-    plot(out, args.out.with_suffix(".png"))
-    log(f"wrote {args.out}")
+
+def goal(by: dict) -> dict:
+    ref = max((by[b] for b in BASELINES if by[b]["measured_ms"] >= by["searched_r3"]["measured_ms"]),
+              key=lambda r: r["het_r1"], default=None)
+    return {"statement": "at equal or lower measured latency, the searched net (R3) beats MobileNetV3 + BCT on het "
+                         "Recall@1",
+            "compared_with": ref and ref["net"],
+            "met": None if ref is None else bool(by["searched_r3"]["het_r1"] > ref["het_r1"]),
+            "why_unmet": None if ref else "every MobileNetV3 baseline measured faster than the searched net"}
 
 
 def _baseline_flops(name: str, res: int) -> int:
@@ -354,6 +371,7 @@ def plot(out: dict, path: Path) -> None:
     ax.set_title(f"{c['n']} random archs: Spearman rho = {c['spearman_flops_vs_het_r1']:.2f}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

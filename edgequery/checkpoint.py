@@ -1,18 +1,22 @@
 """Checkpoint files: one versioned format for gallery, query and supernet models.
 
 A checkpoint is a ``torch.save``d dict (loaded with ``weights_only=True``: no pickled
-code) with these keys:
+code).  Its schema - every key but the tensors typed, unknown keys refused, the one
+format rule - is :class:`edgequery.artifacts.checkpoint.CheckpointMeta`; both
+:func:`save_checkpoint` and :func:`load_checkpoint` go through it.  The keys:
 
-``format``/``format_version``  always ``"edgequery-checkpoint"`` / :data:`FORMAT_VERSION`
+``format``/``format_version``  ``"edgequery-checkpoint"`` / ``CheckpointMeta.VERSION``
 ``kind``            ``gallery`` | ``query`` | ``supernet``
-``model``           how to rebuild the net: ``arch``, ``embed_dim``, ``num_classes``, ...
-``state_dict``      the weights
+``model``           how to rebuild the net: ``arch``, ``embed_dim``, ``num_classes``, ``scale``,
+                    ``margin`` and, for a search-space arch or a supernet, ``space`` (the
+                    space's whole configuration, so the arch rebuilds anywhere)
+``state_dict``      the weights (opaque to the schema)
 ``model_version``   content hash of ``state_dict`` (16 hex chars); the identity that
                     pairs query models, exports and indexes with their gallery
 ``compatible_with`` for query nets and supernets: the gallery ``model_version`` and arch
                     they were trained against (``None`` when trained without BCT)
 ``data``            the :class:`~edgequery.data.DataSpec` the model was trained on
-``train``           progress (epoch, complete), config, optimizer/scheduler state, history
+``train``           progress (epoch, complete), config, history, optimizer/scheduler state
 
 Writes are atomic (temporary file + rename), so a killed run leaves either the previous
 checkpoint or the new one, never half a file.
@@ -23,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -32,11 +35,15 @@ from typing import Any, Iterable
 import torch
 
 from . import __version__
+from .artifacts.checkpoint import KINDS, CheckpointMeta
 from .errors import EdgeQueryError
+from .files import atomic_write
 
-FORMAT = "edgequery-checkpoint"
-FORMAT_VERSION = 1
-KINDS = ("gallery", "query", "supernet")
+FORMAT = CheckpointMeta.FORMAT
+FORMAT_VERSION = CheckpointMeta.VERSION
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "atomic_write", "checkpoint_meta", "is_finished", "load_checkpoint",
+           "require_compatible", "save_checkpoint", "state_hash"]
 
 
 def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -49,39 +56,30 @@ def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, fsync'd)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def checkpoint_meta(payload: dict[str, Any], where: str = "the checkpoint") -> CheckpointMeta:
+    """The typed metadata of a checkpoint dict (format rule applied, older versions migrated)."""
+    return CheckpointMeta.parse_data(payload, where)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> dict[str, Any]:
-    """Stamp format fields and ``model_version`` into ``payload`` and write it atomically."""
+    """Stamp format fields and ``model_version`` into ``payload``, validate it and write it atomically."""
     if payload.get("kind") not in KINDS:
         raise ValueError(f"checkpoint kind must be one of {KINDS}")
     payload = dict(payload)
     payload.update(format=FORMAT, format_version=FORMAT_VERSION, edgequery_version=__version__,
                    saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     payload["model_version"] = state_hash(payload["state_dict"])
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return payload
+    data = checkpoint_meta(payload, f"the checkpoint to write to {path}").to_payload()
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    return data
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | Iterable[str] | None = None) -> dict[str, Any]:
-    """Read a checkpoint, refusing missing, truncated, foreign or wrong-kind files clearly."""
+    """Read a checkpoint, refusing missing, truncated, foreign, invalid or wrong-kind files clearly.
+
+    Returns the checkpoint as a dict (what :meth:`CheckpointMeta.to_payload` gives: every
+    declared key present, older format versions migrated); :func:`checkpoint_meta` types it.
+    """
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind or KINDS)
     what = " or ".join(kinds)
@@ -96,34 +94,25 @@ def load_checkpoint(path: str | os.PathLike, kind: str | Iterable[str] | None = 
             f"{path} is not a readable checkpoint (truncated or corrupt: {reason})",
             f"re-create it with `edgequery train {kinds[0]}`; a run killed mid-save leaves the previous "
             "file intact, so a damaged file means it was copied or edited partially") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise EdgeQueryError(f"{path} is not an edgequery checkpoint",
-                             f"pass a file written by `edgequery train {kinds[0]}`")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise EdgeQueryError(f"{path} has checkpoint format {payload['format_version']}, newer than this "
-                             f"edgequery understands ({FORMAT_VERSION})", "upgrade edgequery")
-    if payload.get("kind") not in kinds:
-        raise EdgeQueryError(f"{path} holds a {payload.get('kind')} model, but a {what} model is needed here",
+    meta = checkpoint_meta(payload, str(path))
+    if meta.kind not in kinds:
+        raise EdgeQueryError(f"{path} holds a {meta.kind} model, but a {what} model is needed here",
                              f"pass a {what} checkpoint")
-    return payload
+    return meta.to_payload()
 
 
 def is_finished(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a checkpoint whose training ran to the end (reruns skip it)."""
-    return Path(path).exists() and load_checkpoint(path).get("train", {}).get("complete", False)
+    return Path(path).exists() and bool((load_checkpoint(path).get("train") or {}).get("complete", False))
 
 
 def require_compatible(query: dict[str, Any], gallery: dict[str, Any], query_path: str | os.PathLike,
                        gallery_path: str | os.PathLike) -> None:
-    """Refuse a query checkpoint paired with a gallery it was not trained against."""
-    qd, gd = query["model"]["embed_dim"], gallery["model"]["embed_dim"]
-    if qd != gd:
-        raise EdgeQueryError(
-            f"{query_path} embeds to {qd} dims but gallery {gallery_path} to {gd}",
-            f"train the query net against this gallery: `edgequery train query --gallery {gallery_path}`")
-    compat = (query.get("compatible_with") or {}).get("gallery_version")
-    if compat is not None and compat != gallery["model_version"]:
-        raise EdgeQueryError(
-            f"{query_path} was trained against gallery model_version {compat}, but {gallery_path} is "
-            f"model_version {gallery['model_version']}",
-            f"pass the gallery it was trained with, or retrain: `edgequery train query --gallery {gallery_path}`")
+    """Refuse a query checkpoint paired with a gallery it was not trained against.
+
+    The rule itself is :func:`edgequery.artifacts.compat.check_compatible` (a query net
+    trained without BCT is allowed: ``edgequery eval`` shows how incompatible it is).
+    """
+    from .artifacts.compat import check_compatible
+
+    check_compatible(query, gallery, a_name=str(query_path), b_name=str(gallery_path))

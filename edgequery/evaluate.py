@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from .data import DataSpec, ImageSet, Splits, to_model_input
+from .log import progress
 from .metrics import compatibility_report
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def embed(model: nn.Module, images: ImageSet | torch.Tensor, spec: DataSpec, batch_size: int = 256,
-          device: str | torch.device = "cpu", desc: str | None = None) -> torch.Tensor:
-    """Embeddings (float32, CPU) of uint8 images, in batches, model in eval mode."""
-    from tqdm import tqdm
+          device: str | torch.device = "cpu", desc: str | None = None, show_progress: bool = True) -> torch.Tensor:
+    """Embeddings (float32, CPU) of uint8 images, in batches, model in eval mode.
 
+    ``show_progress=False`` for the many small embeddings of a search (no bar, no log line).
+    """
     raw = images.images if isinstance(images, ImageSet) else images
     was_training = model.training
     model.eval().to(device)
     out = []
     chunks = raw.split(batch_size)
-    for chunk in tqdm(chunks, desc=desc or "embedding", unit="batch", leave=False, disable=None):
+    for chunk in progress(chunks, total=len(chunks), desc=desc or "embedding", unit="batch", log=log,
+                          enabled=show_progress):
         out.append(model(to_model_input(chunk, spec, device)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
@@ -61,7 +66,3 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     if s:
         lines.append(f"({s['query']} queries, {s['gallery']} gallery images)")
     return "\n".join(lines)
-
-
-def print_report(report: dict[str, Any], title: str = "") -> None:
-    print(format_report(report, title), file=sys.stdout)

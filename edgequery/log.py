@@ -36,6 +36,21 @@ class _Formatter(logging.Formatter):
         return msg
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (tests and tools replace it)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(verbosity: int = NORMAL) -> None:
     """Send edgequery's log records to stderr at the level ``verbosity`` asks for (idempotent)."""
     _state["verbosity"] = verbosity
@@ -43,11 +58,12 @@ def setup_logging(verbosity: int = NORMAL) -> None:
     for h in list(root.handlers):
         if getattr(h, "_edgequery", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler()  # sys.stderr at the time of each record
+    handler = _StderrHandler()
     handler._edgequery = True  # type: ignore[attr-defined]
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG))
+    root.propagate = False  # converters (absl) install root handlers; our records must not print twice
     if verbosity < VERBOSE:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")   # TensorFlow / LiteRT C++ logging
         os.environ.setdefault("GLOG_minloglevel", "2")

@@ -7,7 +7,7 @@ with the search spaces.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from .data import DataSpec, Splits, load_splits
 from .errors import EdgeQueryError
 from .models import build_embedding_net, model_from_checkpoint, model_spec
 from .train import BCTLoss, ClassifierLoss, TrainConfig, fit, prepare_output
+
+log = logging.getLogger(__name__)
 
 
 def load_trained_gallery(path: str | Path) -> dict[str, Any]:
@@ -67,40 +69,43 @@ def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str =
 def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arch: str = "mobilenet_v3_small",
                 bct: bool = True, bct_weight: float = 1.0, weights: str | None = None,
                 spec: DataSpec | None = None, force: bool = False, splits: Splits | None = None,
-                init_state: dict | None = None) -> dict[str, Any]:
+                init_state: dict | None = None, space=None) -> dict[str, Any]:
     """Train a query net; with ``bct`` its embedding is made compatible with the gallery's.
 
     The net embeds to the gallery's dimension and trains on the gallery's data spec
     unless ``spec`` overrides it (it must keep the same classes: BCT's influence loss
     uses the gallery classifier).  ``init_state`` starts from given weights (e.g. a
-    supernet's inherited subnet) instead of a random initialisation.
+    supernet's inherited subnet) instead of a random initialisation.  A search-space
+    ``arch`` is read in ``space`` (a space, its ``config()`` or name; default: the
+    default configuration) and the checkpoint stores that space's configuration.
     """
     gallery = load_trained_gallery(gallery_path)
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
+    scale, margin = gspec.get("scale", 16.0), gspec.get("margin", 0.0)
+    mspec = model_spec(arch, gspec["embed_dim"], 0, scale, margin, space=space)  # canonical arch + space config
+    arch = mspec["arch"]
     compat = {"gallery_version": gallery["model_version"], "gallery_arch": gspec["arch"]} if bct else None
-    identity = {"arch": arch, "embed_dim": gspec["embed_dim"], "data": spec.to_dict(), "weights": weights,
-                "bct": bct, "bct_weight": bct_weight, "gallery_version": gallery["model_version"]}
+    identity = {"arch": arch, "space": mspec["space"], "embed_dim": gspec["embed_dim"], "data": spec.to_dict(),
+                "weights": weights, "bct": bct, "bct_weight": bct_weight, "gallery_version": gallery["model_version"]}
     resume = prepare_output(out, "query", cfg, identity, force)
     splits = splits or load_splits(spec)
     require_gallery_classes(splits, gallery, gallery_path, "query net")
+    mspec["num_classes"] = splits.num_classes
     torch.manual_seed(cfg.seed)
     model = build_embedding_net(arch, gspec["embed_dim"], splits.num_classes, weights=None if resume else weights,
-                                scale=gspec.get("scale", 16.0), margin=gspec.get("margin", 0.0))
+                                scale=scale, margin=margin, space=mspec["space"])
     if init_state is not None and resume is None:
         model.load_state_dict(init_state)
     loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight) if bct else ClassifierLoss()
     if not bct:
-        print("note: --no-bct: the query embedding is not trained to be compatible with the gallery",
-              file=sys.stderr)
+        log.warning("--no-bct: the query embedding is not trained to be compatible with the gallery")
 
     def payload(m):
-        return {"kind": "query", "model": model_spec(arch, gspec["embed_dim"], splits.num_classes,
-                                                     gspec.get("scale", 16.0), gspec.get("margin", 0.0)),
-                "state_dict": m.state_dict(), "data": spec.to_dict(), "classes": list(splits.classes),
-                "identity": identity, "compatible_with": compat,
+        return {"kind": "query", "model": mspec, "state_dict": m.state_dict(), "data": spec.to_dict(),
+                "classes": list(splits.classes), "identity": identity, "compatible_with": compat,
                 "bct": {"enabled": bct, "weight": bct_weight if bct else 0.0},
                 "reference_gallery": gallery["model_version"]}
 
     return fit(model, _step(loss), splits, cfg, out, payload, resume=resume, extra_modules=loss,
-               desc=f"query {arch}{' +BCT' if bct else ''}")
+               desc=f"query {arch.split(',')[0] if ':' in arch else arch}{' +BCT' if bct else ''}")

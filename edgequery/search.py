@@ -9,39 +9,51 @@ validation queries; the validation gallery is embedded once by the gallery model
 * ``M_hom`` = M(phi_q, phi_q): the candidate on both sides.
 
 Rewards (the paper's ablation): ``r1`` = M_hom (ordinary NAS), ``r2`` = M_het
-(compatibility only), ``r3`` = mix * M_het + (1 - mix) * M_hom (default).  Latency comes
-from a per-block table measured on the target.  It is a *hard* budget - a candidate over
-budget never enters the population; the check is made where candidates are made - and,
-with ``latency_weight`` w != 0, also a MnasNet-style soft factor: reward x (LAT/T)^w
-(w < 0 favours faster nets).
+(compatibility only), ``r3`` = mix * M_het + (1 - mix) * M_hom (default).
+
+The budget limits one *cost* per arch, given by a cost function with a unit
+(``SearchConfig.cost_unit``): ``ms`` - latency predicted from a per-block table measured
+on the target (``edgequery search``) - or ``MFLOPs`` (the FLOPs-constrained baseline of
+the ablation benchmark).  It is a *hard* budget - a candidate over budget never enters
+the population; the check is made where candidates are made - and, with
+``cost_weight`` w != 0, also a MnasNet-style soft factor: reward x (cost/budget)^w
+(w < 0 favours cheaper nets).
 
 The evolution follows once-for-all's ``EvolutionFinder``: a population of within-budget
 archs; each generation keeps the best ``parents`` share and refills the population half
-by mutation and half by crossover of parents.  Every evaluation is memoised by arch
-string, and the state is saved after each generation, so a killed search resumes.
+by mutation and half by crossover of parents.  When the budget admits fewer distinct
+archs than the population asks for, the population shrinks to those found (a warning,
+and a note in the result).  Every evaluation is memoised by arch string, and the state
+(:class:`~edgequery.artifacts.search.SearchResult`) is saved after each generation, so a
+killed search resumes.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .artifacts.search import REWARDS, Candidate, SearchConfig, SearchResult, SearchSources, SearchState
 from .data import Splits
 from .errors import EdgeQueryError
 from .evaluate import embed
+from .log import progress as progress_bar
 from .metrics import retrieval_metrics
 
-FORMAT = "edgequery-search"
-FORMAT_VERSION = 1
-REWARDS = ("r1", "r2", "r3")
+log = logging.getLogger(__name__)
+
+FORMAT = SearchResult.FORMAT
+FORMAT_VERSION = SearchResult.VERSION
 _UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+
+__all__ = ["REWARDS", "CandidateScorer", "EvolutionSearch", "SearchConfig", "chosen_arch", "chosen_arch_and_space",
+           "load_search", "pareto_front", "parse_budget", "reward_of", "search_from_files"]
 
 
 def parse_budget(text: str | float) -> float:
@@ -58,38 +70,11 @@ def parse_budget(text: str | float) -> float:
     return value * _UNITS_MS[unit]
 
 
-@dataclass
-class SearchConfig:
-    budget_ms: float
-    reward: str = "r3"
-    mix: float = 0.5
-    latency_weight: float = 0.0
-    metric: str = "recall@1"      # or map@r
-    population: int = 50
-    generations: int = 20
-    mutation_prob: float = 0.1
-    parents: float = 0.25
-    seed: int = 0
-    max_tries: int = 500          # attempts to make one within-budget candidate
-
-    def check(self) -> None:
-        if self.reward not in REWARDS:
-            raise EdgeQueryError(f"unknown reward {self.reward!r}", "use r1 (homogeneous), r2 (heterogeneous) or r3 (mix)")
-        if not 0.0 <= self.mix <= 1.0:
-            raise EdgeQueryError(f"--mix {self.mix} is outside [0, 1]", "give the weight of M_het, e.g. 0.5")
-        if self.metric not in ("recall@1", "map@r"):
-            raise EdgeQueryError(f"unknown metric {self.metric!r}", "use recall@1 or map@r")
-        if self.population < 2 or self.generations < 1:
-            raise EdgeQueryError("the population needs >= 2 archs and >= 1 generation",
-                                 "raise --population / --generations")
-        if not 0.0 < self.parents <= 1.0 or not 0.0 <= self.mutation_prob <= 1.0:
-            raise EdgeQueryError("--parents must be in (0, 1] and --mutation-prob in [0, 1]", "fix those flags")
-
-
-def reward_of(cfg: SearchConfig, m_het: float, m_hom: float, latency_ms: float) -> float:
+def reward_of(cfg: SearchConfig, m_het: float, m_hom: float, cost: float) -> float:
+    """The reward of a candidate (``cfg.reward``), times (cost / budget)^cost_weight when that is set."""
     base = {"r1": m_hom, "r2": m_het, "r3": cfg.mix * m_het + (1 - cfg.mix) * m_hom}[cfg.reward]
-    if cfg.latency_weight:
-        base *= (latency_ms / cfg.budget_ms) ** cfg.latency_weight
+    if cfg.cost_weight:
+        base *= (cost / cfg.budget) ** cfg.cost_weight
     return base
 
 
@@ -116,8 +101,8 @@ class CandidateScorer:
     def __call__(self, arch: Any) -> dict[str, dict[str, float]]:
         net = self.supernet.subnet(arch, self.splits.train, self.spec, batches=self.recal_batches,
                                   batch_size=self.recal_batch_size)
-        q = embed(net, self.queries, self.spec, device=self.device, desc="candidate")
-        qg = embed(net, self.gallery, self.spec, device=self.device, desc="candidate")
+        q = embed(net, self.queries, self.spec, device=self.device, show_progress=False)
+        qg = embed(net, self.gallery, self.spec, device=self.device, show_progress=False)
         ql, gl = self.queries.labels, self.gallery.labels
         return {"het": retrieval_metrics(q, ql, self.gallery_emb, gl), "hom": retrieval_metrics(q, ql, qg, gl)}
 
@@ -126,9 +111,9 @@ class CandidateScorer:
 
 
 def pareto_front(candidates: list[dict]) -> list[dict]:
-    """Candidates no other beats on both latency (lower) and M_het (higher), fastest first."""
+    """Candidates no other beats on both cost (lower) and M_het (higher), cheapest first."""
     front, best = [], -1.0
-    for c in sorted(candidates, key=lambda c: (c["latency_ms"], -c["m_het"])):
+    for c in sorted(candidates, key=lambda c: (c["cost"], -c["m_het"])):
         if c["m_het"] > best:
             front.append(c)
             best = c["m_het"]
@@ -136,66 +121,108 @@ def pareto_front(candidates: list[dict]) -> list[dict]:
 
 
 class EvolutionSearch:
-    """The evolutionary loop; ``latency_fn(arch) -> ms`` and ``score_fn(arch) -> metrics``."""
+    """The evolutionary loop over archs of ``space``.
 
-    def __init__(self, space, cfg: SearchConfig, latency_fn: Callable[[Any], float],
+    ``cost_fn(arch)`` returns what the budget limits, in ``cfg.cost_unit`` (``ms``: a
+    LUT's predicted latency; ``MFLOPs``); it is memoised by arch string.
+    ``score_fn(arch)`` returns ``{"het": metrics, "hom": metrics}``.  ``out`` is the
+    ``search.json`` saved after each generation (and resumed from); ``meta`` names the
+    files searched on (:class:`~edgequery.artifacts.search.SearchSources`).
+    """
+
+    def __init__(self, space, cfg: SearchConfig, cost_fn: Callable[[Any], float],
                  score_fn: Callable[[Any], dict], out: str | Path | None = None, meta: dict | None = None):
         cfg.check()
-        self.space, self.cfg, self.latency_fn, self.score_fn = space, cfg, latency_fn, score_fn
+        self.space, self.cfg, self.cost_fn, self.score_fn = space, cfg, cost_fn, score_fn
         self.out = Path(out) if out else None
-        self.meta = meta or {}
+        self.meta = SearchSources.model_validate(meta or {}).model_dump(mode="json", exclude_unset=True)
         self.rng = np.random.default_rng(cfg.seed)
         self.evaluated: dict[str, dict] = {}
         self.population: list[str] = []
+        self.population_size = cfg.population
+        self.notes: list[str] = []
         self.generation = 0
-        self.fastest_seen = float("inf")
+        self._costs: dict[str, float] = {}
+
+    def cost(self, arch: Any) -> float:
+        key = str(arch)
+        if key not in self._costs:
+            self._costs[key] = float(self.cost_fn(arch))
+        return self._costs[key]
 
     # -------------------------------------------------------------- candidates
 
-    def _within_budget(self, make: Callable[[], Any], what: str) -> Any:
+    def _try_within_budget(self, make: Callable[[], Any]) -> Any | None:
         for _ in range(self.cfg.max_tries):
             arch = make()
-            lat = self.latency_fn(arch)
-            self.fastest_seen = min(self.fastest_seen, lat)
-            if lat <= self.cfg.budget_ms:
+            if self.cost(arch) <= self.cfg.budget:
                 return arch
-        fastest = min(self.fastest_seen, self.latency_fn(self.space.smallest()))
+        return None
+
+    def _within_budget(self, make: Callable[[], Any], what: str) -> Any:
+        arch = self._try_within_budget(make)
+        if arch is not None:
+            return arch
+        cheapest = min(min(self._costs.values(), default=float("inf")), self.cost(self.space.smallest()))
+        unit, latency = self.cfg.cost_unit, self.cfg.cost_unit == "ms"
         raise EdgeQueryError(
-            f"no {what} within the {self.cfg.budget_ms:g} ms budget after {self.cfg.max_tries} tries; the fastest "
-            f"arch of this space predicts {fastest:.3f} ms on this LUT",
-            f"raise --latency-budget above {fastest:.3f}ms, or profile a faster device/runtime")
+            f"no {what} within the {self.cfg.budget:g} {unit} budget after {self.cfg.max_tries} tries; the "
+            f"cheapest arch of this space {'predicts' if latency else 'costs'} {cheapest:.3f} {unit}"
+            + (" on this LUT" if latency else ""),
+            f"raise --latency-budget above {cheapest:.3f}ms, or profile a faster device/runtime" if latency
+            else f"raise the budget above {cheapest:.3f} {unit}")
+
+    def _initial_population(self) -> list[str]:
+        """``cfg.population`` distinct within-budget archs - or all that can be found, with a note."""
+        smallest = self.space.smallest()
+        if self.cost(smallest) > self.cfg.budget:
+            self._within_budget(lambda: smallest, "arch")  # raises, naming the cheapest cost
+        population: list[str] = []
+        seen: set[str] = set()
+        repeats = 0  # within-budget draws in a row that found no new arch
+        while len(population) < self.cfg.population and repeats < self.cfg.max_tries:
+            arch = self._try_within_budget(lambda: self.space.sample(self.rng))
+            if arch is None:
+                if not population:
+                    self._within_budget(lambda: self.space.sample(self.rng), "sampled arch")  # raises
+                break
+            key = str(arch)
+            repeats = repeats + 1 if key in seen else 0
+            if key not in seen:
+                seen.add(key)
+                population.append(key)
+        if len(population) < self.cfg.population:
+            note = (f"population shrunk from {self.cfg.population} to {len(population)}: sampling found only "
+                    f"{len(population)} distinct arch(s) of this space within the {self.cfg.budget:g} "
+                    f"{self.cfg.cost_unit} budget")
+            log.warning("%s (raise the budget or widen the space for a real search)", note)
+            self.notes.append(note)
+        self.population_size = len(population)
+        return population
 
     def _evaluate(self, arch: Any) -> dict:
         key = str(arch)
         if key not in self.evaluated:
             scores = self.score_fn(arch)
-            lat = float(self.latency_fn(arch))
+            cost = self.cost(arch)
             m_het, m_hom = scores["het"][self.cfg.metric], scores["hom"][self.cfg.metric]
-            self.evaluated[key] = {
-                "arch": key, "generation": self.generation, "latency_ms": lat, **self.space.cost(arch),
-                "m_het": m_het, "m_hom": m_hom, "reward": reward_of(self.cfg, m_het, m_hom, lat),
-                "het": scores["het"], "hom": scores["hom"]}
+            self.evaluated[key] = Candidate(
+                arch=key, generation=self.generation, cost=cost,
+                latency_ms=cost if self.cfg.cost_unit == "ms" else None, **self.space.cost(arch),
+                m_het=m_het, m_hom=m_hom, reward=reward_of(self.cfg, m_het, m_hom, cost),
+                het=scores["het"], hom=scores["hom"]).model_dump(mode="json")
         return self.evaluated[key]
 
     # -------------------------------------------------------------- loop
 
     def run(self, progress: bool = True) -> dict:
-        from tqdm import tqdm
-
+        """Run (or resume) the search to the end; returns the result (``search.json``'s content)."""
         self._maybe_resume()
         if not self.population:
-            smallest = self.space.smallest()
-            if self.latency_fn(smallest) > self.cfg.budget_ms:
-                self._within_budget(lambda: smallest, "arch")  # raises with the fastest latency
-            seen: set[str] = set()
-            while len(self.population) < self.cfg.population:
-                arch = self._within_budget(lambda: self.space.sample(self.rng), "sampled arch")
-                if str(arch) not in seen or len(seen) >= self.cfg.population * 20:
-                    seen.add(str(arch))
-                    self.population.append(str(arch))
-        total = self.cfg.generations * self.cfg.population
-        bar = tqdm(total=total, initial=min(len(self.evaluated), total), desc="search", unit="arch",
-                   disable=None if progress else True)
+            self.population = self._initial_population()
+        total = self.cfg.generations * self.population_size
+        bar = progress_bar(total=total, initial=min(len(self.evaluated), total), desc="search", unit="arch",
+                           enabled=progress, log=log)
         while self.generation < self.cfg.generations:
             t0 = time.time()
             scored = []
@@ -205,10 +232,11 @@ class EvolutionSearch:
                 bar.update(int(new))
             scored.sort(key=lambda c: c["reward"], reverse=True)
             best = scored[0]
-            bar.set_postfix(best=f"{best['reward']:.4f}", lat=f"{best['latency_ms']:.3g}ms")
-            print(f"generation {self.generation + 1}/{self.cfg.generations}: best reward {best['reward']:.4f} "
-                  f"(M_het {best['m_het']:.4f}, M_hom {best['m_hom']:.4f}, {best['latency_ms']:.3f} ms) "
-                  f"[{time.time() - t0:.0f}s]", file=sys.stderr)
+            bar.set_postfix(best=f"{best['reward']:.4f}", cost=f"{best['cost']:.3g}{self.cfg.cost_unit}",
+                            refresh=False)
+            log.info("generation %d/%d: best reward %.4f (M_het %.4f, M_hom %.4f, %.3f %s), %d archs evaluated "
+                     "[%.0fs]", self.generation + 1, self.cfg.generations, best["reward"], best["m_het"],
+                     best["m_hom"], best["cost"], self.cfg.cost_unit, len(self.evaluated), time.time() - t0)
             self.generation += 1
             if self.generation < self.cfg.generations:
                 self.population = self._next_population([c["arch"] for c in scored])
@@ -217,15 +245,16 @@ class EvolutionSearch:
         return self.result()
 
     def _next_population(self, ranked: list[str]) -> list[str]:
-        n_parents = max(1, int(round(self.cfg.parents * self.cfg.population)))
+        size = self.population_size
+        n_parents = max(1, int(round(self.cfg.parents * size)))
         parents = [self.space.parse(a) for a in ranked[:n_parents]]
         children = [str(a) for a in parents]
-        n_mut = (self.cfg.population - n_parents) // 2
+        n_mut = (size - n_parents) // 2
         while len(children) < n_parents + n_mut:
             p = parents[self.rng.integers(len(parents))]
             children.append(str(self._within_budget(lambda: self.space.mutate(p, self.cfg.mutation_prob, self.rng),
                                                     "mutated arch")))
-        while len(children) < self.cfg.population:
+        while len(children) < size:
             def cross():
                 i, j = self.rng.choice(len(parents), 2, replace=len(parents) < 2)
                 return self.space.crossover(parents[i], parents[j], self.rng)
@@ -234,40 +263,45 @@ class EvolutionSearch:
 
     # -------------------------------------------------------------- results & state
 
-    def result(self, complete: bool | None = None) -> dict:
+    def result_model(self, complete: bool | None = None) -> SearchResult:
+        """The search so far as its file schema."""
         cands = list(self.evaluated.values())
         chosen = max(cands, key=lambda c: c["reward"]) if cands else None
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, **self.meta,
-            "space": self.space.config(), "config": asdict(self.cfg),
-            "complete": self.generation >= self.cfg.generations if complete is None else complete,
-            "chosen": chosen, "pareto_front": pareto_front(cands), "history": cands,
-            "state": {"generation": self.generation, "population": self.population,
-                      "rng": self.rng.bit_generator.state},
-        }
+        return SearchResult(
+            **self.meta, space=self.space.config(), config=self.cfg,
+            complete=self.generation >= self.cfg.generations if complete is None else complete,
+            notes=self.notes, chosen=chosen, pareto_front=pareto_front(cands), history=cands,
+            state=SearchState(generation=self.generation, population=self.population,
+                              population_size=self.population_size, rng=self.rng.bit_generator.state))
+
+    def result(self, complete: bool | None = None) -> dict:
+        """:meth:`result_model` as plain JSON data (what ``search.json`` holds)."""
+        return self.result_model(complete).to_data()
 
     def _save(self, complete: bool) -> None:
         if self.out is not None:
-            from .commands.common import write_json
-
-            write_json(self.out, self.result(complete))
+            self.result_model(complete).save(self.out)
 
     def _maybe_resume(self) -> None:
         if self.out is None or not self.out.exists():
             return
         prev = load_search(self.out)
-        if prev.get("complete"):
-            raise EdgeQueryError(f"{self.out} holds a finished search", "pass --force to search again, or another --out")
-        same = {k: v for k, v in prev["config"].items()} == asdict(self.cfg) and prev["space"] == self.space.config()
-        if not same or any(prev.get(k) != v for k, v in self.meta.items() if k in ("supernet", "gallery", "lut")):
+        if prev.complete:
+            raise EdgeQueryError(f"{self.out} holds a finished search",
+                                 "pass --force to search again, or another --out")
+        sources = prev.model_dump(mode="json", include={"supernet", "gallery", "lut"})
+        same = prev.config == self.cfg and prev.space == self.space.config()
+        if not same or any(sources.get(k) != v for k, v in self.meta.items() if k in sources):
             raise EdgeQueryError(f"{self.out} holds an unfinished search with other settings",
                                  "rerun with the same settings to resume it, --force to start over, or another --out")
-        self.evaluated = {c["arch"]: c for c in prev["history"]}
-        self.population = list(prev["state"]["population"])
-        self.generation = prev["state"]["generation"]
-        self.rng.bit_generator.state = prev["state"]["rng"]
-        print(f"resuming search {self.out} at generation {self.generation + 1} "
-              f"({len(self.evaluated)} archs already evaluated)", file=sys.stderr)
+        self.evaluated = {c.arch: c.model_dump(mode="json") for c in prev.history}
+        self.population = list(prev.state.population)
+        self.population_size = prev.state.population_size
+        self.notes = list(prev.notes)
+        self.generation = prev.state.generation
+        self.rng.bit_generator.state = prev.state.rng
+        log.info("resuming search %s at generation %d (%d archs already evaluated)", self.out, self.generation + 1,
+                 len(self.evaluated))
 
 
 def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_path: str | Path, cfg: SearchConfig,
@@ -275,9 +309,11 @@ def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_p
                       progress: bool = True) -> dict:
     """``edgequery search``: check that supernet, gallery and LUT belong together, then search.
 
-    The space searched is the supernet's, cut to the resolutions the LUT measured; the
-    LUT must be of that space (same choices, every block present) and embedding size.
+    The space searched is the supernet's (its stored configuration), cut to the
+    resolutions the LUT measured; the LUT must be of that space (same choices, every
+    block present) and embedding size.  The cost is the LUT's predicted latency (ms).
     """
+    from .artifacts.compat import check_compatible
     from .checkpoint import load_checkpoint
     from .data import DataSpec, load_splits
     from .latency import load_lut, restricted_space
@@ -285,15 +321,15 @@ def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_p
     from .spaces import load_supernet
     from .train import resolve_device
 
+    if cfg.cost_unit != "ms":
+        raise EdgeQueryError(f"edgequery search limits predicted latency, not {cfg.cost_unit}",
+                             "give the budget in ms (cost_unit ms); a FLOPs-constrained search runs EvolutionSearch "
+                             "with a FLOPs cost function")
     cfg.check()
     device = resolve_device(device)
     supernet, sck = load_supernet(supernet_path)
     gallery = load_checkpoint(gallery_path, "gallery")
-    compat = (sck.get("compatible_with") or {}).get("gallery_version")
-    if compat != gallery["model_version"]:
-        raise EdgeQueryError(f"supernet {supernet_path} was trained against gallery {compat}, not "
-                             f"{gallery_path} ({gallery['model_version']})",
-                             f"train a supernet against this gallery: edgequery train supernet --gallery {gallery_path}")
+    check_compatible(sck, gallery, a_name=f"supernet {supernet_path}", b_name=str(gallery_path), require_bct=True)
     lut = load_lut(lut_path, space=supernet.space)
     embed_dim = supernet.head.out_features
     if lut.embed_dim != embed_dim:
@@ -307,33 +343,28 @@ def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_p
                              recal_batches=recal_batches, device=device)
     meta = {"supernet": {"path": str(supernet_path), "model_version": sck["model_version"]},
             "gallery": {"path": str(gallery_path), "model_version": gallery["model_version"]},
-            "lut": {"path": str(lut_path), "device": lut.device.get("spec"), "runtime": lut.runtime,
+            "lut": {"path": str(lut_path), "device": lut.device, "runtime": lut.runtime,
                     "threads": lut.threads, "calibrated": bool(lut.calibration)},
             "validation": scorer.sizes()}
+    log.info("searching %s (%s) under %.4g ms predicted by %s", space.name, space.describe(), cfg.budget, lut_path)
     return EvolutionSearch(space, cfg, lambda arch: lut.predict(arch, space), scorer, out, meta).run(progress)
 
 
-def load_search(path: str | Path) -> dict:
-    """A ``search.json`` (refusing other JSON with a clear message)."""
-    import json
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgeQueryError(f"search result {path} does not exist", "run `edgequery search` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeQueryError(f"{path} is not valid JSON ({exc})", "pass the search.json `edgequery search` wrote") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EdgeQueryError(f"{path} is not an edgequery search result", "pass the search.json `edgequery search` wrote")
-    return data
+def load_search(path: str | Path) -> SearchResult:
+    """A ``search.json``, validated (refusing other or damaged JSON with a clear message)."""
+    if not Path(path).is_file():
+        raise EdgeQueryError(f"search result {path} does not exist", "run `edgequery search` first")
+    return SearchResult.load(path)
 
 
 def chosen_arch(path: str | Path) -> str:
     """The chosen arch string of a search result."""
-    data = load_search(path)
-    if not data.get("chosen"):
-        raise EdgeQueryError(f"{path} has no chosen arch yet (the search did not evaluate any)",
-                             "resume the search to finish it")
-    return data["chosen"]["arch"]
+    return load_search(path).chosen_arch(str(path))
 
+
+def chosen_arch_and_space(path: str | Path):
+    """The chosen arch string of a search result and the space it was searched in (to rebuild it there)."""
+    from .spaces import space_from_config
+
+    result = load_search(path)
+    return result.chosen_arch(str(path)), space_from_config(result.space)

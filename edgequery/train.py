@@ -11,7 +11,8 @@ besides the training state.  It gives every stage the same behaviour:
   holds an unfinished run of the same configuration;
 * ``--device cpu|cuda``; under ``torchrun`` it trains with DistributedDataParallel
   (gloo on CPU, nccl on CUDA), each rank taking its shard of every epoch;
-* a progress bar per epoch and one summary line per epoch.
+* a progress bar per epoch (:func:`edgequery.log.progress`: tqdm on a terminal, log lines
+  otherwise) and one log line per epoch (loss, time).
 
 Backward-Compatible Training (Shen et al., CVPR 2020) is :class:`BCTLoss`: the query
 net's own classifier loss plus ``weight`` x the cross-entropy of the *frozen* gallery
@@ -21,11 +22,11 @@ classifier applied to the query embedding.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,27 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .artifacts.checkpoint import Identity, TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, Splits, to_model_input
 from .errors import EdgeQueryError
+from .log import progress
 from .models.heads import CosineClassifier, EmbeddingNet
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.05
-    weight_decay: float = 5e-5
-    optimizer: str = "sgd"          # sgd (momentum 0.9, nesterov) | adamw
-    warmup_epochs: float = 0.3
-    augment: bool = True            # random horizontal flip + translation by up to 1/8
-    seed: int = 0
-    device: str = "cpu"
-    extra: dict = field(default_factory=dict)  # stage-specific settings, compared on resume
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["BCTLoss", "ClassifierLoss", "Dist", "TrainConfig", "augment", "epoch_batches", "fit", "make_optimizer",
+           "prepare_output", "resolve_device", "warmup_cosine"]
 
 
 # --------------------------------------------------------------------------- devices & DDP
@@ -178,39 +169,71 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+def _parallel(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: Dist) -> nn.Module:
+    """``model`` itself, or wrapped in DistributedDataParallel under torchrun."""
+    if dist.world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=bool(cfg.extra.get("find_unused_parameters")))
+
+
+def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, epoch: int,
+                 first_step: int, optimizer, scheduler, dist: Dist, device: torch.device, desc: str) -> dict[str, Any]:
+    """One epoch of optimizer steps; returns its history record (epoch, mean loss, seconds)."""
+    train_model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+    batches = epoch_batches(splits.train, cfg, epoch, dist)
+    t0, loss_sum, n_seen = time.time(), 0.0, 0
+    bar = progress(batches, total=len(batches), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   enabled=dist.main, log=log)
+    for i, idx in enumerate(bar):
+        x = to_model_input(splits.train.images[idx], splits.spec, device)
+        y = splits.train.labels[idx].to(device)
+        if cfg.augment:
+            x = augment(x, gen)
+        loss = step(train_model, x, y, first_step + i)
+        if not torch.isfinite(loss):
+            raise EdgeQueryError(f"training diverged at epoch {epoch + 1}, step {i} (loss {loss.item()})",
+                                 "lower --lr or switch --optimizer")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(idx)
+        n_seen += len(idx)
+        bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
+    bar.close()
+    return {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": round(time.time() - t0, 1)}
+
+
 def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: str | os.PathLike,
         payload: Callable[[nn.Module], dict[str, Any]], resume: dict[str, Any] | None = None,
         extra_modules: nn.Module | None = None, desc: str = "train",
-        on_epoch_end: Callable[[nn.Module, int], dict] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` epochs, checkpointing to ``out`` after each.
 
     ``step(model, x, y, global_step)`` returns the loss of one (augmented, normalised)
     batch.  ``payload(model)`` returns the checkpoint fields other than ``train``.
-    ``resume`` is a checkpoint of an unfinished run to continue from.  Returns the final
+    ``resume`` is a checkpoint of an unfinished run to continue from.  ``on_epoch_end``
+    may return figures to record in the epoch's ``metrics``.  Returns the final
     checkpoint payload.
     """
-    from tqdm import tqdm
-
     device = resolve_device(cfg.device)
     dist = Dist.setup(device)
     torch.manual_seed(cfg.seed)
     model.to(device)
     if extra_modules is not None:
         extra_modules.to(device)
-    train_model = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=bool(cfg.extra.get("find_unused_parameters")))
+    train_model = _parallel(model, cfg, device, dist)
     steps_per_epoch = len(epoch_batches(splits.train, cfg, 0, dist))
     if steps_per_epoch == 0:
         raise EdgeQueryError(f"the train split has {len(splits.train)} images, fewer than one batch",
                              "lower --batch-size or use more training data")
     optimizer = make_optimizer(model.parameters(), cfg)
-    total = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
+        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
     start_epoch, history = 0, []
     if resume is not None:
         tr = resume["train"]
@@ -219,39 +242,19 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
         scheduler.load_state_dict(tr["scheduler"])
         start_epoch, history = tr["epoch"], list(tr["history"])
         if dist.main:
-            print(f"resuming {out} from epoch {start_epoch}/{cfg.epochs}", file=sys.stderr)
+            log.info("resuming %s from epoch %d/%d", out, start_epoch, cfg.epochs)
 
     ckpt: dict[str, Any] = resume or {}
     for epoch in range(start_epoch, cfg.epochs):
-        train_model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
-        batches = epoch_batches(splits.train, cfg, epoch, dist)
-        t0, loss_sum, n_seen = time.time(), 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None if dist.main else True)
-        for i, idx in enumerate(bar):
-            x = to_model_input(splits.train.images[idx], splits.spec, device)
-            y = splits.train.labels[idx].to(device)
-            if cfg.augment:
-                x = augment(x, gen)
-            loss = step(train_model, x, y, epoch * steps_per_epoch + i)
-            if not torch.isfinite(loss):
-                raise EdgeQueryError(f"training diverged at epoch {epoch + 1}, step {i} (loss {loss.item()})",
-                                     "lower --lr or switch --optimizer")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(idx)
-            n_seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": round(time.time() - t0, 1)}
+        record = _train_epoch(train_model, step, splits, cfg, epoch, epoch * steps_per_epoch, optimizer, scheduler,
+                              dist, device, desc)
         if on_epoch_end is not None:
-            record.update(on_epoch_end(model, epoch))
+            record["metrics"] = dict(on_epoch_end(model, epoch))
         history.append(record)
         if dist.main:
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  f"[{desc}]", file=sys.stderr)
+            figures = " ".join(f"{k}={v:.4f}" for k, v in record.get("metrics", {}).items())
+            log.info("epoch %d/%d loss=%.4f %.1fs %s[%s]", epoch + 1, cfg.epochs, record["loss"], record["seconds"],
+                     figures + " " if figures else "", desc)
             ckpt = dict(payload(model))
             ckpt["train"] = {"epoch": epoch + 1, "epochs": cfg.epochs, "complete": epoch + 1 == cfg.epochs,
                              "config": cfg.to_dict(), "history": history,
@@ -283,7 +286,9 @@ def prepare_output(out: str | os.PathLike, kind: str, cfg: TrainConfig, identity
         raise EdgeQueryError(f"{out} already holds a fully trained {kind} model (model_version "
                              f"{ck['model_version']})", "pass --force to retrain over it, or choose another --out")
     stored = tr.get("config", {})
-    mismatch = [k for k, v in identity.items() if ck.get("identity", {}).get(k) != v]
+    had = Identity.model_validate(ck.get("identity") or {})
+    want = Identity.model_validate(identity)
+    mismatch = [k for k in want.model_fields_set if getattr(had, k) != getattr(want, k)]
     mismatch += [k for k in ("batch_size", "lr", "optimizer", "seed", "epochs", "extra")
                  if stored.get(k) != cfg.to_dict()[k]]
     if mismatch:

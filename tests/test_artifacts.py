@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 
@@ -119,7 +118,7 @@ class _Lut:
         self.space, self.space_config, self.blocks, self.fingerprint = space.name, space.config(), {}, fingerprint
 
 
-def test_lut_pairing_with_space_and_device(caplog):
+def test_lut_pairing_with_space_and_device():
     space = get_space("mbv3")
     here = Fingerprint.local("onnxruntime", 1)
     lut = _Lut(space, here)
@@ -140,11 +139,10 @@ def test_lut_pairing_with_space_and_device(caplog):
         check_compatible(lut, GALLERY)
 
 
-def test_progress_logs_lines_when_not_a_terminal(caplog):
+def test_progress_logs_lines_when_not_a_terminal(edgequery_log):
     from edgequery.log import progress
 
-    with caplog.at_level(logging.INFO, logger="edgequery"):
-        for _ in progress(range(5), desc="steps", unit="step", interval=0):
-            pass
-    lines = [r.getMessage() for r in caplog.records]
+    for _ in progress(range(5), desc="steps", unit="step", interval=0):
+        pass
+    lines = [r.getMessage() for r in edgequery_log.records]
     assert lines and "steps" in lines[-1] and "5/5" in lines[-1]

@@ -64,7 +64,7 @@ def test_finished_checkpoint_is_not_overwritten(trained):
 def test_query_paired_with_another_gallery_is_refused(trained, tmp_path):
     eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", tmp_path / "g2.pt", *SMALL, "--seed", "1")
     proc = eq("eval", "--query", trained / "query.pt", "--gallery", tmp_path / "g2.pt", check=False)
-    assert_one_line_error(proc, "model_version", "retrain")
+    assert_one_line_error(proc, "model_version", "pass the gallery it was trained with")
     eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", tmp_path / "g64.pt", *SMALL,
        "--embed-dim", "64")
     proc = eq("eval", "--query", trained / "query.pt", "--gallery", tmp_path / "g64.pt", check=False)

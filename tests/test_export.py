@@ -17,12 +17,14 @@ import pytest
 import torch
 
 from edgequery import cli
+from edgequery.artifacts.card import ModelCard
 from edgequery.checkpoint import load_checkpoint, save_checkpoint
 from edgequery.data import DataSpec, load_splits, to_model_input
 from edgequery.errors import EdgeQueryError
-from edgequery.export import ExportOptions, export_query, verify_export
-from edgequery.export.card import read_onnx_metadata, sha256_file
-from edgequery.export.pipeline import file_name, parity_figures, parity_passed, read_png
+from edgequery.export import ExportOptions, export_query, file_name, parity_figures, parity_passed, verify_export
+from edgequery.export.card import read_onnx_metadata
+from edgequery.export.fixtures import read_png
+from edgequery.files import sha256_file
 from edgequery.runtimes.run import measure_latency, open_runner
 from edgequery.train import TrainConfig
 
@@ -124,6 +126,118 @@ def test_committed_fixture_matches_the_preprocessing():
     assert doc["input"]["shape"] == [1, 3, 32, 32]
 
 
+def example_card() -> dict:
+    """The committed example card (export/fixture/model_card.json): a real `edgequery export` card."""
+    from edgequery.export.fixture import FIXTURE_DIR
+
+    return json.loads((FIXTURE_DIR / "model_card.json").read_text())
+
+
+def gallery_of(card: dict, version: str | None = None) -> dict:
+    """A gallery checkpoint's metadata (as load_checkpoint returns it, weights aside) fitting ``card``."""
+    compat = card["compatible_with"] or {}
+    return {"kind": "gallery", "model_version": version or compat.get("gallery_version", "0" * 16),
+            "model": {"arch": compat.get("gallery_arch") or "mobilenet_v3_small", "embed_dim": card["embed_dim"]}}
+
+
+def write_card(folder, data) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_card.json").write_text(json.dumps(data))
+    return str(folder)
+
+
+def test_the_committed_example_card_is_a_valid_model_card():
+    """export/fixture/model_card.json was written by `edgequery export`; it still parses, key for key."""
+    from edgequery.export.fixture import FIXTURE_DIR
+
+    data = example_card()
+    card = ModelCard.parse_data(data, "example card")
+    assert card.to_data() == data                      # nothing dropped, nothing added by the schema
+    expected = json.loads((FIXTURE_DIR / "expected.json").read_text())
+    assert expected["expected_embedding"]["model_version"] == card.model_version
+    assert card.fixtures["test_image.png"].sha256 == expected["image_sha256"]  # the same fixed test image
+    assert set(card.identity()) == {"format", "format_version", "name", "arch", "model_version", "embed_dim",
+                                    "l2_normalized", "compatible_with", "input", "output"}
+    assert {e.quantization for e in card.files} == {"none", "dynamic", "int8"}
+
+
+@pytest.mark.parametrize("where", ["top", "input", "files", "compatible_with", "lut_or_retrieval"])
+def test_model_card_refuses_an_invented_key(where):
+    data = example_card()
+    target = {"top": data, "input": data["input"], "files": data["files"][0],
+              "compatible_with": data["compatible_with"], "lut_or_retrieval": data["retrieval"]}[where]
+    target["favourite_colour"] = "teal"
+    with pytest.raises(EdgeQueryError, match="favourite_colour: unknown key") as exc:
+        ModelCard.parse_data(data, "card.json")
+    assert "re-create the export" in str(exc.value.fix)
+
+
+def test_model_card_refuses_a_newer_format_version_another_format_and_missing_fields():
+    data = example_card()
+    with pytest.raises(EdgeQueryError, match="format_version 2, newer .*") as exc:
+        ModelCard.parse_data({**data, "format_version": 2}, "card.json")
+    assert "upgrade edgequery" in exc.value.fix
+    with pytest.raises(EdgeQueryError, match="not an edgequery model card"):
+        ModelCard.parse_data({**data, "format": "edgequery-checkpoint"}, "card.json")
+    with pytest.raises(EdgeQueryError, match="model_version: Field required"):
+        ModelCard.parse_data({k: v for k, v in data.items() if k != "model_version"}, "card.json")
+    with pytest.raises(EdgeQueryError, match="embed_dim"):
+        ModelCard.parse_data({**data, "embed_dim": "many"}, "card.json")
+
+
+def test_the_server_takes_a_card_only_as_written_and_only_for_its_gallery(tmp_path):
+    """gallery/compat reads cards through ModelCard and pairs them with check_compatible."""
+    from edgequery.gallery.compat import accepted_versions
+
+    data = example_card()
+    g = gallery_of(data)
+    acc = accepted_versions(g, "gallery.pt", exports=[write_card(tmp_path / "ok", data)])
+    assert acc[data["model_version"]].role == "query" and acc[data["model_version"]].arch == data["arch"]
+    cases = {
+        "invented key": ({**data, "query_model_version": "q2"}, "query_model_version: unknown key"),
+        "other gallery": ({**data, "compatible_with": {"gallery_version": "ffff", "gallery_arch": None}},
+                          "compatible with gallery model_version ffff, but gallery.pt is model_version"),
+        "no BCT": ({**data, "compatible_with": None}, "trained without BCT"),
+        "wrong dim": ({**data, "embed_dim": 64}, "64 dims"),
+        "newer format": ({**data, "format_version": 99}, "upgrade edgequery"),
+    }
+    for i, (body, message) in enumerate(cases.values()):
+        with pytest.raises(EdgeQueryError, match=message):
+            accepted_versions(g, "gallery.pt", exports=[write_card(tmp_path / f"bad{i}", body)])
+    with pytest.raises(EdgeQueryError, match="compatible with gallery model_version"):
+        accepted_versions(gallery_of(data, "1" * 16), "other.pt", exports=[str(tmp_path / "ok")])
+    (tmp_path / "notjson").mkdir()
+    (tmp_path / "notjson" / "model_card.json").write_text("{nope")
+    with pytest.raises(EdgeQueryError, match="not valid JSON"):
+        accepted_versions(g, "gallery.pt", exports=[str(tmp_path / "notjson")])
+    with pytest.raises(EdgeQueryError, match="no model card"):
+        accepted_versions(g, "gallery.pt", exports=[str(tmp_path / "missing")])
+
+
+def test_lut_prediction_fits_the_card_schema():
+    """--lut: a searched arch is predicted; a baseline, another resolution or embedding size say why not."""
+    from pathlib import Path
+
+    from edgequery.artifacts.card import LutPrediction
+    from edgequery.export.timing import lut_prediction
+
+    lut = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut-local-litert-r32.json")
+    blocks = "w0.5,k3e3-k5e4,k7e6-k3e3,k3e3-k3e3,k5e6-k3e3,k3e3-k3e4"
+    got = {case: LutPrediction.model_validate(lut_prediction(lut, arch, dim)) for case, arch, dim in [
+        ("searched", f"mbv3:r32,{blocks}", 128), ("baseline", "mobilenet_v3_small", 128),
+        ("other resolution", f"mbv3:r24,{blocks}", 128), ("other dim", f"mbv3:r32,{blocks}", 64)]}
+    assert got["searched"].status == "predicted" and got["searched"].predicted_ms > 0
+    assert got["baseline"].status == "not predicted" and "not an arch of a search space" in got["baseline"].reason
+    assert "not 24" in got["other resolution"].reason and "--embed-dim 64" in got["other dim"].reason
+    assert lut_prediction(None, "mobilenet_v3_small", 128) is None
+
+
+def test_verify_refuses_a_card_with_an_invented_key(tmp_path):
+    write_card(tmp_path, {**example_card(), "signed_by": "me"})
+    with pytest.raises(EdgeQueryError, match="signed_by: unknown key"):
+        verify_export(tmp_path, progress=False)
+
+
 def test_verify_refuses_a_folder_without_a_card(tmp_path):
     with pytest.raises(EdgeQueryError, match="no model card"):
         verify_export(tmp_path, progress=False)
@@ -151,7 +265,10 @@ def test_export_writes_checked_files_and_a_card(trained, exported):
                      "query_encoder_nhwc_dynamic.tflite", "query_encoder_nhwc_int8.tflite",
                      "query_encoder_dynamic.onnx", "query_encoder_int8.onnx"}
     on_disk = json.loads((out / "model_card.json").read_text())
-    assert on_disk["files"] == json.loads(json.dumps(card["files"]))
+    assert ModelCard.parse_data(on_disk).to_data() == on_disk            # the schema, key for key
+    assert {**on_disk, "path": str(out)} == card                          # what export_query returned
+    assert set(on_disk) == set(example_card())                            # the committed example has today's shape
+    assert set(on_disk["files"][0]) == set(example_card()["files"][0])
     for e in card["files"]:
         assert sha256_file(out / e["file"]) == e["sha256"]
         assert e["io"]["input"]["name"] == "image" and e["io"]["output"]["name"] == "embedding"
@@ -301,26 +418,27 @@ def test_refuses_a_query_net_without_gallery_version(trained, capsys):
     assert rc == 2 and "--allow-incompatible" in capsys.readouterr().err
 
     # forced: the card says so, and neither verify --gallery nor the server accept it
-    from edgequery.gallery.compat import read_model_card, accepted_from_card
+    from edgequery.artifacts.card import load_card
+    from edgequery.gallery.compat import accepted_from_card
 
     out = trained / "exports" / "nobct"
     rc = cli.main(["export", "--query", str(trained / "query_nobct.pt"), "--out", str(out), "--formats", "onnx",
                    "--allow-incompatible", "--threads", "1", "--runs", "3", "--parity-images", "16"])
     assert rc == 0
-    card = json.loads((out / "model_card.json").read_text())
-    assert card["compatible_with"] is None and "BCT" in card["warning"]
-    assert [e["file"] for e in card["files"]] == ["query_encoder.onnx"]
+    card = ModelCard.load(out / "model_card.json")
+    assert card.compatible_with is None and "BCT" in card.warning
+    assert [e.file for e in card.files] == ["query_encoder.onnx"]
     with pytest.raises(EdgeQueryError, match="without BCT"):
         verify_export(out, trained / "gallery.pt", progress=False)
     g = load_checkpoint(trained / "gallery.pt", "gallery")
     with pytest.raises(EdgeQueryError, match="compatible"):
-        accepted_from_card(*read_model_card(out), g["model_version"], 128)
+        accepted_from_card(*load_card(out), g, str(trained / "gallery.pt"))
 
 
 @pytest.mark.slow
 def test_refuses_wrong_gallery_missing_gallery_and_existing_output(trained, exported):
     out, card = exported
-    with pytest.raises(EdgeQueryError, match="trained against gallery model_version"):
+    with pytest.raises(EdgeQueryError, match="compatible with gallery model_version"):
         export_query(trained / "query.pt", trained / "exports" / "w", other_gallery(trained),
                      ExportOptions(**QUICK))
     with pytest.raises(EdgeQueryError, match="--gallery"):
@@ -381,17 +499,17 @@ def test_baselines_and_both_spaces_export_with_parity(trained, arch):
 
 @pytest.mark.slow
 def test_demo_deploy_stage_exports_indexes_and_reuses_the_export(trained, tmp_path):
-    from edgequery.commands.demo import deploy_stages
+    from edgequery.workflow import Workflow, demo_deploy
 
-    timings: dict = {}
-    first = deploy_stages(tmp_path, trained / "query.pt", trained / "gallery.pt", None, timings)
-    assert "export" in timings and first["items"] == SPEC.n_gallery
+    wf = Workflow(SPEC)
+    first = demo_deploy(wf, tmp_path, trained / "query.pt", trained / "gallery.pt", None)
+    assert wf.stages["export"]["status"] == "ran" and first["items"] == SPEC.n_gallery
     assert set(first["files"]) == {"query_encoder.tflite", "query_encoder.onnx"}
     assert min(first["files"].values()) >= 0.9999
     report = verify_export(first["export"], trained / "gallery.pt", progress=False)
     assert report["model_version"] == first["query_model_version"]
 
-    timings.clear()
-    again = deploy_stages(tmp_path, trained / "query.pt", trained / "gallery.pt", None, timings)
-    assert "export" not in timings, "an export of the same query model_version is reused"
+    wf = Workflow(SPEC)
+    again = demo_deploy(wf, tmp_path, trained / "query.pt", trained / "gallery.pt", None)
+    assert wf.stages["export"]["status"] == "reused", "an export of the same query model_version is reused"
     assert again == first

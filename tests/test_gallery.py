@@ -1,7 +1,8 @@
 """The gallery store and index building: exact search, durable writes, reconciliation, resume.
 
-A tiny *real* gallery checkpoint (MobileNetV3-small trunk, 1 epoch on 256 Fashion-MNIST
-images) stands in for ResNet-101 where a model is needed: same code path, seconds on CPU.
+Where a model is needed, the session's tiny *real* gallery checkpoint (``tiny_gallery`` in
+conftest.py: MobileNetV3-small trunk, 1 epoch on 256 Fashion-MNIST images) stands in for
+ResNet-101: same code path, seconds on CPU.  ``tiny_index`` is its Flat index.
 """
 
 import json
@@ -17,37 +18,11 @@ from edgequery.errors import EdgeQueryError
 from edgequery.gallery import FaissGalleryStore, MetadataDB, NewItem
 from edgequery.gallery.build import build_index, create_index
 from edgequery.gallery.compat import accepted_versions
+from edgequery.gallery.faiss_index import snapshot_path
 from edgequery.gallery.images import ImageRejected, decode_upload
 from edgequery.gallery.metadata import DB_NAME
-from edgequery.gallery.store import snapshot_path
 
-TINY_SPEC = DataSpec(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
-
-
-def make_tiny_gallery(path, splits=None):
-    """Train the tiny gallery checkpoint the gallery and server tests use (~5 s)."""
-    from edgequery.recipes import train_gallery
-    from edgequery.train import TrainConfig
-
-    # batch 32 (8 steps), not the default 128 (2 steps): after 2 steps BatchNorm's running
-    # statistics are still near their initial values and, in eval mode, MobileNetV3 at 32 px
-    # maps every image to (numerically) the same embedding.
-    return train_gallery(TINY_SPEC, TrainConfig(epochs=1, batch_size=32), path, arch="mobilenet_v3_small",
-                         splits=splits)
-
-
-@pytest.fixture(scope="module")
-def gallery_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gallery") / "gallery.pt"
-    make_tiny_gallery(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def built(gallery_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("index") / "idx"
-    build_index(gallery_ckpt, "fashion-mnist", "Flat", out, chunk=64, progress=False)
-    return out
+GREY_32 = DataSpec(resolution=32)  # how uploads to a Fashion-MNIST gallery are pre-processed
 
 
 def random_unit(n, dim=16, seed=0):
@@ -109,9 +84,12 @@ def test_refuses_foreign_or_missing_database(tmp_path):
 # --------------------------------------------------------------------------- search
 
 
-# Compositions: exact re-ranking over IVF-PQ, and a rotation (OPQ) before it.  With every list
-# probed and k_factor 64 (k x 64 >= 500 candidates) the re-ranking sees every vector: exact.
-FACTORIES = ["Flat", "HNSW32", "IVF8,Flat", "IVF8,PQ4,RFlat", "OPQ4,IVF8,PQ4,RFlat"]
+# Compositions: exact re-ranking over IVF-PQ, and a rotation (random, or trained OPQ) before
+# it.  With every list probed and k_factor 64 (k x 64 >= 500 candidates) the re-ranking sees
+# every vector: exact.  "np": no polysemous training, which faiss would otherwise spend seconds
+# on for a code order these searches never use; OPQ's own training takes seconds too (slow tier).
+FACTORIES = ["Flat", "HNSW32", "IVF8,Flat", "IVF8,PQ4np,RFlat", "RR16,IVF8,PQ4np,RFlat",
+             pytest.param("OPQ4,IVF8,PQ4,RFlat", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
@@ -184,13 +162,13 @@ def test_writes_after_the_snapshot_are_recovered_from_sqlite(tmp_path, factory):
         store.close()
 
 
-def test_unreadable_snapshot_is_rebuilt_from_sqlite(tmp_path, capfd):
+def test_unreadable_snapshot_is_rebuilt_from_sqlite(tmp_path, edgequery_log):
     out, vecs = vector_index(tmp_path, factory="IVF8,Flat")
     snap = snapshot_path(out, "IVF8,Flat")
     snap.write_bytes(snap.read_bytes()[:100])  # truncated, as if copied half-way
     store = FaissGalleryStore(out, nprobe=8, progress=False)
     try:
-        assert "unusable" in capfd.readouterr().err
+        assert "unusable" in edgequery_log.text
         assert store.search(vecs[5][None], 1)[0][0].id == 6
     finally:
         store.close()
@@ -225,14 +203,14 @@ def test_factory_errors_are_clear(tmp_path):
 # --------------------------------------------------------------------------- building from images
 
 
-def test_index_of_the_fashion_mnist_gallery_split(built, gallery_ckpt):
+def test_index_of_the_fashion_mnist_gallery_split(tiny_index, tiny_gallery):
     from edgequery.evaluate import embed
     from edgequery.models import model_from_checkpoint
 
-    ck = load_checkpoint(gallery_ckpt, "gallery")
+    ck = load_checkpoint(tiny_gallery, "gallery")
     split = load_splits(DataSpec.from_dict(ck["data"]), progress=False).gallery
     emb = embed(model_from_checkpoint(ck), split, split_spec(ck)).numpy()
-    store = FaissGalleryStore(built, progress=False)
+    store = FaissGalleryStore(tiny_index, progress=False)
     try:
         assert len(store) == len(split) == 200
         assert store.model_version == ck["model_version"] and store.dim == 128
@@ -252,7 +230,7 @@ def split_spec(ck):
     return DataSpec.from_dict(ck["data"])
 
 
-def test_interrupted_build_resumes_where_it_stopped(gallery_ckpt, built, tmp_path, monkeypatch):
+def test_interrupted_build_resumes_where_it_stopped(tiny_gallery, tiny_index, tmp_path, monkeypatch):
     import edgequery.evaluate as evaluate
 
     real_embed, calls = evaluate.embed, []
@@ -266,16 +244,16 @@ def test_interrupted_build_resumes_where_it_stopped(gallery_ckpt, built, tmp_pat
     monkeypatch.setattr(evaluate, "embed", flaky_embed)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        build_index(gallery_ckpt, "fashion-mnist", "Flat", out, chunk=64, progress=False)
+        build_index(tiny_gallery, "fashion-mnist", "Flat", out, chunk=64, progress=False)
     db = MetadataDB(out / DB_NAME)
     assert db.get("build_done") == 128 and db.count() == 128 and not db.get("complete")
     db.close()
     with pytest.raises(EdgeQueryError, match="unfinished .128 of 200"):
         FaissGalleryStore(out, progress=False)
 
-    s = build_index(gallery_ckpt, "fashion-mnist", "Flat", out, chunk=64, progress=False)
+    s = build_index(tiny_gallery, "fashion-mnist", "Flat", out, chunk=64, progress=False)
     assert s["embedded_now"] == 72 and s["items"] == 200
-    a, b = MetadataDB(out / DB_NAME), MetadataDB(built / DB_NAME)
+    a, b = MetadataDB(out / DB_NAME), MetadataDB(tiny_index / DB_NAME)
     try:
         ids_a, emb_a = next(a.iter_embeddings())
         ids_b, emb_b = next(b.iter_embeddings())
@@ -286,15 +264,15 @@ def test_interrupted_build_resumes_where_it_stopped(gallery_ckpt, built, tmp_pat
         b.close()
 
 
-def test_reindex_with_another_factory_reuses_stored_embeddings(gallery_ckpt, built, tmp_path, monkeypatch):
+def test_reindex_with_another_factory_reuses_stored_embeddings(tiny_gallery, tiny_index, tmp_path, monkeypatch):
     import shutil
 
     import edgequery.evaluate as evaluate
 
     out = tmp_path / "copy"
-    shutil.copytree(built, out)
+    shutil.copytree(tiny_index, out)
     monkeypatch.setattr(evaluate, "embed", lambda *a, **k: pytest.fail("re-indexing must not embed again"))
-    s = build_index(gallery_ckpt, "fashion-mnist", "HNSW32", out, progress=False)
+    s = build_index(tiny_gallery, "fashion-mnist", "HNSW32", out, progress=False)
     assert s["embedded_now"] == 0 and s["factory"] == "HNSW32"
     assert snapshot_path(out, "HNSW32").is_file() and not snapshot_path(out, "Flat").exists()
     store = FaissGalleryStore(out, progress=False)
@@ -304,15 +282,15 @@ def test_reindex_with_another_factory_reuses_stored_embeddings(gallery_ckpt, bui
     finally:
         store.close()
     # same command again: nothing to do
-    assert build_index(gallery_ckpt, "fashion-mnist", "HNSW32", out, progress=False)["embedded_now"] == 0
+    assert build_index(tiny_gallery, "fashion-mnist", "HNSW32", out, progress=False)["embedded_now"] == 0
 
 
-def test_build_refuses_another_gallery_model_without_force(gallery_ckpt, built, tmp_path):
+def test_build_refuses_another_gallery_model_without_force(tiny_gallery, tiny_index, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
-    shutil.copytree(built, out)
-    ck = load_checkpoint(gallery_ckpt, "gallery")
+    shutil.copytree(tiny_index, out)
+    ck = load_checkpoint(tiny_gallery, "gallery")
     other = dict(ck)
     other["state_dict"] = {**ck["state_dict"], "head.weight": ck["state_dict"]["head.weight"] * 1.5}
     other_path = tmp_path / "other.pt"
@@ -332,7 +310,7 @@ def test_build_refuses_another_gallery_model_without_force(gallery_ckpt, built, 
     db.close()
 
 
-def test_image_folder_build_records_files_and_classes(gallery_ckpt, tmp_path):
+def test_image_folder_build_records_files_and_classes(tiny_gallery, tmp_path):
     from PIL import Image
 
     root = tmp_path / "shop"
@@ -342,7 +320,7 @@ def test_image_folder_build_records_files_and_classes(gallery_ckpt, tmp_path):
         for j in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / cls / f"{j}.png")
     out = tmp_path / "folder_index"
-    build_index(gallery_ckpt, str(root), "Flat", out, progress=False)
+    build_index(tiny_gallery, str(root), "Flat", out, progress=False)
     store = FaissGalleryStore(out, progress=False)
     try:
         items = store.db.items(range(1, 7))
@@ -353,14 +331,14 @@ def test_image_folder_build_records_files_and_classes(gallery_ckpt, tmp_path):
     finally:
         store.close()
     with pytest.raises(EdgeQueryError, match="neither a data set name nor a directory"):
-        build_index(gallery_ckpt, str(tmp_path / "nope"), "Flat", tmp_path / "x", progress=False)
+        build_index(tiny_gallery, str(tmp_path / "nope"), "Flat", tmp_path / "x", progress=False)
 
 
-def test_index_cli_errors_are_one_line(gallery_ckpt, tmp_path):
+def test_index_cli_errors_are_one_line(tiny_gallery, tmp_path):
     from edgequery.cli import main
 
     assert main(["index", "--gallery", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
-    assert main(["index", "--gallery", str(gallery_ckpt), "--index-factory", "Nope",
+    assert main(["index", "--gallery", str(tiny_gallery), "--index-factory", "Nope",
                  "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o" / DB_NAME).exists()  # refused before any work
 
@@ -368,9 +346,16 @@ def test_index_cli_errors_are_one_line(gallery_ckpt, tmp_path):
 # --------------------------------------------------------------------------- compatibility policy
 
 
-def test_model_cards_are_read_defensively(gallery_ckpt, tmp_path):
-    ck = load_checkpoint(gallery_ckpt, "gallery")
-    gv = ck["model_version"]
+@pytest.mark.slow  # needs a real export (tiny_export)
+def test_model_cards_are_checked_against_the_gallery(tiny_gallery, tiny_query, tiny_export, tmp_path):
+    """The server accepts a query model_version only on a card (or checkpoint) that proves BCT against it."""
+    ck = load_checkpoint(tiny_gallery, "gallery")
+    gv, qv = ck["model_version"], load_checkpoint(tiny_query, "query")["model_version"]
+    real = json.loads((tiny_export / "model_card.json").read_text())
+
+    acc = accepted_versions(ck, str(tiny_gallery), [str(tiny_export)], [str(tiny_query)])
+    assert set(acc) == {gv, qv} and acc[gv].role == "gallery" and acc[qv].role == "query"
+    assert set(accepted_versions(ck, str(tiny_gallery), [str(tiny_export / "model_card.json")])) == {gv, qv}
 
     def card(name, body):
         d = tmp_path / name
@@ -378,27 +363,21 @@ def test_model_cards_are_read_defensively(gallery_ckpt, tmp_path):
         (d / "model_card.json").write_text(body if isinstance(body, str) else json.dumps(body))
         return str(d)
 
-    ok1 = card("a", {"model_version": "q1", "arch": "mbv3", "embedding_dim": 128,
-                     "compatible_with": {"gallery_version": gv}})
-    ok2 = card("b", {"query_model_version": "q2", "gallery_model_version": gv, "embedding": {"dim": 128}})
-    acc = accepted_versions(ck, str(gallery_ckpt), [ok1, ok2 + "/model_card.json"])
-    assert set(acc) == {gv, "q1", "q2"}
-    assert acc[gv].role == "gallery" and acc["q1"].role == acc["q2"].role == "query"
-
     cases = {
-        "other gallery": ({"model_version": "q", "compatible_with": {"gallery_version": "ffff"}}, "compatible with "
-                                                                                                 "gallery model_version ffff"),
-        "no gallery": ({"model_version": "q"}, "trained without BCT"),
-        "no version": ({"compatible_with": {"gallery_version": gv}}, "which model_version"),
-        "wrong dim": ({"model_version": "q", "compatible_with": gv, "embed_dim": 64}, "64 dims"),
-        "not json": ("{nope", "not readable JSON"),
-        "not object": ("[1, 2]", "not a JSON object"),
+        "other gallery": ({**real, "compatible_with": {**real["compatible_with"], "gallery_version": "ffff"}},
+                          "compatible with gallery model_version ffff"),
+        "no BCT": ({**real, "compatible_with": None}, "trained without BCT"),
+        "wrong dim": ({**real, "embed_dim": 64}, "64 dims"),
+        "invented key": ({**real, "gallery_model_version": gv}, "gallery_model_version"),
+        "newer format": ({**real, "format_version": 99}, "upgrade edgequery"),
+        "not json": ("{nope", "model card"),
+        "not object": ("[1, 2]", "model card"),
     }
     for i, (body, message) in enumerate(cases.values()):
         with pytest.raises(EdgeQueryError, match=message):
-            accepted_versions(ck, str(gallery_ckpt), [card(f"bad{i}", body)])
+            accepted_versions(ck, str(tiny_gallery), [card(f"bad{i}", body)])
     with pytest.raises(EdgeQueryError, match="no model card"):
-        accepted_versions(ck, str(gallery_ckpt), [str(tmp_path / "missing")])
+        accepted_versions(ck, str(tiny_gallery), [str(tmp_path / "missing")])
 
 
 # --------------------------------------------------------------------------- uploads
@@ -414,7 +393,7 @@ def test_upload_decoding_limits():
         im.save(buf, format="PNG")
         return buf.getvalue()
 
-    grey = decode_upload(png(Image.new("RGB", (50, 40), (255, 0, 0))), "red.png", TINY_SPEC, 10**6)
+    grey = decode_upload(png(Image.new("RGB", (50, 40), (255, 0, 0))), "red.png", GREY_32, 10**6)
     assert grey.shape == (1, 32, 32) and grey.dtype == torch.uint8
     assert int(grey[0, 0, 0]) == Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0))
     colour = decode_upload(png(Image.new("RGB", (50, 40), (255, 0, 0))), "red.png",
@@ -424,10 +403,10 @@ def test_upload_decoding_limits():
     bomb = png(Image.new("L", (4000, 4000)))  # 16 MP of zeros: ~16 kB as PNG
     assert len(bomb) < 100_000
     with pytest.raises(ImageRejected, match="4000x4000") as e:
-        decode_upload(bomb, "bomb.png", TINY_SPEC, max_pixels=10**6)
+        decode_upload(bomb, "bomb.png", GREY_32, max_pixels=10**6)
     assert e.value.status == 413
     for data, message in ((b"", "empty"), (b"hello", "not an image"), (png(Image.new("L", (64, 64)))[:60],
                                                                         "truncated or corrupt")):
         with pytest.raises(ImageRejected, match=message) as e:
-            decode_upload(data, "x", TINY_SPEC, 10**6)
+            decode_upload(data, "x", GREY_32, 10**6)
         assert e.value.status == 422

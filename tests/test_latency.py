@@ -1,6 +1,8 @@
 """Latency tables: block enumeration, real profiling on the local device (onnxruntime, litert,
-torch), resume, validation, the ssh device against a real sshd on 127.0.0.1, and the adb
-device's command sequence and ``benchmark_model`` parsing.
+torch), resume, validation, the device fingerprint (a LUT of another device is refused
+unless --allow-other-device, and that is recorded), the LUT file format (version 1
+migrates), a non-default space from the CLI, the ssh device against a real sshd on
+127.0.0.1, and the adb device's command sequence, fingerprint and ``benchmark_model`` parsing.
 
 No phone is attached here: the adb tests run a fake ``adb`` executable that records its
 arguments and answers with real ``benchmark_model`` output formats.  Everything else runs
@@ -23,11 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgequery.artifacts.compat import check_compatible
+from edgequery.artifacts.fingerprint import Fingerprint
+from edgequery.artifacts.lut import Calibration
 from edgequery.cli import main
 from edgequery.errors import EdgeQueryError
-from edgequery.latency import LUT, load_lut, parse_benchmark_model, parse_device, profile, space_blocks, validate
+from edgequery.latency import (LUT, Protocol, accuracy, fit_calibration, load_lut, measure_archs, parse_benchmark_model,
+                               parse_device, profile, score_calibration, space_blocks, validate)
+from edgequery.latency.build import IDENTITY, file_name
 from edgequery.latency.devices import AdbDevice, LocalDevice, SSHDevice
-from edgequery.latency.profiler import Protocol, accuracy, fit_calibration
 from edgequery.spaces import get_space
 
 FAST = Protocol(threads=1, warmup=2, runs=5, min_seconds=0.0, rounds=2)
@@ -41,7 +47,19 @@ def tiny_space():
 @pytest.fixture(scope="module")
 def onnx_lut(tmp_path_factory):
     out = tmp_path_factory.mktemp("lut") / "lut.json"
-    return profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out, jobs=1, log=lambda m: None)
+    return profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out, jobs=1)
+
+
+def work_of(lut_path: Path) -> Path:
+    return lut_path.with_name(lut_path.name + ".work")
+
+
+def copy_lut(lut: LUT, dest: Path, **changes) -> Path:
+    """``lut`` written to ``dest`` with top-level ``changes``; its work folder is shared (a symlink), so
+    model files one test exports (files are named by what they hold) are reused by the next."""
+    dest.write_text(json.dumps({**lut.to_data(), **changes}))
+    work_of(dest).symlink_to(work_of(lut.path), target_is_directory=True)
+    return dest
 
 
 # --------------------------------------------------------------------------- blocks
@@ -72,28 +90,31 @@ def test_local_onnxruntime_lut_is_complete_and_predicts(onnx_lut):
     space = tiny_space()
     assert onnx_lut.complete and set(onnx_lut.blocks) == {b.key for b in space_blocks(space, [24])}
     for st in [*onnx_lut.blocks.values(), onnx_lut.overhead]:
-        assert 0 < st["p10_ms"] <= st["median_ms"] and st["runs"] >= 2 * FAST.runs
+        assert 0 < st.p10_ms <= st.median_ms and st.runs >= 2 * FAST.runs
     d = json.loads(onnx_lut.path.read_text())
-    assert d["device"]["spec"] == "local" and d["device"]["cpu"] and d["runtime_version"].startswith("onnxruntime")
-    assert d["threads"] == 1 and d["protocol"]["rounds"] == 2 and d["measured_at"]
+    assert d["format"] == "edgequery-lut" and d["format_version"] == 2 and "version" not in d
+    assert d["device"] == "local" and d["runtime_version"].startswith("onnxruntime")
+    here = Fingerprint.local("onnxruntime", 1)
+    assert Fingerprint(**d["fingerprint"]).differences(here) == [] and d["fingerprint"]["isa"] == here.isa
+    assert d["threads"] == 1 and d["protocol"]["rounds"] == 2 and d["measured_at"] and d["other_devices"] == []
     arch = space.sample(np.random.default_rng(0))
     keys = [b.key for b in space.blocks(arch)]
-    expected = onnx_lut.overhead_ms + sum(onnx_lut.blocks[k]["median_ms"] - onnx_lut.overhead_ms for k in keys)
+    expected = onnx_lut.overhead_ms + sum(onnx_lut.blocks[k].median_ms - onnx_lut.overhead_ms for k in keys)
     assert onnx_lut.predict(arch, space) == pytest.approx(expected)
     assert load_lut(onnx_lut.path, space=space).predict(str(arch), space) == pytest.approx(expected)
 
 
 def test_prediction_applies_the_calibration(onnx_lut):
-    lut = LUT.from_dict(onnx_lut.to_dict())
+    lut = LUT.parse_data(onnx_lut.to_data())
     space = tiny_space()
     arch = space.smallest()
     raw = lut.predict(arch, space)
-    lut.calibration = {"scale": 1.5, "offset_ms": 0.01}
+    lut.calibration = Calibration(scale=1.5, offset_ms=0.01, fit="by hand", fitted_on=3, fitted_at="now")
     assert lut.predict(arch, space) == pytest.approx(1.5 * raw + 0.01)
     assert lut.breakdown(space, arch)["raw_ms"] == pytest.approx(raw, abs=1e-5)
 
 
-def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut):
+def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut, caplog):
     """Kill the timing after 5 results: the LUT on disk keeps them, a rerun measures only the rest."""
 
     class Dying(LocalDevice):
@@ -104,20 +125,20 @@ def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut):
                 yield rec
 
     out = tmp_path / "lut.json"
-    shutil.copytree(onnx_lut.path.with_name(onnx_lut.path.name + ".work"), tmp_path / "lut.json.work")
+    shutil.copytree(work_of(onnx_lut.path), work_of(out))
     with pytest.raises(KeyboardInterrupt):
-        profile(tiny_space(), [24], Dying(), "onnxruntime", FAST, out, log=lambda m: None)
+        profile(tiny_space(), [24], Dying(), "onnxruntime", FAST, out)
     partial = load_lut(out)
     assert not partial.complete and 0 < len(partial.blocks) < 15 and partial.overhead
     with pytest.raises(EdgeQueryError, match="lacks .* block.*did not finish"):
         load_lut(out, space=tiny_space())
-    logs = []
-    done = profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out, log=logs.append)
-    assert any(f"{len(partial.blocks)} of 15 blocks already measured" in m for m in logs)
+    with caplog.at_level("INFO", logger="edgequery"):
+        done = profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out)
+    assert f"{len(partial.blocks)} of 15 blocks already measured" in caplog.text
     assert done.complete and len(done.blocks) == 15
     assert all(done.blocks[k] == v for k, v in partial.blocks.items())  # kept, not re-measured
     # other settings over the same file are refused, nothing is lost
-    with pytest.raises(EdgeQueryError, match="other settings"):
+    with pytest.raises(EdgeQueryError, match="other settings .*threads: 1 vs 2"):
         profile(tiny_space(), [24], parse_device("local"), "onnxruntime", Protocol(threads=2), out)
     assert load_lut(out).blocks == done.blocks
 
@@ -126,33 +147,45 @@ def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut):
 @pytest.mark.parametrize("runtime", ["litert", "torch"])
 def test_local_profile_and_validate_other_runtimes(tmp_path, runtime):
     out = tmp_path / f"lut-{runtime}.json"
-    lut = profile(tiny_space(), [24], parse_device("local"), runtime, FAST, out, jobs=2, log=lambda m: None)
+    lut = profile(tiny_space(), [24], parse_device("local"), runtime, FAST, out, jobs=2)
     assert lut.complete and lut.runtime_version and lut.overhead_ms > 0
-    report = validate(load_lut(out), tiny_space(), parse_device("local"), n=3, calibrate=True, jobs=2,
-                      log=lambda m: None)
+    assert lut.fingerprint.runtime == runtime and lut.fingerprint.runtime_version == lut.runtime_version
+    report = validate(load_lut(out), tiny_space(), parse_device("local"), n=3, calibrate=True, jobs=2)
     assert report["n"] == 3 and len(report["nets"]) == 3 and all(n["measured_ms"] > 0 for n in report["nets"])
-    assert load_lut(out).calibration == report["calibration"]
+    assert load_lut(out).calibration.model_dump(mode="json") == report["calibration"]
 
 
 def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
-    path = tmp_path / "lut.json"
-    LUT.from_dict(onnx_lut.to_dict()).save(path)
-    shutil.copytree(onnx_lut.path.with_name(onnx_lut.path.name + ".work"), tmp_path / "lut.json.work")
-    rc = main(["profile", "validate", "--lut", str(path), "--n", "10", "--calibrate", "--runs", "5",
+    path = copy_lut(onnx_lut, tmp_path / "lut.json")
+    rc = main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--runs", "5",
                "--min-seconds", "0", "--rounds", "1", "--jobs", "1"])
     assert rc == 0
     report = json.loads((tmp_path / "lut.validation.json").read_text())
-    assert report["n"] == 10 and {"within_5pct", "within_10pct", "mape_pct", "spearman_rho"} <= set(
+    assert report["n"] == 3 and {"within_5pct", "within_10pct", "mape_pct", "spearman_rho"} <= set(
         report["uncalibrated"])
-    assert "calibrated_cross_validated" in report and report["calibrated_in_sample"]["n"] == 10
-    assert load_lut(path).calibration["fitted_on"] == 10
+    assert report["calibrated_in_sample"]["n"] == 3 and "calibrated_cross_validated" not in report  # from 10 on
+    assert report["allow_other_device"] is False and report["device_notes"] == [] and report["fingerprint"]["cpu"]
+    cal = load_lut(path).calibration
+    assert cal.fitted_on == 3 and cal.device == "local" and cal.notes == []
+    assert cal.model_dump(mode="json") == report["calibration"]
+
+
+def test_calibration_scores_cross_validate_from_ten_nets(onnx_lut):
+    """The figures `validate` reports from raw predictions and measurements (no timing needed)."""
+    lut = LUT.parse_data(onnx_lut.to_data())
+    raw = np.linspace(0.1, 1.2, 12)
+    measured = 1.3 * raw + 0.05 + np.random.default_rng(0).normal(0, 0.002, 12)
+    report = score_calibration(lut, raw, measured, calibrate=True, device="local")
+    cv = report["calibrated_cross_validated"]
+    assert cv["n"] == 12 and cv["folds"] == 5 and cv["within_5pct"] == 1.0 and len(cv["predicted_ms"]) == 12
+    assert lut.calibration.scale == pytest.approx(1.3, abs=0.02) and report["calibrated_in_sample"]["n"] == 12
+    assert "with_stored_calibration" not in report
+    assert "with_stored_calibration" in score_calibration(lut, raw, measured, calibrate=False)
 
 
 def test_nets_of_a_space_at_another_resolution_are_measured(tmp_path):
     """A space configured for an input size outside the defaults (as lut_accuracy does for 224 px)
     exports and times its whole nets; parsed in the default space the same arch is refused."""
-    from edgequery.latency.profiler import measure_archs
-
     space = get_space("mbv3", resolutions=(48,), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2,))
     arch = space.smallest()
     with pytest.raises(EdgeQueryError, match="resolution"):
@@ -165,7 +198,115 @@ def test_accuracy_and_calibration_arithmetic():
     acc = accuracy([1.0, 1.04, 1.2, 2.0], [1.0, 1.0, 1.0, 1.0])
     assert acc["within_5pct"] == 0.5 and acc["within_10pct"] == 0.5 and acc["mape_pct"] == pytest.approx(31.0)
     cal = fit_calibration([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
-    assert cal["scale"] == pytest.approx(2.0) and cal["offset_ms"] == pytest.approx(0.5)
+    assert cal.scale == pytest.approx(2.0) and cal.offset_ms == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- the device fingerprint
+
+
+def other_device(lut: LUT, dest: Path, drop_block: bool = False) -> Path:
+    """A copy of ``lut`` that says it was measured on another CPU (optionally missing one block)."""
+    fp = {**lut.fingerprint.model_dump(), "cpu": "Imaginary CPU 9000", "isa": ["neon"]}
+    blocks = lut.to_data()["blocks"]
+    if drop_block:
+        blocks.pop(next(iter(blocks)))
+    return copy_lut(lut, dest, fingerprint=fp, blocks=blocks, complete=not drop_block)
+
+
+def test_resuming_a_lut_of_another_device_is_refused_unless_allowed(onnx_lut, tmp_path):
+    out = other_device(onnx_lut, tmp_path / "lut.json", drop_block=True)
+    with pytest.raises(EdgeQueryError, match="another device than this one: cpu: 'Imaginary CPU 9000' vs .*isa") as e:
+        profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out)
+    assert "--allow-other-device" in e.value.fix
+    assert len(load_lut(out).blocks) == 14  # nothing was measured
+    lut = profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out, allow_other_device=True)
+    assert lut.complete and len(lut.blocks) == 15
+    saved = load_lut(out)
+    assert saved.fingerprint.cpu == "Imaginary CPU 9000"  # the table's device stays what it was
+    (use,) = saved.other_devices
+    assert use.action == "resume" and use.device == "local" and use.fingerprint.cpu == onnx_lut.fingerprint.cpu
+    assert "--allow-other-device" in use.notes[0] and "cpu: 'Imaginary CPU 9000'" in use.notes[0]
+    assert check_compatible(onnx_lut, Fingerprint.local("onnxruntime", 1)) == []  # the real one fits
+
+
+def test_validating_a_lut_of_another_device_is_refused_unless_allowed(onnx_lut, tmp_path, capsys):
+    path = other_device(onnx_lut, tmp_path / "lut.json")
+    quick = ["--runs", "5", "--min-seconds", "0", "--rounds", "1", "--jobs", "1"]
+    assert main(["profile", "validate", "--lut", str(path), "--n", "3", *quick]) == 2
+    err = capsys.readouterr().err
+    assert "measured on another device" in err and "Imaginary CPU 9000" in err and "--allow-other-device" in err
+    assert not (tmp_path / "lut.validation.json").exists()
+    assert main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--allow-other-device",
+                 *quick]) == 0
+    assert "NOTE --allow-other-device" in capsys.readouterr().out
+    report = json.loads((tmp_path / "lut.validation.json").read_text())
+    assert report["allow_other_device"] is True and "Imaginary CPU 9000" in report["device_notes"][0]
+    assert report["fingerprint"]["cpu"] == onnx_lut.fingerprint.cpu and report["n"] == 3
+    lut = load_lut(path)
+    assert lut.calibration.notes == report["device_notes"] and lut.calibration.device == "local"
+    assert [u.action for u in lut.other_devices] == ["calibrate"]
+    assert main(["profile", "show", str(path)]) == 0
+    assert "other device (calibrate" in capsys.readouterr().out
+
+
+def test_a_version_1_lut_migrates_as_an_unknown_device(onnx_lut, tmp_path):
+    d = onnx_lut.to_data()
+    v1 = {k: v for k, v in d.items() if k not in ("format_version", "fingerprint", "other_devices")}
+    v1.update(version=1, device={"spec": "local", "cpu": "AMD EPYC", "cores": 2, "machine": "x86_64", "os": "Linux",
+                                 "python": "3.11.7"})
+    path = copy_lut(onnx_lut, tmp_path / "v1.json")
+    path.write_text(json.dumps(v1))
+    lut = load_lut(path, space=tiny_space())
+    assert (lut.format_version, lut.device, lut.fingerprint, lut.other_devices) == (2, "local", None, [])
+    assert lut.blocks == onnx_lut.blocks and lut.predict(tiny_space().smallest()) == onnx_lut.predict(
+        tiny_space().smallest())
+    with pytest.raises(EdgeQueryError, match="no device fingerprint"):
+        check_compatible(lut, Fingerprint.local("onnxruntime", 1), a_name=str(path))
+    with pytest.raises(EdgeQueryError, match="no device fingerprint"):
+        profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, path)
+    saved = json.loads(lut.save(tmp_path / "v2.json").read_text())
+    assert saved["format_version"] == 2 and "version" not in saved and saved["fingerprint"] is None
+    # the tables committed with the benchmarks are version 1: they still read (as unknown devices)
+    for committed in sorted((Path(__file__).parent.parent / "benchmarks" / "results").glob("lut-*.json")):
+        old = LUT.load(committed)
+        assert old.complete and old.fingerprint is None and old.blocks
+
+
+def test_the_lut_file_refuses_invented_keys_and_newer_versions(onnx_lut, tmp_path):
+    for change, msg in [({"colour": "red"}, "colour: unknown key"), ({"format_version": 3}, "upgrade edgequery"),
+                        ({"overhead": {"median_ms": 1, "p10_ms": 1, "p90_ms": 1, "runs": 1, "mean_ms": 1}},
+                         "overhead.mean_ms: unknown key")]:
+        (tmp_path / "bad.json").write_text(json.dumps({**onnx_lut.to_data(), **change}))
+        with pytest.raises(EdgeQueryError, match=msg):
+            load_lut(tmp_path / "bad.json")
+
+
+def test_cli_profiles_a_space_configured_by_options(tmp_path, capsys):
+    """`--space-option` makes the space (here a 40 px one, one choice per block): profile needs no
+    code to cover an input size outside the defaults, and the LUT stores the configuration.
+    (torch runtime: its files convert in a fraction of the time of ONNX ones.)"""
+    opts = ["--space", "mbv3", "--space-option", "resolutions=40", "--space-option", "widths=0.5",
+            "--space-option", "depths=2", "--space-option", "kernels=3", "--space-option", "expands=3"]
+    quick = ["--runtime", "torch", "--runs", "3", "--warmup", "1", "--min-seconds", "0", "--rounds", "1",
+             "--jobs", "1"]
+    out = tmp_path / "lut-40.json"
+    assert main(["profile", "--resolution", "40", "--out", str(out), *quick]) == 2
+    assert "no input resolution 40" in capsys.readouterr().err
+    assert main(["profile", *opts, "--resolution", "40", "--out", str(out), *quick]) == 0
+    assert "15 blocks measured, 0 missing" in capsys.readouterr().out
+    lut = load_lut(out, space=get_space("mbv3", resolutions=(40,), widths=(0.5,), depths=(2,), kernels=(3,),
+                                        expands=(3,)))
+    assert lut.resolutions == [40] and lut.space_config["resolutions"] == [40] and lut.space_config["depths"] == [2]
+    assert lut.predict(lut_space(lut).smallest(), lut_space(lut)) > 0
+    # rerun without --resolution: the space's largest (40) is the default; the complete LUT is kept
+    assert main(["profile", *opts, "--out", str(out), *quick]) == 0
+    assert load_lut(out).measured_at == lut.measured_at
+
+
+def lut_space(lut: LUT):
+    from edgequery.spaces import space_from_config
+
+    return space_from_config(lut.space_config)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -184,7 +325,7 @@ def test_lut_refuses_another_space_runtime_resolution_or_missing_blocks(onnx_lut
     wider = get_space("mbv3", resolutions=(24, 32), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2, 3))
     with pytest.raises(EdgeQueryError, match="covers input resolution"):
         onnx_lut.predict("mbv3:r32,w0.5,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3", wider)
-    d = onnx_lut.to_dict()
+    d = onnx_lut.to_data()
     d["blocks"].pop(next(iter(d["blocks"])))
     (tmp_path / "holey.json").write_text(json.dumps(d))
     with pytest.raises(EdgeQueryError, match="lacks 1 block"):
@@ -271,10 +412,13 @@ def test_ssh_device_profiles_over_a_real_sshd(sshd, tmp_path, onnx_lut):
     before = _remote_agent_dirs(sshd)
     spec = f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}?python={sys.executable}&config={sshd['config']}"
     out = tmp_path / "lut-ssh.json"
-    shutil.copytree(onnx_lut.path.with_name(onnx_lut.path.name + ".work"), tmp_path / "lut-ssh.json.work")
-    lut = profile(tiny_space(), [24], parse_device(spec), "onnxruntime", FAST, out, log=lambda m: None)
+    shutil.copytree(work_of(onnx_lut.path), work_of(out))
+    lut = profile(tiny_space(), [24], parse_device(spec), "onnxruntime", FAST, out)
     assert lut.complete and set(lut.blocks) == set(onnx_lut.blocks)
-    assert lut.device["spec"] == f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}" and lut.device["cpu"]
+    assert lut.device == f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}"
+    # the fingerprint is the target's, told by the agent over ssh (here: the same machine, so the same)
+    assert lut.fingerprint.runtime_version == lut.runtime_version and lut.fingerprint.python
+    assert lut.fingerprint.differences(onnx_lut.fingerprint) == []
     assert _remote_agent_dirs(sshd) == before  # the remote temp folder is removed when done
 
 
@@ -285,11 +429,11 @@ def test_ssh_device_names_what_is_missing_on_the_remote(sshd, tmp_path):
     bare.write_text(f"#!/bin/sh\nexec /usr/bin/env -i {sys.executable} -I -S \"$@\"\n")  # no site-packages
     bare.chmod(0o755)
     with pytest.raises(EdgeQueryError, match="onnxruntime cannot be imported.*install it there"):
-        parse_device(f"{base}&python={bare}").supports("onnxruntime")
+        parse_device(f"{base}&python={bare}").fingerprint("onnxruntime")
     with pytest.raises(EdgeQueryError, match="cannot run"):
-        parse_device(f"{base}&python=/nonexistent/python3").supports("onnxruntime")
+        parse_device(f"{base}&python=/nonexistent/python3").fingerprint("onnxruntime")
     with pytest.raises(EdgeQueryError, match="ssh .* failed"):
-        parse_device(f"ssh://nobody-here@127.0.0.1:{_free_port()}").supports("onnxruntime")
+        parse_device(f"ssh://nobody-here@127.0.0.1:{_free_port()}").fingerprint("onnxruntime")
     assert _remote_agent_dirs(sshd) == before  # a device that cannot be used leaves nothing behind
 
 
@@ -332,6 +476,16 @@ def test_parse_benchmark_model_formats():
         parse_benchmark_model("ERROR: Failed to apply delegate.\nBenchmarking failed.\n")
 
 
+CPUINFO = """\
+processor\t: 0
+BogoMIPS\t: 49.15
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp i8mm bf16
+CPU implementer\t: 0x41
+CPU part\t: 0xd05
+
+Hardware\t: Google Tensor G2
+"""
+
 FAKE_ADB = r"""#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["FAKE_ADB_LOG"], "a") as f:
@@ -339,43 +493,65 @@ with open(os.environ["FAKE_ADB_LOG"], "a") as f:
 args = sys.argv[1:]
 if args[:1] == ["-s"]:
     args = args[2:]
-if args[0] == "shell" and "benchmark_model" in args[1] and "--graph=" in args[1]:
+cmd = args[1] if len(args) > 1 else ""
+if args[0] == "shell" and "benchmark_model" in cmd and "--graph=" in cmd:
     sys.stdout.write(open(os.environ["FAKE_ADB_OUTPUT"]).read())
-elif args[0] == "shell" and args[1].startswith("getprop"):
-    print({"ro.product.model": "Pixel 7", "ro.soc.model": "Tensor G2", "ro.build.version.release": "14",
-           "ro.product.cpu.abi": "arm64-v8a"}[args[1].split()[1]])
-elif args[0] == "shell" and "cpu/possible" in args[1]:
-    print("0-7")
+elif args[0] == "shell" and cmd.startswith("getprop"):
+    print({"ro.product.model": "Pixel 7", "ro.soc.model": "Tensor G2", "ro.board.platform": "gs201",
+           "ro.build.version.release": "14", "ro.product.cpu.abi": "arm64-v8a"}[cmd.split()[1]])
+elif args[0] == "shell" and cmd == "cat /proc/cpuinfo":
+    sys.stdout.write(open(os.environ["FAKE_ADB_CPUINFO"]).read())
+elif args[0] == "shell" and cmd == "nproc":
+    print("8")
+elif args[0] == "shell" and cmd == "uname -r":
+    print("5.10.157-android13-4-00001-g5c2a2f3e1f2c")
+elif args[0] == "shell" and cmd == "uname -m":
+    print("aarch64")
+elif args[0] == "shell" and "cpu0/cache/index" in cmd:
+    print("1 Data 64K\n1 Instruction 64K\n2 Unified 256K\n3 Unified 4096K")
 """
 
+ADB_PROTOCOL = Protocol(threads=2, warmup=5, runs=60, min_seconds=0.1, rounds=2)
 
-def test_adb_device_command_sequence(tmp_path, monkeypatch, onnx_lut):
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    """A fake ``adb`` on PATH (its calls logged), answering like a Pixel 7; and a fake benchmark_model."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "adb").write_text(FAKE_ADB.replace("/usr/bin/env python3", sys.executable))
     (bindir / "adb").chmod(0o755)
     (tmp_path / "out.txt").write_text(NEW_LOG)
+    (tmp_path / "cpuinfo.txt").write_text(CPUINFO)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
     monkeypatch.setenv("FAKE_ADB_OUTPUT", str(tmp_path / "out.txt"))
+    monkeypatch.setenv("FAKE_ADB_CPUINFO", str(tmp_path / "cpuinfo.txt"))
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF fake")
+
+    def calls() -> list[str]:
+        logged = [json.loads(x) for x in (tmp_path / "adb.log").read_text().splitlines()]
+        assert all(c[:2] == ["-s", "SERIAL1"] for c in logged)
+        return [" ".join(c[2:]) for c in logged]
+
+    return {"binary": binary, "calls": calls}
+
+
+def test_adb_device_command_sequence(tmp_path, fake_adb):
+    binary = fake_adb["binary"]
     folder = tmp_path / "files"
     (folder / "blocks").mkdir(parents=True)
     for name in ("a", "b"):
         (folder / "blocks" / f"{name}.tflite").write_bytes(b"TFL3")
     dev = parse_device("adb:SERIAL1?cpumask=f0", benchmark_binary=str(binary))
     with pytest.raises(EdgeQueryError, match="use --runtime litert"):
-        dev.supports("onnxruntime")
-    recs = list(dev.time_models(folder, ["blocks/a.tflite", "blocks/b.tflite"], "litert",
-                                {"threads": 2, "warmup": 5, "runs": 60, "min_seconds": 0.1, "rounds": 2}))
+        dev.fingerprint("onnxruntime")
+    recs = list(dev.time_models(folder, ["blocks/a.tflite", "blocks/b.tflite"], "litert", ADB_PROTOCOL.to_dict()))
     dev.close()
-    assert recs[0]["type"] == "info" and recs[0]["device_model"] == "Pixel 7" and recs[0]["cores"] == "0-7"
-    assert [r["model"] for r in recs[1:]] == ["blocks/a.tflite", "blocks/b.tflite"]
-    assert all(r["median_ms"] == pytest.approx(0.4565) and r["runs"] == 440 for r in recs[1:])
-    calls = [json.loads(x) for x in (tmp_path / "adb.log").read_text().splitlines()]
-    assert all(c[:2] == ["-s", "SERIAL1"] for c in calls)
-    cmds = [" ".join(c[2:]) for c in calls]
+    assert [r["model"] for r in recs] == ["blocks/a.tflite", "blocks/b.tflite"]
+    assert all(r["median_ms"] == pytest.approx(0.4565) and r["runs"] == 440 for r in recs)
+    cmds = fake_adb["calls"]()
     assert cmds.index(f"push {binary} /data/local/tmp/edgequery/benchmark_model") < \
         cmds.index("shell chmod 755 /data/local/tmp/edgequery/benchmark_model")
     assert f"push {folder / 'blocks/a.tflite'} /data/local/tmp/edgequery/blocks_a.tflite" in cmds
@@ -387,9 +563,55 @@ def test_adb_device_command_sequence(tmp_path, monkeypatch, onnx_lut):
     assert cmds[-1] == "shell rm -rf /data/local/tmp/edgequery"
 
 
+def test_adb_fingerprint_is_what_the_phone_tells(fake_adb, tmp_path):
+    from edgequery.files import sha256_file
+
+    dev = parse_device("adb:SERIAL1", benchmark_binary=str(fake_adb["binary"]))
+    fp = dev.fingerprint("litert", 2)
+    dev.close()
+    assert (fp.device_model, fp.cpu, fp.cores, fp.machine, fp.os) == ("Pixel 7", "Tensor G2", 8, "aarch64",
+                                                                       "Android 14")
+    assert fp.kernel.startswith("5.10.157-android13") and fp.host == "SERIAL1" and fp.python is None
+    assert fp.isa == ["asimd", "asimddp", "asimdhp", "bf16", "fphp", "i8mm"]
+    assert fp.caches == {"L1d": "64K", "L1i": "64K", "L2": "256K", "L3": "4096K"}
+    assert (fp.runtime, fp.threads) == ("litert", 2)
+    assert fp.runtime_version == f"benchmark_model sha256:{sha256_file(fake_adb['binary'])[:16]}"
+    cmds = fake_adb["calls"]()
+    assert {"shell getprop ro.product.model", "shell getprop ro.soc.model", "shell cat /proc/cpuinfo",
+            "shell nproc", "shell uname -r"} <= set(cmds)
+    # another benchmark_model build is another runtime: a LUT of one is not the other's
+    other = tmp_path / "benchmark_model_v2"
+    other.write_bytes(b"\x7fELF another build")
+    fp2 = parse_device("adb:SERIAL1", benchmark_binary=str(other)).fingerprint("litert", 2)
+    assert [d.split(":")[0] for d in fp.differences(fp2)] == ["runtime_version"]
+
+
+def test_adb_profile_records_the_phone_and_refuses_another(fake_adb, tmp_path):
+    """A whole `profile` over (fake) adb: the model files are already in the work folder, so no
+    converter runs; the LUT records the phone's fingerprint and the adb statistic (mean)."""
+    space, out = tiny_space(), tmp_path / "lut-adb.json"
+    work = work_of(out) / "litert"
+    for key in [IDENTITY, *(b.key for b in space_blocks(space, [24]))]:
+        path = work / (IDENTITY + ".tflite" if key == IDENTITY else file_name(key, "litert"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"TFL3")
+    dev = parse_device("adb:SERIAL1", benchmark_binary=str(fake_adb["binary"]))
+    lut = profile(space, [24], dev, "litert", ADB_PROTOCOL, out)
+    assert lut.complete and len(lut.blocks) == 15 and lut.device == "adb:SERIAL1"
+    assert lut.fingerprint.device_model == "Pixel 7" and lut.fingerprint.threads == 2
+    assert lut.runtime_version.startswith("benchmark_model sha256:") and "mean" in lut.protocol.statistic
+    other = tmp_path / "benchmark_model_v2"
+    other.write_bytes(b"\x7fELF another build")
+    lut.blocks.pop(next(iter(lut.blocks)))
+    lut.complete = False
+    lut.save(out)
+    with pytest.raises(EdgeQueryError, match="another device.*runtime_version"):
+        profile(space, [24], parse_device("adb:SERIAL1", benchmark_binary=str(other)), "litert", ADB_PROTOCOL, out)
+
+
 def test_adb_device_without_binary_or_adb_says_how(tmp_path, monkeypatch):
     with pytest.raises(EdgeQueryError, match="--benchmark-binary"):
-        parse_device("adb").supports("litert")
+        parse_device("adb").fingerprint("litert")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(EdgeQueryError, match="adb is not installed"):
-        parse_device("adb", benchmark_binary=__file__).supports("litert")
+        parse_device("adb", benchmark_binary=__file__).fingerprint("litert")

@@ -17,8 +17,7 @@ import pytest
 from edgequery.checkpoint import load_checkpoint
 from edgequery.cli import main
 from edgequery.data import DataSpec, load_splits
-from edgequery.latency import parse_device, profile, restricted_space
-from edgequery.latency.profiler import Protocol
+from edgequery.latency import Protocol, parse_device, profile, restricted_space
 from edgequery.recipes import train_gallery
 from edgequery.spaces import get_space
 from edgequery.spaces.training import train_supernet
@@ -38,8 +37,7 @@ def files(tmp_path_factory):
     train_supernet(d / "gallery.pt", cfg, d / "supernet.pt", space=space, splits=splits)
     # The LUT covers only 24 px: the search must stay at that resolution.
     lut = profile(space, [24], parse_device("local"), "onnxruntime",
-                  Protocol(threads=1, warmup=2, runs=5, min_seconds=0.0, rounds=1), d / "lut.json",
-                  log=lambda m: None)
+                  Protocol(threads=1, warmup=2, runs=5, min_seconds=0.0, rounds=1), d / "lut.json")
     rng = np.random.default_rng(0)
     budget = float(np.median([lut.predict(at_24().sample(rng)) for _ in range(16)]))  # binds for about half
     return d, lut, budget
@@ -60,11 +58,11 @@ def test_search_holds_the_budget_and_the_winner_retrains(files, capsys):
     d, lut, budget = files
     assert _search(d, budget) == 0
     res = json.loads((d / "search.json").read_text())
-    assert res["complete"] and res["config"]["budget_ms"] == pytest.approx(budget)
+    assert res["complete"] and res["config"]["budget"] == pytest.approx(budget) and res["config"]["cost_unit"] == "ms"
     assert res["space"]["resolutions"] == [24]  # cut to what the LUT measured
     for c in res["history"]:
-        assert c["latency_ms"] <= budget
-        assert c["latency_ms"] == pytest.approx(lut.predict(c["arch"]))
+        assert c["latency_ms"] == c["cost"] <= budget
+        assert c["latency_ms"] == pytest.approx(lut.predict(c["arch"], at_24()))
         assert {"m_het", "m_hom", "reward", "flops"} <= set(c)
     assert res["chosen"]["reward"] == max(c["reward"] for c in res["history"])
     assert res["lut"]["runtime"] == "onnxruntime" and res["lut"]["device"] == "local"
@@ -78,7 +76,7 @@ def test_search_holds_the_budget_and_the_winner_retrains(files, capsys):
     assert main(["train", "query", "--arch", str(d / "search.json"), "--gallery", str(d / "gallery.pt"),
                  "--epochs", "1", "--batch-size", "64", "--out", str(d / "query.pt")]) == 0  # data as the gallery's
     ck = load_checkpoint(d / "query.pt", "query")
-    assert ck["model"]["arch"] == res["chosen"]["arch"]
+    assert ck["model"]["arch"] == res["chosen"]["arch"] and ck["model"]["space"] == res["space"]
     assert ck["compatible_with"]["gallery_version"] == res["gallery"]["model_version"]
 
 
@@ -93,7 +91,7 @@ def test_unreachable_budget_names_the_fastest_latency(files, capsys):
 
 def test_search_refuses_a_lut_of_another_space_and_a_foreign_gallery(files, tmp_path, capsys):
     d, lut, budget = files
-    other = lut.to_dict()
+    other = lut.to_data()
     other["space_config"]["kernels"] = [3, 5]
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert main(["search", "--supernet", str(d / "supernet.pt"), "--gallery", str(d / "gallery.pt"),
@@ -104,9 +102,31 @@ def test_search_refuses_a_lut_of_another_space_and_a_foreign_gallery(files, tmp_
     train_gallery(SPEC, TrainConfig(epochs=1, batch_size=64, seed=1), tmp_path / "g2.pt", arch="mobilenet_v3_small")
     assert main(["search", "--supernet", str(d / "supernet.pt"), "--gallery", str(tmp_path / "g2.pt"),
                  "--lut", str(d / "lut.json"), "--latency-budget", "1ms", "--out", str(tmp_path / "s.json")]) == 2
-    assert "train a supernet against this gallery" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "supernet" in err and "is compatible with gallery model_version" in err
 
     assert main(["search", "--supernet", str(d / "supernet.pt"), "--gallery", str(d / "gallery.pt"),
                  "--lut", str(d / "lut.json"), "--latency-budget", "fast", "--out", str(tmp_path / "s.json")]) == 2
     assert "30ms" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_train_query_reads_a_search_space_arch_in_the_space_the_flags_configure(files, capsys):
+    d, _, _ = files
+    arch = "mbv3:r40,w0.5," + ",".join(["k3e3-k3e3"] * 5)
+    base = ["train", "query", "--gallery", str(d / "gallery.pt"), "--epochs", "1", "--batch-size", "64",
+            "--n-train", "128"]
+    assert main([*base, "--arch", arch, "--out", str(d / "q40.pt")]) == 2  # not in the default space
+    assert "resolution" in capsys.readouterr().err
+    assert main([*base, "--arch", arch, "--space-option", "resolutions=40", "--space-option", "widths=0.5",
+                 "--out", str(d / "q40.pt")]) == 0
+    ck = load_checkpoint(d / "q40.pt", "query")
+    assert ck["model"]["arch"] == arch and ck["model"]["space"]["resolutions"] == [40]
+    assert ck["model"]["space"]["widths"] == [0.5] and ck["identity"]["space"] == ck["model"]["space"]
+    for flags, message in [(["--arch", str(d / "search.json"), "--space-option", "resolutions=40"],
+                            "records its own space"),
+                           (["--arch", "mobilenet_v3_small", "--space-option", "resolutions=40"],
+                            "apply to search-space archs"),
+                           (["--arch", arch, "--space", "shufflenet"], "is of space 'mbv3'")]:
+        assert main([*base, *flags, "--out", str(d / "never.pt")]) == 2
+        assert message in capsys.readouterr().err

@@ -1,11 +1,12 @@
 """The gallery HTTP API, tested against real ``edgequery serve`` processes on 127.0.0.1.
 
-Every server here is a subprocess running uvicorn, spoken to over loopback with httpx.
-The durability test kills it with SIGKILL right after writes were acknowledged and
-checks the writes are there after a restart.  The model is the tiny gallery checkpoint
-of ``test_gallery`` (MobileNetV3-small, 1 epoch); the query model a 1-epoch BCT net.
-The export model card is written here in the shape DESIGN.md §3 gives it (the export
-stage is another module; the server only reads the card's JSON).
+Every server here but one is a subprocess running uvicorn (``serve`` in conftest.py), spoken
+to over loopback with httpx; the read-only test drives the app in process.  The durability
+test kills a server with SIGKILL right after writes were acknowledged and checks the writes
+are there after a restart.  The models are the session's tiny checkpoints (conftest.py): the
+gallery model (MobileNetV3-small, 1 epoch) and a 1-epoch BCT query net, vouched for by its
+checkpoint (``--query``) and, in a slow test, by the model card a real ``edgequery export``
+wrote (``tiny_export``).
 """
 
 import io
@@ -13,100 +14,38 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
-import numpy as np
 import pytest
 import torch
-from test_gallery import TINY_SPEC, make_tiny_gallery
 
 from edgequery.checkpoint import load_checkpoint, save_checkpoint
-from edgequery.data import load_splits
+from edgequery.data import DataSpec
 from edgequery.evaluate import embed
-from edgequery.gallery.app import TOKEN_ENV
 from edgequery.gallery.build import build_index
 from edgequery.gallery.compat import accepted_versions
+from edgequery.gallery.faiss_index import snapshot_path
+from edgequery.gallery.guard import TOKEN_ENV
 from edgequery.gallery.images import png_thumbnail
-from edgequery.gallery.store import snapshot_path
 from edgequery.models import model_from_checkpoint
 
+SPEC = DataSpec(resolution=32)  # the tiny models' input contract (mean/std are the defaults)
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``edgequery serve`` in a subprocess; ready once /healthz answers."""
-
-    def __init__(self, index, *flags, token=TOKEN, log_dir=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-        if token:
-            env[TOKEN_ENV] = token
-        self.log_path = (log_dir or index) / f"server-{self.port}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgequery", "serve", "--index", str(index), "--port", str(self.port),
-             "--log-level", "warning", *map(str, flags)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline:
-                self.kill9()
-                raise AssertionError(f"server not ready after 120 s:\n{self.output()}")
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-        self.log.close()
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self.log.close()
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_splits(TINY_SPEC, progress=False)
+def data(tiny_splits):
+    return tiny_splits
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, data):
-    from edgequery.recipes import train_query
-    from edgequery.train import TrainConfig
-
-    d = tmp_path_factory.mktemp("models")
-    make_tiny_gallery(d / "gallery.pt", splits=data)
-    train_query(d / "gallery.pt", TrainConfig(epochs=1, batch_size=32), d / "query.pt", bct=True, splits=data)
-    return d / "gallery.pt", d / "query.pt"
+def ckpts(tiny_gallery, tiny_query):
+    return tiny_gallery, tiny_query
 
 
 @pytest.fixture(scope="module")
@@ -114,38 +53,23 @@ def models(ckpts):
     return tuple(model_from_checkpoint(load_checkpoint(p)) for p in ckpts)
 
 
-@pytest.fixture(scope="module")
-def flat_index(ckpts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("flat") / "index"
-    build_index(ckpts[0], "fashion-mnist", "Flat", out, progress=False)
+def copy_index(index, tmp_path):
+    out = tmp_path / "index"
+    shutil.copytree(index, out, ignore=shutil.ignore_patterns("*.log", ".lock"))
     return out
 
 
 @pytest.fixture(scope="module")
-def export_dir(ckpts, tmp_path_factory):
-    """The identity part of the model card `edgequery export` writes (edgequery/export/card.py)
-    for the BCT query net; the server reads nothing else from an export."""
-    q = load_checkpoint(ckpts[1], "query")
-    d = tmp_path_factory.mktemp("export") / "mbv3_small"
-    d.mkdir()
-    (d / "model_card.json").write_text(json.dumps({
-        "format": "edgequery-model-card", "format_version": 1, "name": "mbv3_small", "arch": q["model"]["arch"],
-        "model_version": q["model_version"], "embed_dim": q["model"]["embed_dim"], "l2_normalized": True,
-        "compatible_with": q["compatible_with"],
-        "input": {"size": 32, "layout": "NCHW", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}))
-    return d
-
-
-@pytest.fixture(scope="module")
-def server(flat_index, export_dir, tmp_path_factory):
-    s = Server(flat_index, "--export", export_dir, "--max-upload-mb", "1", "--max-pixels", "1000000",
-               log_dir=tmp_path_factory.mktemp("logs"))
+def server(tiny_index, tiny_query, serve, tmp_path_factory):
+    """The module's server: the query net vouched for by its checkpoint (--query); --export is tested (slow) below."""
+    s = serve(copy_index(tiny_index, tmp_path_factory.mktemp("served")), "--query", tiny_query,
+              "--max-upload-mb", "1", "--max-pixels", "1000000", token=TOKEN, log_dir=tmp_path_factory.mktemp("logs"))
     yield s
     s.stop()
 
 
 def vec(model, images) -> list[list[float]]:
-    return embed(model, images, TINY_SPEC).tolist()
+    return embed(model, images, SPEC).tolist()
 
 
 def png(image: torch.Tensor) -> bytes:
@@ -208,8 +132,8 @@ def test_bad_search_requests_say_what_to_do(server, ckpts):
         (body().replace("[0.1, ", "[Infinity, ", 1), 422, "NaN or Inf"),
         (body().replace("0.1]", "-Infinity]", 1), 422, "first at index 127"),
         (body(embedding=[0.0] * 128), 422, "all zeros"),
-        (body(k=0), 422, "k=0 is out of range"),
-        (body(k=101), 422, "k=101 is out of range"),
+        (body(k=0), 422, "k=0: Input should be greater than or equal to 1"),
+        (body(k=101), 422, "k=101: Input should be less than or equal to 100"),
         (body(k="many"), 422, "k"),
         (body(embedding=["a"] * 128), 422, "embedding"),
         (json.dumps({"embedding": good}), 422, "model_version"),
@@ -256,7 +180,7 @@ def test_image_search_and_upload_limits(server, data):
         ({"image": ("big.bin", os.urandom(1_200_000))}, {}, 413, "limit of 1048576 bytes"),
         ({"image": ("notes.txt", b"hello, not an image")}, {}, 422, "not an image format"),
         ({"image": ("empty.png", b"")}, {}, 422, "empty"),
-        ({"image": ("g.png", png(data.gallery.images[0]))}, {"k": "0"}, 422, "k=0"),
+        ({"image": ("g.png", png(data.gallery.images[0]))}, {"k": "0"}, 422, "k='0'"),
         ({"file": ("g.png", png(data.gallery.images[0]))}, {}, 422, "image"),
     ]
     for files, form, status, needle in cases:
@@ -358,16 +282,15 @@ def test_concurrent_clients_in_a_bounded_loop(server, models, data, ckpts):
 
 
 @pytest.mark.parametrize("factory", ["Flat", pytest.param("HNSW32", marks=pytest.mark.slow)])
-def test_acknowledged_writes_survive_kill_9(flat_index, ckpts, data, models, tmp_path, factory):
-    index = tmp_path / "index"
-    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
+def test_acknowledged_writes_survive_kill_9(tiny_index, ckpts, data, models, serve, tmp_path, factory):
+    index = copy_index(tiny_index, tmp_path)
     if factory != "Flat":
         build_index(ckpts[0], "fashion-mnist", factory, index, progress=False)  # re-index, no re-embedding
     snap = snapshot_path(index, factory)
     snap_mtime = snap.stat().st_mtime_ns
     version = load_checkpoint(ckpts[0])["model_version"]
 
-    s = Server(index, "--snapshot-every", "1000000", log_dir=tmp_path)
+    s = serve(index, "--snapshot-every", "1000000", token=TOKEN, log_dir=tmp_path)
     new_png = png(data.query.images[5])
     r = httpx.post(s.url + "/v1/gallery", headers=AUTH, files={"images": ("new.png", new_png)},
                    data={"labels": "Bag"})
@@ -378,7 +301,7 @@ def test_acknowledged_writes_survive_kill_9(flat_index, ckpts, data, models, tmp
     assert s.proc.returncode == -signal.SIGKILL
     assert snap.stat().st_mtime_ns == snap_mtime  # the faiss snapshot never saw these writes
 
-    s = Server(index, log_dir=tmp_path)
+    s = serve(index, token=TOKEN, log_dir=tmp_path)
     try:
         assert "caught up" in s.output() and "+1 added, -1 deleted" in s.output()
         assert httpx.get(f"{s.url}/v1/gallery/{new_id}").json()["label_name"] == "Bag"
@@ -394,40 +317,68 @@ def test_acknowledged_writes_survive_kill_9(flat_index, ckpts, data, models, tmp
         s.stop()
 
 
-def test_read_only_server_refuses_writes(flat_index, tmp_path):
-    index = tmp_path / "index"
-    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
-    s = Server(index, token=None, log_dir=tmp_path)
-    try:
-        assert httpx.get(s.url + "/v1/model").json()["writes_enabled"] is False
+def test_read_only_server_refuses_writes(tiny_index, data, tmp_path):
+    """In process (the app without uvicorn): the guard and routes of a server started without a token."""
+    from fastapi.testclient import TestClient
+
+    from edgequery.gallery.app import create_app
+    from edgequery.gallery.service import open_service
+
+    service = open_service(copy_index(tiny_index, tmp_path), token=None, progress=False)
+    with TestClient(create_app(service)) as client:  # closes the service on exit (lifespan)
+        assert client.get("/v1/model").json()["writes_enabled"] is False
         for headers in ({}, AUTH):
-            r = httpx.delete(s.url + "/v1/gallery/1", headers=headers)
+            r = client.delete("/v1/gallery/1", headers=headers)
             assert r.status_code == 403 and "without an API token" in r.json()["problem"]
+            r = client.post("/v1/gallery", files={"images": ("x.png", png(data.query.images[0]))}, headers=headers)
+            assert r.status_code == 403 and r.json()["fix"]
+        assert client.get("/healthz").json()["items"] == 200
+
+
+@pytest.mark.slow
+def test_an_export_card_vouches_for_its_query_model(tiny_index, tiny_export, ckpts, models, data, serve, tmp_path,
+                                                    capsys):
+    """`edgequery export` -> `edgequery serve --export`: the card's model_version is accepted; a bad card refused."""
+    from edgequery.cli import main
+
+    card = json.loads((tiny_export / "model_card.json").read_text())
+    index = copy_index(tiny_index, tmp_path)
+    s = serve(index, "--export", tiny_export, log_dir=tmp_path)
+    try:
+        accepted = {a["model_version"]: a for a in httpx.get(s.url + "/v1/model").json()["accepted_model_versions"]}
+        assert accepted[card["model_version"]]["role"] == "query"
+        assert accepted[card["model_version"]]["source"] == f"{tiny_export.name}/model_card.json"  # no server path
+        r = search(s.url, vec(models[1], data.query.images[:1])[0], card["model_version"], k=3)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
     finally:
         s.stop()
     assert "writes disabled" in s.output()
 
+    card["compatible_with"]["gallery_version"] = "ffff"
+    bad = tmp_path / "bad_export"
+    bad.mkdir()
+    (bad / "model_card.json").write_text(json.dumps(card))
+    assert main(["serve", "--index", str(index), "--export", str(bad)]) == 2
+    assert "compatible with gallery model_version ffff" in capsys.readouterr().err
 
-def test_serve_refuses_bad_setups(flat_index, server, ckpts, export_dir, tmp_path, monkeypatch, capsys):
+
+def test_serve_refuses_bad_setups(tiny_index, server, ckpts, tmp_path, monkeypatch, capsys):
     from edgequery.cli import main
 
-    index = tmp_path / "index"
-    shutil.copytree(flat_index, index, ignore=shutil.ignore_patterns("*.log", ".lock"))
+    index = copy_index(tiny_index, tmp_path)
     g = load_checkpoint(ckpts[0], "gallery")
     other = tmp_path / "other_gallery.pt"
     save_checkpoint(other, {**g, "state_dict": {**g["state_dict"], "head.bias": g["state_dict"]["head.bias"] + 1}})
-    card = json.loads((export_dir / "model_card.json").read_text())
-    bad_card = tmp_path / "bad_export"
-    bad_card.mkdir()
-    (bad_card / "model_card.json").write_text(json.dumps({**card, "compatible_with": {"gallery_version": "ffff"}}))
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     cases = [
-        (["--index", flat_index], "in use by another edgequery process"),
-        (["--index", index, "--gallery", other], "but the index at"),
-        (["--index", index, "--export", bad_card], "compatible with gallery model_version ffff"),
+        (["--index", server.index], "in use by another edgequery process"),
+        (["--index", index, "--gallery", other], "but the index"),
         (["--index", index, "--export", tmp_path / "nothing"], "no model card"),
         (["--index", tmp_path / "missing"], "no gallery index"),
         (["--index", index, "--port", "0"], "is not a TCP port"),
+        (["--index", index, "--max-pixels", "100000000"], "above the 89478485 pixels Pillow decodes"),
+        (["--index", index, "--header-timeout", "0"], "--header-timeout must be positive"),
+        (["--index", index, "--max-connections", "0"], "--max-connections must be at least 1"),
     ]
     for flags, needle in cases:
         assert main(["serve", *map(str, flags)]) == 2
@@ -435,3 +386,19 @@ def test_serve_refuses_bad_setups(flat_index, server, ckpts, export_dir, tmp_pat
     monkeypatch.setenv(TOKEN_ENV, "short")
     assert main(["serve", "--index", str(index)]) == 2
     assert "shorter than 16" in capsys.readouterr().err
+
+
+def test_serve_flags_default_to_the_servers_limits():
+    """The flags' defaults are :class:`Limits`' own, so ``serve --help`` and ``GET /v1/model`` agree."""
+    import argparse
+
+    from edgequery.commands import serve as serve_command
+    from edgequery.gallery.guard import Limits
+
+    parser = argparse.ArgumentParser()
+    serve_command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--index", "x"])
+    assert serve_command.limits_from_args(args) == Limits()
+    args = parser.parse_args(["serve", "--index", "x", "--max-upload-mb", "0.5", "--body-timeout", "2.5"])
+    limits = serve_command.limits_from_args(args)
+    assert limits.max_upload_bytes == 1 << 19 and limits.body_timeout == 2.5

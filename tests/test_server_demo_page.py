@@ -16,11 +16,7 @@ import tempfile
 import time
 
 import pytest
-from test_gallery import TINY_SPEC, make_tiny_gallery
-from test_server import Server
 
-from edgequery.data import load_splits
-from edgequery.gallery.build import build_index
 from edgequery.gallery.images import png_thumbnail
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -106,14 +102,12 @@ class Chromium:
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
+def demo_server(tiny_index, tiny_splits, serve, tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
-    splits = load_splits(TINY_SPEC, progress=False)
-    make_tiny_gallery(d / "gallery.pt", splits=splits)
-    build_index(d / "gallery.pt", "fashion-mnist", "Flat", d / "index", progress=False)
-    (d / "query.png").write_bytes(png_thumbnail(splits.gallery.images[42]))
-    s = Server(d / "index", log_dir=d)
-    yield s, d / "query.png", splits.gallery.labels[42].item(), splits.classes
+    shutil.copytree(tiny_index, d / "index", ignore=shutil.ignore_patterns("*.log", ".lock"))
+    (d / "query.png").write_bytes(png_thumbnail(tiny_splits.gallery.images[42]))
+    s = serve(d / "index", log_dir=d)
+    yield s, d / "query.png", tiny_splits.gallery.labels[42].item(), tiny_splits.classes
     s.stop()
 
 

@@ -181,7 +181,32 @@ def test_bad_json_archs_and_wrong_spaces():
         sh.parse(mb.parse(MBV3_OK).to_dict())
     with pytest.raises(EdgeQueryError, match="unknown search space"):
         get_space("nasnet")
-    with pytest.raises(EdgeQueryError, match="not an mbv3 block"):
+    with pytest.raises(EdgeQueryError, match="not a block of the mbv3 space"):
         mb.build_block(BlockSpec("shuffle|in=8x8x64|out=8x8x64|k=5|mid=24|s=1", (64, 8, 8), (64, 8, 8)))
     with pytest.raises(EdgeQueryError, match="lacks a valid in="):
         parse_key("mbconv|k=3")
+
+
+@pytest.mark.parametrize("name, options, res", [("mbv3", dict(resolutions=(48,), widths=(0.5,), depths=(2,)), 48),
+                                                ("shufflenet", dict(resolutions=(64,), channels=(0.5,)), 64)])
+def test_a_checkpoint_of_a_non_default_space_rebuilds_in_that_space(name, options, res, tmp_path):
+    """The stored space config, not the default space, rebuilds the arch (the default has no 48/64 px)."""
+    from edgequery.checkpoint import load_checkpoint, save_checkpoint
+    from edgequery.models import model_from_checkpoint, model_spec
+
+    space = get_space(name, **options)
+    arch = str(space.sample(np.random.default_rng(1)))
+    with pytest.raises(EdgeQueryError, match="resolution"):
+        parse_arch(arch)  # the default space cannot read it
+    torch.manual_seed(0)
+    net = build_embedding_net(arch, 16, 10, space=space).eval()
+    spec = model_spec(arch, 16, 10, space=space)
+    assert spec["space"] == space.config() and spec["arch"] == arch
+    save_checkpoint(tmp_path / "q.pt", {"kind": "query", "model": spec, "state_dict": net.state_dict()})
+    ck = load_checkpoint(tmp_path / "q.pt", "query")
+    rebuilt = model_from_checkpoint(ck)
+    assert rebuilt.trunk.resolution == res
+    x = torch.randn(2, 3, res, res)
+    assert torch.equal(rebuilt(x), net(x))
+    with pytest.raises(EdgeQueryError, match="belongs to space"):
+        parse_arch(arch, get_space("shufflenet" if name == "mbv3" else "mbv3"))

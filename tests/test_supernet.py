@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from edgequery.checkpoint import load_checkpoint
-from edgequery.data import DataSpec, load_splits, to_model_input
+from edgequery.data import to_model_input
 from edgequery.errors import EdgeQueryError
-from edgequery.recipes import train_gallery
 from edgequery.spaces import SPACES, get_space
 from edgequery.spaces.mbv3 import expanded
 from edgequery.spaces.supernet import Supernet, recalibrate_bn
@@ -21,17 +20,12 @@ from edgequery.spaces.training import archs_for_step, load_supernet, train_super
 from edgequery.train import TrainConfig
 
 NAMES = list(SPACES)
-TINY = DataSpec(n_train=256, n_val=0, n_query=50, n_gallery=200, resolution=32)
 
 
-@pytest.fixture(scope="session")
-def tiny_gallery(tmp_path_factory):
-    """A real (if tiny) gallery model: MobileNetV3-small, 1 epoch on 256 Fashion-MNIST images."""
-    d = tmp_path_factory.mktemp("supernet")
-    splits = load_splits(TINY)
-    train_gallery(TINY, TrainConfig(epochs=1, batch_size=64), d / "gallery.pt", arch="mobilenet_v3_small",
-                  splits=splits)
-    return d / "gallery.pt", splits
+@pytest.fixture
+def gallery(tiny_gallery, tiny_splits):
+    """The session's tiny gallery model (conftest: MobileNetV3-small, 1 epoch on 256 images) and its splits."""
+    return tiny_gallery, tiny_splits
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> None:
@@ -105,8 +99,8 @@ def test_shufflenet_choice_blocks_are_separate():
     assert pw1[:40].abs().sum() > 0 and pw1[40:].abs().sum() == 0
 
 
-def test_bn_recalibration_re_estimates_statistics(tiny_gallery):
-    _, splits = tiny_gallery
+def test_bn_recalibration_re_estimates_statistics(gallery):
+    _, splits = gallery
     space = get_space("mbv3")
     sn = Supernet(space, embed_dim=16, num_classes=10)
     randomise_bn(sn)
@@ -137,8 +131,8 @@ def test_arch_sampling_is_a_function_of_seed_and_step():
         archs_for_step(space, 0, 0, "greedy")
 
 
-def test_supernet_training_checkpoints_and_resumes(tiny_gallery, tmp_path, monkeypatch):
-    gallery_path, splits = tiny_gallery
+def test_supernet_training_checkpoints_and_resumes(gallery, tmp_path, monkeypatch):
+    gallery_path, splits = gallery
     splits = replace(splits, train=splits.train.subset(torch.arange(128)))  # 2 steps per epoch
     gallery = load_checkpoint(gallery_path, "gallery")
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
@@ -184,8 +178,8 @@ def eq(*args, env=None, check=True):
     return proc
 
 
-def test_cli_trains_a_sandwich_supernet(tiny_gallery, tmp_path, capsys):
-    gallery_path, _ = tiny_gallery
+def test_cli_trains_a_sandwich_supernet(gallery, tmp_path, capsys):
+    gallery_path, _ = gallery
     proc = eq("train", "supernet", "--space", "shufflenet", "--gallery", gallery_path, "--out", tmp_path / "s.pt",
               "--sandwich", "--epochs", "1", "--batch-size", "64", "--n-train", "128")
     assert "wrote" in proc.stderr and "compatible with gallery" in proc.stderr
@@ -201,11 +195,21 @@ def test_cli_trains_a_sandwich_supernet(tiny_gallery, tmp_path, capsys):
         main(["train", "supernet", "--space", "nasnet", "--gallery", str(gallery_path)])
     assert exit_.value.code == 2 and "invalid choice: 'nasnet'" in capsys.readouterr().err
 
+    # --space-option configures the space; the checkpoint carries the configuration and rebuilds in it
+    assert main(["train", "supernet", "--space", "mbv3", "--space-option", "resolutions=40",
+                 "--space-option", "widths=0.5", "--space-option", "depths=2", "--gallery", str(gallery_path),
+                 "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--batch-size", "64", "--n-train", "128"]) == 0
+    sn, ck = load_supernet(tmp_path / "m.pt")
+    assert ck["model"]["space"] == sn.space.config() and sn.space.resolutions == (40,) and sn.space.widths == (0.5,)
+    assert sn.extract(sn.space.smallest()).trunk.resolution == 40
+    assert main(["train", "supernet", "--space-option", "resolutions=4O", "--gallery", str(gallery_path)]) == 2
+    assert "resolutions" in capsys.readouterr().err
+
 
 @pytest.mark.slow
-def test_supernet_trains_under_torchrun_with_two_processes(tiny_gallery, tmp_path):
+def test_supernet_trains_under_torchrun_with_two_processes(gallery, tmp_path):
     """DDP on 2 CPU processes (gloo): every rank samples the same arch, unused slots are allowed."""
-    gallery_path, _ = tiny_gallery
+    gallery_path, _ = gallery
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "edgequery", "train", "supernet", "--space", "mbv3", "--gallery", str(gallery_path),

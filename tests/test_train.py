@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgequery.checkpoint import load_checkpoint
+from edgequery.artifacts.checkpoint import CheckpointMeta
+from edgequery.checkpoint import FORMAT_VERSION, checkpoint_meta, load_checkpoint, save_checkpoint
 from edgequery.data import DataSpec, load_splits
 from edgequery.errors import EdgeQueryError
 from edgequery.models import CosineClassifier, EmbeddingNet
@@ -101,3 +102,69 @@ def test_training_reduces_loss(digits, tmp_path):
     ck = _run(digits, tmp_path / "e.pt", TrainConfig(epochs=4, batch_size=32, lr=0.1))
     losses = [h["loss"] for h in ck["train"]["history"]]
     assert losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------------- the checkpoint schema
+
+
+def _tampered(tmp_path, name, change):
+    """A copy of a real checkpoint with ``change(payload)`` applied, written as-is (no validation)."""
+    payload = torch.load(tmp_path / "f.pt", weights_only=True)
+    change(payload)
+    torch.save(payload, tmp_path / name)
+    return tmp_path / name
+
+
+def test_checkpoint_schema_refuses_invented_keys_and_newer_versions(digits, tmp_path):
+    ck = _run(digits, tmp_path / "f.pt", TrainConfig(epochs=1, batch_size=64))
+    assert ck["format_version"] == FORMAT_VERSION == CheckpointMeta.VERSION == 2
+    meta = checkpoint_meta(load_checkpoint(tmp_path / "f.pt"))
+    assert meta.kind == "gallery" and meta.train.complete and meta.train.optimizer is not None
+    assert "state_dict" not in meta.to_data() and "optimizer" not in meta.to_data()["train"]  # opaque: not data
+
+    for name, change, message in [
+            ("top.pt", lambda p: p.update(invented=1), "invented: unknown key"),
+            ("model.pt", lambda p: p["model"].update(depth=3), "model.depth: unknown key"),
+            ("train.pt", lambda p: p["train"]["config"].update(momentum=0.9), "train.config.momentum: unknown key"),
+            ("newer.pt", lambda p: p.update(format_version=FORMAT_VERSION + 1), "upgrade edgequery"),
+            ("foreign.pt", lambda p: p.update(format="something-else"), "not an edgequery checkpoint"),
+            ("space.pt", lambda p: p["model"].update(arch="mbv3:r32"), "space config is missing")]:
+        with pytest.raises(EdgeQueryError, match=message):
+            load_checkpoint(_tampered(tmp_path, name, change))
+    with pytest.raises(EdgeQueryError, match="invented: unknown key"):  # writers are held to it too
+        save_checkpoint(tmp_path / "g.pt", {**load_checkpoint(tmp_path / "f.pt"), "invented": 1})
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    """Version 1 stored a search-space arch without its space: it meant the default space."""
+    from edgequery.models import build_embedding_net, model_from_checkpoint
+    from edgequery.spaces import get_space
+
+    space = get_space("mbv3")
+    arch = str(space.smallest())
+    net = build_embedding_net(arch, 16, 10).eval()
+    v1 = {"format": "edgequery-checkpoint", "format_version": 1, "kind": "query", "model_version": "0" * 16,
+          "model": {"arch": arch, "embed_dim": 16, "num_classes": 10}, "state_dict": net.state_dict(),
+          "identity": {"arch": arch}, "compatible_with": {"gallery_version": "1" * 16}}
+    torch.save(v1, tmp_path / "v1.pt")
+    ck = load_checkpoint(tmp_path / "v1.pt", "query")
+    assert ck["format_version"] == 2 and ck["model"]["space"] == {"space": "mbv3"}  # its default configuration
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model_from_checkpoint(ck)(x), net(x))
+    with pytest.raises(EdgeQueryError, match="format_version 0.*no upgrade path"):
+        torch.save({**v1, "format_version": 0}, tmp_path / "v0.pt")
+        load_checkpoint(tmp_path / "v0.pt")
+
+
+def test_the_checkpoint_schema_types_data_specs_and_train_configs(digits, tmp_path):
+    from edgequery.data import DataSpec
+
+    _run(digits, tmp_path / "h.pt", TrainConfig(epochs=1, batch_size=64))
+    payload = torch.load(tmp_path / "h.pt", weights_only=True)
+    payload["data"] = DataSpec(dataset="digits", n_train=10).to_dict()
+    meta = checkpoint_meta(payload)
+    assert meta.data == DataSpec(dataset="digits", n_train=10) and meta.train.config.batch_size == 64
+    with pytest.raises(EdgeQueryError, match="data.bogus"):
+        checkpoint_meta({**payload, "data": {**payload["data"], "bogus": 1}})
+    with pytest.raises(ValueError, match="momentum"):
+        TrainConfig(momentum=0.9)

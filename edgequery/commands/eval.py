@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import HelpFormatter, add_data_args, say, spec_from_args, write_json
+from .common import HelpFormatter, add_data_args, spec_from_args
+
+log = logging.getLogger(__name__)
+
+
+DESCRIPTION = ("Embed the query split with the query net and the gallery split with the gallery model; print "
+               "Recall@1, Recall@10 and mAP@R for the paragon (g,g), homogeneous (q,q) and heterogeneous (q,g) "
+               "settings and write them as JSON.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval metrics of a query net against its gallery model",
-                       description="Embed the query split with the query net and the gallery split with the "
-                                   "gallery model; print Recall@1, Recall@10 and mAP@R for the paragon (g,g), "
-                                   "homogeneous (q,q) and heterogeneous (q,g) settings and write them as JSON.",
-                       formatter_class=HelpFormatter)
+                       description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--query", required=True, help="query checkpoint")
     p.add_argument("--gallery", required=True, help="gallery checkpoint")
     p.add_argument("--out", default="eval.json", help="JSON file to write")
@@ -22,16 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, require_compatible
+    from ..artifacts.compat import check_compatible
+    from ..checkpoint import load_checkpoint
     from ..data import DataSpec, load_splits
     from ..evaluate import evaluate_pair, format_report
+    from ..files import write_json
     from ..models import model_from_checkpoint
     from ..train import resolve_device
 
     device = resolve_device(args.device)
     gallery = load_checkpoint(args.gallery, "gallery")
     query = load_checkpoint(args.query, "query")
-    require_compatible(query, gallery, args.query, args.gallery)
+    check_compatible(query, gallery, a_name=str(args.query), b_name=str(args.gallery))  # no-BCT nets pass: shown
     base = DataSpec.from_dict(gallery["data"])
     spec = spec_from_args(args, base=base) or base
     splits = load_splits(spec)
@@ -42,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
                            "model_version": gallery["model_version"]},
                   data=spec.to_dict())
     if query.get("compatible_with") is None:
-        say("note: this query net was trained without BCT; heterogeneous figures show how incompatible it is")
+        log.warning("this query net was trained without BCT; heterogeneous figures show how incompatible it is")
     print(format_report(report, f"{query['model']['arch']} vs gallery {gallery['model']['arch']}"))
     write_json(args.out, report)
-    say(f"wrote {args.out}")
+    log.info("wrote %s", args.out)
     return 0

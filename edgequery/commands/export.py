@@ -8,8 +8,11 @@ See :mod:`edgequery.export` and ``export/README.md`` (the artifact contract).
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import say
+from ..files import write_json
+
+log = logging.getLogger(__name__)
 
 EXPORT_EPILOG = """\
 examples:
@@ -107,17 +110,16 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exported {card['arch']} (model_version {card['model_version']}) to {card['path']}/")
     for e in card["files"]:
         lat = next(iter(e["latency"].values()))
-        r1 = e.get("retrieval", {}).get("recall@1")
+        r1 = (e["retrieval"] or {}).get("recall@1")
         print(f"  {e['file']:<32} {e['bytes'] / 1e6:8.2f} MB  min cos {e['parity']['cosine_min']:.6f}  "
               f"{lat['median_ms']:8.3f} ms ({lat['threads']} thr)" + (f"  het R@1 {100 * r1:.2f}" if r1 is not None
                                                                        else ""))
-    say(f"wrote {card['path']}/model_card.json; check it any time with `edgequery verify {card['path']}`")
+    log.info("wrote %s/model_card.json; check it any time with `edgequery verify %s`", card["path"], card["path"])
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from ..export import verify_export
-    from .common import write_json
 
     report = verify_export(args.export, args.gallery, threads=args.threads)
     if args.json:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import HelpFormatter, say
+from .common import HelpFormatter
+
+log = logging.getLogger(__name__)
 
 FACTORY_HELP = ('faiss index_factory string: "Flat" (exact), "IVF1024,PQ32" (compressed, needs >= 1024 '
                 'training vectors), "IVF1024,PQ32,RFlat" (the same, re-ranked exactly: recall at the cost of '
@@ -42,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     s = build_index(args.gallery, args.images, args.index_factory, args.out, batch_size=args.batch_size,
                     chunk=args.chunk, device=args.device, force=args.force, limit=args.limit)
-    say(f"wrote {s['out']}: {s['items']} items, faiss {s['factory']}, gallery model_version {s['model_version']} "
-        f"({s['embedded_now']} embedded now, {s['seconds']}s)")
+    log.info(f"wrote {s['out']}: {s['items']} items, faiss {s['factory']}, gallery model_version "
+             f"{s['model_version']} ({s['embedded_now']} embedded now, {s['seconds']}s)")
     return 0

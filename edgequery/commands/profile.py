@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import HelpFormatter, say, write_json
+from .common import HelpFormatter, add_space_args, parse_space_options
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Measure a latency lookup table (LUT) on the device that will run the query net: every
@@ -12,7 +15,9 @@ distinct block of the search space at the given input resolution(s) is exported 
 small model file for the runtime and timed there (batch 1, fixed threads, warm-up, then
 >= --runs timed runs; median with p10/p90).  The runtime's per-invocation overhead is
 measured on an identity model and counted once per net.  A killed run resumes where it
-stopped (rerun the same command).
+stopped (rerun the same command).  The LUT records the target's fingerprint (CPU, ISA
+flags, caches, OS/kernel, runtime version, threads); resuming or validating it on a
+device with another fingerprint is refused unless --allow-other-device (then recorded).
 
 devices (a device is a string, not code):
   local                       this machine (optionally ?cpus=1 to pin with taskset)
@@ -26,6 +31,7 @@ onnxruntime (.onnx via torch.onnx), torch (.pt2 via torch.export)
 
 examples:
   edgequery profile --device local --runtime litert --space mbv3 --resolution 32
+  edgequery profile --space mbv3 --space-option resolutions=224 --resolution 224
   edgequery profile --device ssh://pi@raspberrypi.local --runtime onnxruntime --threads 4
   edgequery profile --device adb --runtime litert --benchmark-binary ./benchmark_model
   edgequery profile validate --lut lut-local-litert.json --n 100 --calibrate
@@ -44,19 +50,28 @@ def _add_protocol(p: argparse.ArgumentParser, inherit: bool = False) -> None:
                    help="rounds over all files (the lowest round median is kept: load only adds time)")
 
 
+def _add_device(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--device", default=default,
+                   help="where to time: local, ssh://user@host[:port], adb[:serial]"
+                        + ("" if default else " (default: the LUT's)"))
+    p.add_argument("--benchmark-binary", help="adb: LiteRT benchmark_model built for the phone")
+    p.add_argument("--allow-other-device", action="store_true",
+                   help="go on although the device's fingerprint differs from the LUT's (recorded in the output)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure per-block latency tables on a device (local, ssh, adb)",
                        description=DESCRIPTION, formatter_class=type("F", (HelpFormatter,
                                                                            argparse.RawDescriptionHelpFormatter), {}))
-    p.add_argument("--device", default="local", help="where to time: local, ssh://user@host[:port], adb[:serial]")
+    _add_device(p, "local")
     p.add_argument("--runtime", choices=["litert", "onnxruntime", "torch"], default="litert")
-    p.add_argument("--space", choices=["mbv3", "shufflenet"], default="mbv3", help="search space to profile")
+    add_space_args(p, default=None)
     p.add_argument("--supernet", help="take the space (and its choice lists) from this supernet checkpoint")
-    p.add_argument("--resolution", default="32", help="input resolution(s) of the archs to cover, e.g. 32 or 24,28,32")
+    p.add_argument("--resolution", help="input resolution(s) of the archs to cover, e.g. 32 or 24,28,32 "
+                                        "(default: the space's largest)")
     p.add_argument("--embed-dim", type=int, default=128, help="embedding size of the query nets")
     p.add_argument("--out", help="LUT file (default lut-<device>-<runtime>.json)")
     p.add_argument("--jobs", type=int, default=2, help="processes converting block files (timing is sequential)")
-    p.add_argument("--benchmark-binary", help="adb: LiteRT benchmark_model built for the phone")
     p.add_argument("--force", action="store_true", help="measure again from scratch over an existing --out")
     _add_protocol(p)
     p.set_defaults(handler=run_profile)
@@ -66,14 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Sample --n random archs at the LUT's resolutions, export each whole net as "
                                     "`edgequery export` does, time it on the device and compare with the LUT: share "
                                     "within +-5%% and +-10%%, mean absolute %% error, Spearman rho. --calibrate fits "
-                                    "measured = scale * predicted + offset and stores it in the LUT.",
+                                    "measured = scale * predicted + offset and stores it in the LUT. The device must "
+                                    "have the LUT's fingerprint (or pass --allow-other-device).",
                         formatter_class=HelpFormatter)
     v.add_argument("--lut", required=True, help="LUT to validate (edgequery profile)")
     v.add_argument("--n", type=int, default=100, help="random archs to measure")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--calibrate", action="store_true", help="fit and store a linear correction in the LUT")
-    v.add_argument("--device", help="device to measure on (default: the LUT's)")
-    v.add_argument("--benchmark-binary", help="adb: LiteRT benchmark_model built for the phone")
+    _add_device(v, None)
     v.add_argument("--report", help="write the report JSON here (default <lut>.validation.json)")
     v.add_argument("--jobs", type=int, default=2, help="processes converting the nets (timing is sequential)")
     _add_protocol(v, inherit=True)
@@ -85,9 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=run_show)
 
 
-def _resolutions(text: str) -> list[int]:
+def _resolutions(text: str | None, space) -> list[int]:
     from ..errors import EdgeQueryError
 
+    if text is None:
+        return [max(space.resolutions)]
     try:
         return [int(r) for r in str(text).split(",") if r.strip()]
     except ValueError:
@@ -95,48 +112,38 @@ def _resolutions(text: str) -> list[int]:
 
 
 def _space(args):
+    """The space to profile: the supernet's, or ``--space`` / ``--space-option`` (default mbv3)."""
     from ..spaces import get_space, space_from_config
 
     if args.supernet:
+        if args.space or args.space_option:
+            from ..errors import EdgeQueryError
+
+            raise EdgeQueryError("--supernet already names the space; --space / --space-option would change it",
+                                 "pass either --supernet or --space/--space-option")
         from ..checkpoint import load_checkpoint
 
         return space_from_config(load_checkpoint(args.supernet, "supernet")["model"]["space"])
-    return get_space(args.space)
+    return get_space(args.space or "mbv3", **parse_space_options(args.space_option))
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from ..latency import parse_device, profile
-    from ..latency.profiler import Protocol
+    from ..latency import Protocol, parse_device, profile
 
     device = parse_device(args.device, benchmark_binary=args.benchmark_binary)
+    space = _space(args)
     out = args.out or f"lut-{device.name}-{args.runtime}.json"
-    lut = profile(_space(args), _resolutions(args.resolution), device, args.runtime,
-                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds), out, embed_dim=args.embed_dim,
-                  jobs=args.jobs, force=args.force, log=say)
+    lut = profile(space, _resolutions(args.resolution, space), device, args.runtime,
+                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds), out,
+                  embed_dim=args.embed_dim, jobs=args.jobs, force=args.force,
+                  allow_other_device=args.allow_other_device)
     print(summary(lut, top=5))
     return 0
 
 
-def run_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..latency import load_lut, parse_device, validate
-    from ..latency.profiler import Protocol
-    from ..spaces import space_from_config
-
-    lut = load_lut(args.lut)
-    space = space_from_config(lut.space_config)
-    device = parse_device(args.device or lut.device.get("spec", "local"), benchmark_binary=args.benchmark_binary)
-    base = {k: lut.protocol[k] for k in Protocol().to_dict() if k in lut.protocol}
-    given = {"threads": args.threads, "warmup": args.warmup, "runs": args.runs, "min_seconds": args.min_seconds,
-             "rounds": args.rounds}
-    protocol = Protocol(**{**base, **{k: v for k, v in given.items() if v is not None}})
-    report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
-                      jobs=args.jobs, log=say)
-    path = args.report or str(Path(args.lut).with_suffix("")) + ".validation.json"
-    write_json(path, report)
+def _print_validation(report: dict, lut_path: str) -> None:
     u = report["uncalibrated"]
-    print(f"{args.n} random nets on {device.describe()} ({lut.runtime}, {lut.threads} thread(s)):\n"
+    print(f"{report['n']} random nets on {report['device']} ({report['runtime']}, {report['threads']} thread(s)):\n"
           f"  uncalibrated: {u['within_5pct']:.0%} within +-5%, {u['within_10pct']:.0%} within +-10%, "
           f"MAPE {u['mape_pct']:.2f}%, mean error {u['mean_error_pct']:+.2f}%, Spearman rho {u['spearman_rho']:.3f}")
     if "calibrated_cross_validated" in report:
@@ -147,9 +154,40 @@ def run_validate(args: argparse.Namespace) -> int:
         c, cal = report["calibrated_in_sample"], report["calibration"]
         print(f"  calibrated (in-sample, scale {cal['scale']:.4f}, offset {cal['offset_ms']:+.4f} ms): "
               f"{c['within_5pct']:.0%} within +-5%, {c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%"
-              f"\n  stored in {args.lut}")
-    say(f"wrote {path}")
+              f"\n  stored in {lut_path}")
+    for note in report["device_notes"]:
+        print(f"  NOTE {note}")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..files import write_json
+    from ..latency import Protocol, load_lut, parse_device, validate
+    from ..spaces import space_from_config
+
+    lut = load_lut(args.lut)
+    space = space_from_config(lut.space_config)
+    device = parse_device(args.device or lut.device, benchmark_binary=args.benchmark_binary)
+    protocol = Protocol.of(lut, threads=args.threads, warmup=args.warmup, runs=args.runs,
+                           min_seconds=args.min_seconds, rounds=args.rounds)
+    report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
+                      jobs=args.jobs, allow_other_device=args.allow_other_device)
+    path = args.report or str(Path(args.lut).with_suffix("")) + ".validation.json"
+    write_json(path, report)
+    _print_validation(report, args.lut)
+    log.info(f"wrote {path}")
     return 0
+
+
+def _describe_device(lut) -> str:
+    fp = lut.fingerprint
+    if fp is None:
+        return f"{lut.device}: unknown device (no fingerprint recorded)"
+    isa = ", ".join(fp.isa) or "-"
+    caches = ", ".join(f"{k} {v}" for k, v in fp.caches.items()) or "-"
+    return (f"{lut.device}: {fp.device_model + ', ' if fp.device_model else ''}{fp.cpu}, {fp.cores} cores, "
+            f"{fp.machine}, {fp.os} {fp.kernel}\n             ISA {isa}; caches {caches}")
 
 
 def summary(lut, top: int = 10) -> str:
@@ -158,35 +196,42 @@ def summary(lut, top: int = 10) -> str:
 
     space = space_from_config(lut.space_config)
     missing = lut.missing(space)
-    dev = lut.device
+    pr = lut.protocol
     lines = [f"LUT {lut.path}",
-             f"  device     {dev.get('spec')}: {dev.get('cpu', '?')}, {dev.get('cores', '?')} cores, {dev.get('os', '?')}",
+             f"  device     {_describe_device(lut)}",
              f"  runtime    {lut.runtime_version or lut.runtime}, {lut.threads} thread(s)",
              f"  space      {lut.space} at resolution(s) {', '.join(map(str, lut.resolutions))}, "
              f"embedding {lut.embed_dim}",
-             f"  protocol   warm-up {lut.protocol.get('warmup')}, >= {lut.protocol.get('runs')} runs and "
-             f">= {lut.protocol.get('min_seconds')} s, x{lut.protocol.get('rounds', 1)} rounds,\n"
-             f"             {lut.protocol.get('statistic')}; {lut.protocol.get('spread')}",
+             f"  protocol   warm-up {pr.warmup}, >= {pr.runs} runs and >= {pr.min_seconds} s, x{pr.rounds} rounds,\n"
+             f"             {pr.statistic}; {pr.spread}",
              f"  coverage   {len(lut.blocks)} blocks measured, {len(missing)} missing"
              + ("" if lut.complete else "  (INCOMPLETE: rerun the profile command to finish)"),
              f"  overhead   {lut.overhead_ms:.4f} ms per invocation (identity model)",
              f"  measured   {lut.measured_at}, {lut.build_seconds:.0f} s"]
+    for use in lut.other_devices:
+        lines.append(f"  other device ({use.action} {use.at} on {use.device}): {'; '.join(use.notes)}")
     if lut.calibration:
         c = lut.calibration
-        lines.append(f"  calibrated measured = {c['scale']:.4f} x predicted {c['offset_ms']:+.4f} ms "
-                     f"(fitted on {c['fitted_on']} nets)")
+        lines.append(f"  calibrated measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
+                     f"(fitted on {c.fitted_on} nets)")
     if lut.blocks:
-        sub = space_from_config({**lut.space_config, "resolutions": list(lut.resolutions)})
-        lines.append(f"  slowest {min(top, len(lut.blocks))} blocks (median ms, p10-p90):")
-        for key, st in sorted(lut.blocks.items(), key=lambda kv: -kv[1]["median_ms"])[:top]:
-            lines.append(f"    {st['median_ms']:9.4f}  ({st['p10_ms']:.4f}-{st['p90_ms']:.4f})  {key}")
-        sizes = [st["median_ms"] for st in lut.blocks.values()]
-        lines.append(f"  block medians: min {min(sizes):.4f}, median {sorted(sizes)[len(sizes) // 2]:.4f}, "
-                     f"max {max(sizes):.4f} ms")
-        if not missing:
-            lines.append(f"  nets: smallest {lut.predict(sub.smallest(), sub):.3f} ms, "
-                         f"largest {lut.predict(sub.largest(), sub):.3f} ms (predicted)")
+        lines += _block_lines(lut, top, complete=not missing)
     return "\n".join(lines)
+
+
+def _block_lines(lut, top: int, complete: bool) -> list[str]:
+    from ..spaces import space_from_config
+
+    lines = [f"  slowest {min(top, len(lut.blocks))} blocks (median ms, p10-p90):"]
+    for key, st in sorted(lut.blocks.items(), key=lambda kv: -kv[1].median_ms)[:top]:
+        lines.append(f"    {st.median_ms:9.4f}  ({st.p10_ms:.4f}-{st.p90_ms:.4f})  {key}")
+    sizes = sorted(st.median_ms for st in lut.blocks.values())
+    lines.append(f"  block medians: min {sizes[0]:.4f}, median {sizes[len(sizes) // 2]:.4f}, max {sizes[-1]:.4f} ms")
+    if complete:
+        sub = space_from_config({**lut.space_config, "resolutions": list(lut.resolutions)})
+        lines.append(f"  nets: smallest {lut.predict(sub.smallest(), sub):.3f} ms, "
+                     f"largest {lut.predict(sub.largest(), sub):.3f} ms (predicted)")
+    return lines
 
 
 def run_show(args: argparse.Namespace) -> int:

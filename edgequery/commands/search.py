@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import HelpFormatter, say
+from .common import HelpFormatter
+
+log = logging.getLogger(__name__)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The description as written (it has examples), defaults shown."""
+
+DESCRIPTION = """\
+Search the supernet's space - as configured when the supernet was trained, cut to the
+resolutions the LUT measured - for the query net with the best reward whose latency,
+predicted from a per-block table measured on the target (edgequery profile), fits the
+budget. Candidates inherit supernet weights (BN recalibrated) and are scored on the
+validation split: M_het = queries by the candidate vs gallery by the gallery model,
+M_hom = the candidate on both sides. Writes search.json (every candidate, the Pareto
+front, the chosen arch, the space searched); rerun with the same flags to resume.
+
+examples:
+  edgequery search --supernet supernet.pt --gallery gallery.pt --lut lut-local-litert.json --latency-budget 0.4ms
+  edgequery train query --arch search.json --gallery gallery.pt --bct      # retrain the winner
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "search", help="evolutionary search for a compatible query net under a latency budget",
-        description="Search the supernet's space for the query net with the best reward whose latency, "
-                    "predicted from a per-block table measured on the target (edgequery profile), fits "
-                    "the budget. Candidates inherit supernet weights (BN recalibrated) and are scored on the "
-                    "validation split: M_het = queries by the candidate vs gallery by the gallery model, "
-                    "M_hom = the candidate on both sides. Writes search.json (every candidate, the Pareto "
-                    "front, the chosen arch); rerun with the same flags to resume.",
-        formatter_class=HelpFormatter)
+    p = sub.add_parser("search", help="evolutionary search for a compatible query net under a latency budget",
+                       description=DESCRIPTION, formatter_class=_Formatter)
     p.add_argument("--supernet", required=True, help="supernet checkpoint (edgequery train supernet)")
     p.add_argument("--gallery", required=True, help="gallery checkpoint the supernet was trained against")
     p.add_argument("--lut", required=True, help="latency table (edgequery profile) of the target device/runtime")
@@ -43,15 +57,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..search import SearchConfig, parse_budget, search_from_files
 
-    cfg = SearchConfig(budget_ms=parse_budget(args.latency_budget), reward=args.reward, mix=args.mix,
-                       latency_weight=args.latency_weight, metric=args.metric, population=args.population,
+    cfg = SearchConfig(budget=parse_budget(args.latency_budget), cost_unit="ms", reward=args.reward, mix=args.mix,
+                       cost_weight=args.latency_weight, metric=args.metric, population=args.population,
                        generations=args.generations, mutation_prob=args.mutation_prob, parents=args.parents,
                        seed=args.seed)
     result = search_from_files(args.supernet, args.gallery, args.lut, cfg, args.out, recal_batches=args.recal_batches,
                                device=args.device, force=args.force)
     best = result["chosen"]
-    print(f"chosen: {best['arch']}\n  predicted latency {best['latency_ms']:.3f} ms (budget {cfg.budget_ms:g} ms), "
+    print(f"chosen: {best['arch']}\n  predicted latency {best['latency_ms']:.3f} ms (budget {cfg.budget:g} ms), "
           f"M_het {best['m_het']:.4f}, M_hom {best['m_hom']:.4f}, {best['flops'] / 1e6:.1f} MFLOPs")
-    say(f"wrote {args.out} ({len(result['history'])} candidates, {len(result['pareto_front'])} on the Pareto front); "
-        f"retrain it with: edgequery train query --arch {args.out} --gallery {args.gallery}")
+    for note in result["notes"]:
+        log.warning("%s", note)
+    log.info("wrote %s (%d candidates, %d on the Pareto front); retrain it with: edgequery train query --arch %s "
+             "--gallery %s", args.out, len(result["history"]), len(result["pareto_front"]), args.out, args.gallery)
     return 0

@@ -9,26 +9,33 @@ export at hand:
   split (Fashion-MNIST test set, seed 0), resized to the default 32x32;
 * ``expected.json`` - the float32 NCHW model input that image must pre-process to under
   the default mean/std, and - when written from an export (``--from-export``) - that
-  export's expected embedding, labelled with its ``model_version`` and arch.
+  export's expected embedding, labelled with its ``model_version`` and arch;
+* ``model_card.json`` (only ``--from-export``) - that export's model card, a real example
+  of the format (:class:`edgequery.artifacts.card.ModelCard`); its ``fixtures`` and
+  ``files`` hashes are those of the export folder it came from.
 
     python -m edgequery.export.fixture                       # image + expected input
     python -m edgequery.export.fixture --from-export export/mobilenet_v3_small-1a2b3c4d
 
 ``tests/test_export.py`` checks that the committed fixture still equals what the code
-produces, so the documented pre-processing cannot drift silently.
+produces, so the documented pre-processing cannot drift silently, and that the example
+card is valid under the current schema.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..artifacts.card import CARD_NAME
 from ..errors import EdgeQueryError
+from ..files import sha256_file, write_json
 
+log = logging.getLogger("edgequery.export.fixture")  # not __name__: also run as __main__
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "export" / "fixture"
 
 
@@ -49,38 +56,43 @@ def reference_input(spec=None) -> tuple["torch.Tensor", np.ndarray, dict[str, An
 def write_fixture(out: str | Path = FIXTURE_DIR, from_export: str | Path | None = None) -> dict[str, Any]:
     """Write ``test_image.png`` and ``expected.json`` into ``out``; returns the JSON written."""
     from ..data import DataSpec
-    from .card import read_card, sha256_file
-    from .pipeline import TEST_VECTOR, _write_png, input_spec, read_png
+    from .build import input_spec
+    from .card import read_card
+    from .fixtures import input_values, read_png, read_test_vector, write_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = DataSpec()
     image, x, source = reference_input(spec)
-    _write_png(out / "test_image.png", image[0])
+    write_png(out / "test_image.png", image[0])
     if not np.array_equal(read_png(out / "test_image.png").numpy(), image.numpy()):
         raise AssertionError("PNG round trip changed the test image")
     doc: dict[str, Any] = {
         "image": "test_image.png", "image_sha256": sha256_file(out / "test_image.png"), "source": source,
         "preprocessing": {k: v for k, v in input_spec(spec.resolution, spec.mean, spec.std).items()
                           if k not in ("name", "layout")},
-        "input": {"layout": "NCHW", "shape": list(x.shape), "dtype": "float32",
-                  "values": [round(float(v), 7) for v in x.reshape(-1)]},
+        "input": input_values(x),
         "tolerance": {"input_max_abs_diff": 1e-4, "embedding_cosine_min": 0.9999},
         "expected_embedding": None,
     }
     if from_export is not None:
         card, _ = read_card(from_export)
-        vector = json.loads((Path(from_export) / TEST_VECTOR).read_text())
-        if card["input"]["resolution"] != spec.resolution or list(card["input"]["mean"]) != list(spec.mean) \
-                or list(card["input"]["std"]) != list(spec.std) \
+        vector = read_test_vector(Path(from_export))
+        if card.input.resolution != spec.resolution or card.input.mean != list(spec.mean) \
+                or card.input.std != list(spec.std) \
                 or not np.allclose(vector["input"]["values"], doc["input"]["values"], atol=1e-6):
             raise EdgeQueryError(f"{from_export} was not exported with the default data spec and test image",
                                  "export a query net trained on the default split (fashion-mnist, seed 0, 32 px)")
-        doc["expected_embedding"] = {"model_version": card["model_version"], "arch": card["arch"],
-                                     "compatible_with": card.get("compatible_with"),
+        compat = card.compatible_with
+        doc["expected_embedding"] = {"model_version": card.model_version, "arch": card.arch,
+                                     "compatible_with": compat.model_dump() if compat else None,
                                      "values": vector["expected_embedding"]["pytorch"],
                                      "note": "valid only for the encoder with this model_version"}
-    (out / "expected.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(out / "expected.json", doc)
+    if from_export is not None:
+        card.save(out / CARD_NAME)
+    else:
+        (out / CARD_NAME).unlink(missing_ok=True)  # a card is only kept beside its expected embedding
     return doc
 
 
@@ -89,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(FIXTURE_DIR), help="fixture folder (default export/fixture)")
     ap.add_argument("--from-export", default=None, help="an export folder whose expected embedding to include")
     args = ap.parse_args(argv)
+    from ..log import setup_logging
+
+    setup_logging()
     doc = write_fixture(args.out, args.from_export)
-    print(f"wrote {args.out}/test_image.png and expected.json"
-          + (f" (embedding of {doc['expected_embedding']['model_version']})" if doc["expected_embedding"] else ""))
+    emb = doc["expected_embedding"]
+    log.info("wrote %s/test_image.png and expected.json%s", args.out,
+             f" (embedding of {emb['model_version']}) and {CARD_NAME}" if emb else "")
     return 0
 
 

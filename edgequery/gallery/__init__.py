@@ -6,12 +6,19 @@ Modules, in the order data flows through them:
   (batched, resumable) and build the faiss index;
 * :mod:`.metadata` — ``gallery.sqlite``, the durable source of truth (items, their
   embeddings, labels, sources, thumbnails);
+* :mod:`.faiss_index` — making, training, filling, searching and snapshotting a faiss index;
 * :mod:`.store` — :class:`GalleryStore`, the small interface the API uses, and
   :class:`FaissGalleryStore`, which keeps a faiss index in step with SQLite and
   survives ``kill -9``;
 * :mod:`.compat` — which query ``model_version``\\ s a gallery accepts;
 * :mod:`.images` — bounded decoding of uploads;
-* :mod:`.app` — the FastAPI application (``edgequery serve``), with :mod:`.demo_page`.
+* :mod:`.service` — an index opened for serving: the store, the gallery model, the policy;
+* :mod:`.api` — the HTTP API's request and response shapes; :mod:`.problems` — the one
+  error model (every 4xx/5xx is ``{problem, fix}``); :mod:`.guard` — the limits, and the
+  token and size checks made before a request body is parsed;
+* :mod:`.connections` — the HTTP/1.1 connection layer: header/body timeouts, the
+  connection limit;
+* :mod:`.app` — the FastAPI routes (``edgequery serve``), with :mod:`.demo_page`.
 
 An index directory holds ``gallery.sqlite`` (+ its WAL), ``index.<factory>.faiss`` (a
 snapshot; a cache that can always be rebuilt from SQLite) and ``.lock``.

@@ -21,6 +21,7 @@ decoded at the gallery model's resolution.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -29,25 +30,21 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..data import IMAGE_SUFFIXES, DataSpec, ImageSet, load_image_folder, load_splits
+from ..data import DataSpec, ImageSet, image_folder_files, load_image_folder, load_splits
 from ..errors import EdgeQueryError
+from ..log import progress as progress_bar
+from .faiss_index import build_faiss_index, make_faiss_index, write_snapshot
 from .metadata import DB_NAME, DirectoryLock, MetadataDB, NewItem
-from .store import build_faiss_index, make_faiss_index, write_snapshot
+
+log = logging.getLogger(__name__)
 
 DATASET_NAMES = ("fashion-mnist", "digits")
 
 
-def _say(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
-
-
 def folder_files(root: Path) -> list[str]:
-    """The files of an ImageFolder tree in the order :func:`~edgequery.data.load_image_folder` decodes them."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [str(p.relative_to(root)) for c in classes
-            for p in sorted(q for q in (root / c).rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())]
+    """The files of an ImageFolder tree (relative paths) in the order :func:`~edgequery.data.load_image_folder`
+    decodes them."""
+    return [str(p.relative_to(root)) for p, _ in image_folder_files(root)[1]]
 
 
 def resolve_images(images: str, gallery: dict, limit: int | None = None
@@ -68,8 +65,6 @@ def resolve_images(images: str, gallery: dict, limit: int | None = None
                                  "(<root>/<class name>/<image files>)")
         part = load_image_folder(root, spec.resolution)
         sources = folder_files(root)
-        if len(sources) != len(part):  # the listing must mirror the decoder's
-            raise AssertionError(f"{len(sources)} files listed but {len(part)} decoded under {root}")
         desc = {"kind": "folder", "root": str(root.resolve()), "files": len(part)}
         spec = DataSpec.from_dict({**spec.to_dict(), "dataset": "folder", "root": str(root.resolve())})
     if limit is not None:
@@ -80,27 +75,27 @@ def resolve_images(images: str, gallery: dict, limit: int | None = None
     return part, sources, desc, spec
 
 
-def build_index(gallery_path: str | Path, images: str, factory: str, out: str | Path, batch_size: int = 256,
-                chunk: int = 1024, device: str = "cpu", force: bool = False, limit: int | None = None,
-                progress: bool = True) -> dict[str, Any]:
-    """Build (or resume, or re-index) the gallery index in ``out``; returns a summary."""
-    from tqdm import tqdm
-
-    from ..evaluate import embed
-    from ..models import model_from_checkpoint
-    from ..train import resolve_device
-    from .images import png_thumbnail
-
-    t0 = time.time()
-    out = Path(out)
+def _load_gallery(gallery_path: str | Path, factory: str, chunk: int, batch_size: int) -> dict:
+    """The gallery checkpoint, refused (before any work) when it or the build settings are unusable."""
     gallery = load_checkpoint(gallery_path, "gallery")
     if not gallery.get("train", {}).get("complete", True):
         raise EdgeQueryError(f"gallery {gallery_path} is an unfinished training run",
                              "finish it first by rerunning `edgequery train gallery` with the same settings")
-    dim, version = int(gallery["model"]["embed_dim"]), gallery["model_version"]
-    make_faiss_index(factory, dim)  # a bad factory string fails now, not after an hour of embedding
+    make_faiss_index(factory, int(gallery["model"]["embed_dim"]))  # a bad factory fails now, not after an hour
     if chunk < 1 or batch_size < 1:
         raise EdgeQueryError("--chunk and --batch-size must be positive", "pass positive values")
+    return gallery
+
+
+def build_index(gallery_path: str | Path, images: str, factory: str, out: str | Path, batch_size: int = 256,
+                chunk: int = 1024, device: str = "cpu", force: bool = False, limit: int | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Build (or resume, or re-index) the gallery index in ``out``; returns a summary."""
+    from ..train import resolve_device
+
+    t0 = time.time()
+    out = Path(out)
+    gallery = _load_gallery(gallery_path, factory, chunk, batch_size)
     device = resolve_device(device)
     if out.exists() and not out.is_dir():
         raise EdgeQueryError(f"--out {out} exists and is not a directory", "choose a directory path for the index")
@@ -108,63 +103,86 @@ def build_index(gallery_path: str | Path, images: str, factory: str, out: str | 
     try:
         db_path = out / DB_NAME
         if force and db_path.exists():
-            _say(f"--force: deleting the existing index in {out}")
+            log.info(f"--force: deleting the existing index in {out}")
             for p in [*out.glob(f"{DB_NAME}*"), *out.glob("index.*.faiss")]:
                 p.unlink()
         fresh = not db_path.exists()
         imgs, sources, desc, spec = resolve_images(images, gallery, limit)
-        classes = list(imgs.classes)
-        identity = json.loads(json.dumps({"model_version": version, "images": desc}))  # as stored (lists)
         db = MetadataDB(db_path, create=fresh)
         try:
             if fresh:
-                db.set(model_version=version, dim=dim, identity=identity, data=spec.to_dict(), classes=classes,
-                       gallery={"path": str(Path(gallery_path).resolve()), "arch": gallery["model"]["arch"],
-                                "model_version": version, "embed_dim": dim, "classes": gallery.get("classes"),
-                                "data": gallery["data"]},
-                       build_total=len(imgs), build_done=0, complete=False)
-            else:
-                stored = db.get("identity")
-                if stored != identity:
-                    what = [k for k in ("model_version", "images") if (stored or {}).get(k) != identity[k]]
-                    raise EdgeQueryError(
-                        f"{out} holds an index of other {' and '.join(what)} "
-                        f"(model_version {(stored or {}).get('model_version')})",
-                        "pass another --out, or --force to delete that index and build this one")
-                if db.get("complete") and db.get("factory") == factory:
-                    _say(f"{out} is already a complete {factory} index of {db.count()} items; nothing to do")
-                    return _summary(db, out, factory, 0, t0)
-            done = int(db.get("build_done", 0))
-            total = len(imgs)
+                _record_new(db, gallery, gallery_path, imgs, desc, spec)
+            elif _check_existing(db, gallery, desc, factory, out):
+                log.info(f"{out} is already a complete {factory} index of {db.count()} items; nothing to do")
+                return _summary(db, out, factory, 0, t0)
             embedded = 0
-            if done < total:
-                if done:
-                    _say(f"resuming: {done} of {total} images are already embedded in {out}")
-                model = model_from_checkpoint(gallery).to(device)
-                with tqdm(total=total, initial=done, desc=f"embedding with {gallery['model']['arch']}",
-                          unit="img", disable=None if progress else True) as bar:
-                    for lo in range(done, total, chunk):
-                        hi = min(lo + chunk, total)
-                        raw = imgs.images[lo:hi]
-                        emb = embed(model, raw, spec, batch_size=batch_size, device=device).numpy()
-                        if not np.isfinite(emb).all():
-                            raise EdgeQueryError(
-                                f"the gallery model produced NaN or Inf embeddings for images {lo}..{hi - 1}",
-                                f"{gallery_path} is broken (diverged training?); retrain it")
-                        items = [NewItem(source=sources[i], label=int(imgs.labels[i]),
-                                         label_name=classes[int(imgs.labels[i])],
-                                         thumbnail=png_thumbnail(raw[i - lo])) for i in range(lo, hi)]
-                        db.insert(emb, items, build_done=hi)
-                        embedded += hi - lo
-                        bar.update(hi - lo)
+            if int(db.get("build_done", 0)) < len(imgs):
+                embedded = _embed_rest(db, gallery, gallery_path, imgs, sources, spec, batch_size, chunk, device,
+                                       progress)
             elif db.get("complete"):
-                _say(f"re-indexing the {db.count()} stored embeddings with {factory} (no re-embedding)")
+                log.info(f"re-indexing the {db.count()} stored embeddings with {factory} (no re-embedding)")
             finish_index(db, out, factory, progress)
             return _summary(db, out, factory, embedded, t0)
         finally:
             db.close()
     finally:
         lock.release()
+
+
+def _identity(gallery: dict, desc: dict[str, Any]) -> dict[str, Any]:
+    """What an index directory is an index of (as stored: JSON lists, not tuples)."""
+    return json.loads(json.dumps({"model_version": gallery["model_version"], "images": desc}))
+
+
+def _record_new(db: MetadataDB, gallery: dict, gallery_path: str | Path, imgs: ImageSet, desc: dict[str, Any],
+                spec: DataSpec) -> None:
+    """Write the meta values of a new index: its identity, data spec, classes and gallery model."""
+    version, dim = gallery["model_version"], int(gallery["model"]["embed_dim"])
+    db.set(model_version=version, dim=dim, identity=_identity(gallery, desc), data=spec.to_dict(),
+           classes=list(imgs.classes),
+           gallery={"path": str(Path(gallery_path).resolve()), "arch": gallery["model"]["arch"],
+                    "model_version": version, "embed_dim": dim, "classes": gallery.get("classes"),
+                    "data": gallery["data"]},
+           build_total=len(imgs), build_done=0, complete=False)
+
+
+def _check_existing(db: MetadataDB, gallery: dict, desc: dict[str, Any], factory: str, out: Path) -> bool:
+    """Refuse an index of other images or another model; True when it is already complete with ``factory``."""
+    stored, identity = db.get("identity"), _identity(gallery, desc)
+    if stored != identity:
+        what = [k for k in ("model_version", "images") if (stored or {}).get(k) != identity[k]]
+        raise EdgeQueryError(
+            f"{out} holds an index of other {' and '.join(what)} "
+            f"(model_version {(stored or {}).get('model_version')})",
+            "pass another --out, or --force to delete that index and build this one")
+    return bool(db.get("complete")) and db.get("factory") == factory
+
+
+def _embed_rest(db: MetadataDB, gallery: dict, gallery_path: str | Path, imgs: ImageSet, sources: list[str],
+                spec: DataSpec, batch_size: int, chunk: int, device, progress: bool) -> int:
+    """Embed the images not stored yet, one committed chunk at a time; returns how many were embedded."""
+    from ..evaluate import embed
+    from ..models import model_from_checkpoint
+    from .images import png_thumbnail
+
+    done, total, classes = int(db.get("build_done", 0)), len(imgs), list(imgs.classes)
+    if done:
+        log.info(f"resuming: {done} of {total} images are already embedded in {db.path.parent}")
+    model = model_from_checkpoint(gallery).to(device)
+    with progress_bar(total=total, initial=done, desc=f"embedding with {gallery['model']['arch']}", unit="img",
+                      enabled=progress) as bar:
+        for lo in range(done, total, chunk):
+            hi = min(lo + chunk, total)
+            raw = imgs.images[lo:hi]
+            emb = embed(model, raw, spec, batch_size=batch_size, device=device).numpy()
+            if not np.isfinite(emb).all():
+                raise EdgeQueryError(f"the gallery model produced NaN or Inf embeddings for images {lo}..{hi - 1}",
+                                     f"{gallery_path} is broken (diverged training?); retrain it")
+            items = [NewItem(source=sources[i], label=int(imgs.labels[i]), label_name=classes[int(imgs.labels[i])],
+                             thumbnail=png_thumbnail(raw[i - lo])) for i in range(lo, hi)]
+            db.insert(emb, items, build_done=hi)
+            bar.update(hi - lo)
+    return total - done
 
 
 def _summary(db: MetadataDB, out: Path, factory: str, embedded: int, t0: float) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import EdgeQueryError
 
+SQLITE_INT = (-(2**63), 2**63 - 1)  # what an INTEGER column holds; another id cannot exist
 FORMAT = "edgequery-gallery-index"
 FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
@@ -184,6 +185,8 @@ class MetadataDB:
 
     def delete(self, item_id: int) -> bool:
         """Delete one item durably; False when no such item exists."""
+        if not _storable(item_id):
+            return False
         with self.transaction() as c:
             return c.execute("DELETE FROM items WHERE id = ?", (int(item_id),)).rowcount > 0
 
@@ -197,7 +200,7 @@ class MetadataDB:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def items(self, ids: Sequence[int]) -> dict[int, Item]:
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in ids if _storable(i)]
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
@@ -207,6 +210,8 @@ class MetadataDB:
         return {r[0]: Item(*r) for r in rows}
 
     def thumbnail(self, item_id: int) -> bytes | None:
+        if not _storable(item_id):
+            return None
         with self._lock:
             row = self._conn.execute("SELECT thumbnail FROM items WHERE id = ?", (int(item_id),)).fetchone()
         return None if row is None else row[0]
@@ -240,6 +245,11 @@ class MetadataDB:
             emb = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
             yield ids, emb.astype(np.float32)
             last = int(ids[-1])
+
+
+def _storable(item_id: int) -> bool:
+    """Whether ``item_id`` fits an SQLite INTEGER (a bigger one is no item, not an OverflowError)."""
+    return SQLITE_INT[0] <= int(item_id) <= SQLITE_INT[1]
 
 
 class DirectoryLock:

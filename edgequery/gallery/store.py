@@ -2,7 +2,9 @@
 
 :class:`GalleryStore` is everything the server needs from a gallery — add, delete,
 search, look up — so a distributed engine (Milvus, a sharded faiss service, ...) can
-replace :class:`FaissGalleryStore` without touching :mod:`edgequery.gallery.app`.
+replace :class:`FaissGalleryStore` without touching the HTTP layer (:mod:`.service`,
+:mod:`.app`).  The faiss mechanics (making, training, searching, snapshotting an index)
+are in :mod:`.faiss_index`.
 
 How :class:`FaissGalleryStore` keeps acknowledged writes (the design in one place):
 
@@ -27,7 +29,7 @@ vectors stay in the index but every search excludes them with a faiss ``IDSelect
 When tombstones pass a quarter of the index, opening rebuilds it from SQLite (compaction).
 The selector is applied at the stage that enumerates vectors, also inside compositions
 such as ``OPQ16,IVF1024,PQ32,RFlat`` (pre-transform, exact re-ranking), see
-:func:`search_parameters`.
+:func:`.faiss_index.search_parameters`.
 
 Concurrency: searches share a read lock, writes to the faiss index take the write
 lock, and SQLite serialises its own writers.
@@ -35,8 +37,7 @@ lock, and SQLite serialises its own writers.
 
 from __future__ import annotations
 
-import re
-import sys
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -47,12 +48,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import atomic_write
 from ..errors import EdgeQueryError
+from .faiss_index import (build_faiss_index, has_ivf, index_stages, normalize_rows, search_parameters,
+                          snapshot_path, write_snapshot)
 from .metadata import DB_NAME, DirectoryLock, Item, MetadataDB, NewItem
 
+log = logging.getLogger(__name__)
+
 COMPACT_FRACTION = 0.25   # rebuild an index whose tombstones exceed this share
-MIN_POINTS_PER_CENTROID = 39  # below this faiss k-means warns; we use it for suggestions
 
 
 @dataclass(frozen=True)
@@ -110,177 +113,6 @@ class GalleryStore(ABC):
         """Flush whatever makes the next start fast; nothing durable depends on it."""
 
 
-# --------------------------------------------------------------------------- faiss helpers
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy with unit-length rows; a zero or non-finite row is a ValueError."""
-    x = np.array(x, dtype=np.float32, copy=True)
-    if x.ndim != 2:
-        raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("vectors contain NaN or Inf")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("a zero vector has no direction")
-    return x / norms
-
-
-def snapshot_path(directory: str | Path, factory: str) -> Path:
-    """Where the faiss snapshot of ``factory`` lives (the name says which factory it is)."""
-    return Path(directory) / f"index.{re.sub(r'[^A-Za-z0-9]+', '_', factory).strip('_')}.faiss"
-
-
-def suggest_ivf(n: int) -> str:
-    """An IVF list count that gives every centroid enough training points for ``n`` vectors."""
-    nlist = 1
-    while nlist * 2 * MIN_POINTS_PER_CENTROID <= n and nlist < 65536:
-        nlist *= 2
-    return f"IVF{nlist}"
-
-
-def make_faiss_index(factory: str, dim: int):
-    """An empty ``IndexIDMap2`` around ``index_factory(dim, factory, inner product)``."""
-    import faiss
-
-    if "IDMap" in factory:
-        raise EdgeQueryError(f"index factory {factory!r} contains IDMap",
-                             "leave it out: edgequery always wraps the index in IDMap2 for stable ids")
-    try:
-        inner = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1].split(": ", 1)[-1]
-        raise EdgeQueryError(f"faiss cannot build index factory {factory!r} for {dim}-d vectors ({reason})",
-                             'use an index_factory string such as "Flat", "IVF1024,PQ32" or "HNSW32"') from None
-    return faiss.IndexIDMap2(inner)
-
-
-def _training_need(index) -> tuple[int, str]:
-    """Fewest training vectors ``index`` accepts, and what needs them."""
-    import faiss
-
-    need, what = 0, ""
-    ivf = faiss.extract_index_ivf(index) if _has_ivf(index) else None
-    if ivf is not None:
-        need, what = ivf.nlist, f"{ivf.nlist} inverted lists"
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
-        if pq is not None and pq.ksub > need:
-            need, what = pq.ksub, f"a {pq.ksub}-centroid product quantizer"
-    return need, what
-
-
-def _has_ivf(index) -> bool:
-    import faiss
-
-    try:
-        faiss.extract_index_ivf(index)
-        return True
-    except RuntimeError:
-        return False
-
-
-def _stages(index) -> list:
-    """The stages of an ``index_factory`` composition (refine, pre-transform, ...), outermost first."""
-    import faiss
-
-    out = []
-    while index is not None:
-        index = faiss.downcast_index(index)
-        out.append(index)
-        index = (index.base_index if isinstance(index, faiss.IndexRefine)
-                 else index.index if isinstance(index, faiss.IndexPreTransform) else None)
-    return out
-
-
-def search_parameters(index, *, nprobe: int, ef_search: int, k_factor: float, sel, keep: list):
-    """faiss search parameters for ``index`` (an ``index_factory`` composition, without the ID map).
-
-    faiss takes parameters as a tree mirroring the composition — a refine stage holds its base
-    index's parameters, a pre-transform its sub-index's — and each stage checks it gets its own
-    type; the id filter ``sel`` only works where vectors are enumerated (flat codes, IVF lists,
-    the HNSW graph).  Every object made is appended to ``keep``: faiss holds raw pointers to them.
-    """
-    import faiss
-
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexRefine):
-        p = faiss.IndexRefineSearchParameters()
-        p.k_factor = k_factor
-        p.base_index_params = search_parameters(index.base_index, nprobe=nprobe, ef_search=ef_search,
-                                                k_factor=k_factor, sel=sel, keep=keep)
-    elif isinstance(index, faiss.IndexPreTransform):
-        p = faiss.SearchParametersPreTransform()
-        p.index_params = search_parameters(index.index, nprobe=nprobe, ef_search=ef_search,
-                                           k_factor=k_factor, sel=sel, keep=keep)
-    else:
-        if isinstance(index, faiss.IndexHNSW):
-            p = faiss.SearchParametersHNSW()
-            p.efSearch = ef_search
-        elif isinstance(index, faiss.IndexIVF):
-            p = faiss.SearchParametersIVF()
-            p.nprobe = nprobe
-        else:
-            p = faiss.SearchParameters()
-        if sel is not None:
-            p.sel = sel
-    keep.append(p)
-    return p
-
-
-def train_faiss_index(index, sample: np.ndarray, factory: str) -> None:
-    """Train ``index`` (a no-op for Flat/HNSW), with a clear error when data is too scarce."""
-    if index.is_trained:
-        return
-    need, what = _training_need(index)
-    n = len(sample)
-    if n < need:
-        raise EdgeQueryError(
-            f"index factory {factory!r} needs at least {need} vectors to train {what}, but the gallery has {n}",
-            f"use --index-factory Flat or HNSW32 for a gallery this small, or fewer lists ({suggest_ivf(n)},...)")
-    try:
-        index.train(sample)
-    except RuntimeError as exc:
-        raise EdgeQueryError(f"faiss could not train {factory!r} on {n} vectors: {str(exc).splitlines()[-1]}",
-                             "choose a smaller index (fewer IVF lists / PQ bytes) or add more images") from None
-
-
-def build_faiss_index(db: MetadataDB, factory: str, dim: int, progress: bool = True,
-                      max_train: int = 1 << 20):
-    """A fresh faiss index holding every item of ``db`` (trained first when it needs it)."""
-    from tqdm import tqdm
-
-    index = make_faiss_index(factory, dim)
-    n = db.count()
-    if not index.is_trained:
-        live = db.live_ids()
-        pick = live if len(live) <= max_train else np.sort(
-            np.random.default_rng(0).choice(live, max_train, replace=False))
-        train_faiss_index(index, normalize_rows(db.embeddings(pick, dim)) if len(pick) else np.empty((0, dim),
-                                                                                                   np.float32),
-                          factory)
-    with tqdm(total=n, desc=f"faiss {factory}", unit="vec", leave=False, disable=None if progress else True) as bar:
-        for ids, emb in db.iter_embeddings():
-            index.add_with_ids(normalize_rows(emb), ids)
-            bar.update(len(ids))
-    return index
-
-
-def write_snapshot(index, directory: str | Path, factory: str) -> Path:
-    """Write ``index`` (or its ``faiss.serialize_index`` bytes) atomically to its snapshot
-    path, then remove snapshots of other factories."""
-    import faiss
-
-    path = snapshot_path(directory, factory)
-    if isinstance(index, np.ndarray):
-        atomic_write(path, lambda tmp: index.tofile(tmp))
-    else:
-        atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
-    for other in Path(directory).glob("index.*.faiss"):
-        if other != path:
-            other.unlink(missing_ok=True)
-    return path
-
-
 class ReadWriteLock:
     """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
 
@@ -318,10 +150,6 @@ class ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
-
-
-def _log(msg: str) -> None:
-    print(f"[gallery] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- the faiss store
@@ -367,12 +195,12 @@ class FaissGalleryStore(GalleryStore):
             for stale in self.directory.glob(".index.*.tmp"):  # left by a snapshot cut short by a kill
                 stale.unlink(missing_ok=True)
             self._index = self._load()
-            stages = _stages(self._index.index)
+            stages = index_stages(self._index.index)
             self._hnsw = any(isinstance(st, faiss.IndexHNSW) for st in stages)
             self._refine = any(isinstance(st, faiss.IndexRefine) for st in stages)
             self._composed = len(stages) > 1
             self._removable = isinstance(stages[0], faiss.IndexFlatCodes)  # see the module docstring
-            if _has_ivf(self._index):
+            if has_ivf(self._index):
                 self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
             self._reconcile()
             # the parameters of a search without tombstones never change: made once, shared read-only
@@ -396,17 +224,17 @@ class FaissGalleryStore(GalleryStore):
                     raise RuntimeError(f"it holds a {type(index).__name__} of dimension {index.d}")
                 return index
             except RuntimeError as exc:
-                _log(f"snapshot {path.name} is unusable ({str(exc).splitlines()[-1]}); "
+                log.warning(f"snapshot {path.name} is unusable ({str(exc).splitlines()[-1]}); "
                      f"rebuilding it from {DB_NAME}")
         else:
-            _log(f"no snapshot {path.name}; building the faiss index from {DB_NAME}")
+            log.info(f"no snapshot {path.name}; building the faiss index from {DB_NAME}")
         return self._rebuild()
 
     def _rebuild(self):
         t = time.time()
         index = build_faiss_index(self.db, self.factory, self.dim, progress=self.progress)
         write_snapshot(index, self.directory, self.factory)
-        _log(f"built {self.factory} over {index.ntotal} vectors in {time.time() - t:.1f}s")
+        log.info(f"built {self.factory} over {index.ntotal} vectors in {time.time() - t:.1f}s")
         return index
 
     def _reconcile(self) -> None:
@@ -418,7 +246,7 @@ class FaissGalleryStore(GalleryStore):
         missing = np.setdiff1d(live, indexed)
         stale = np.setdiff1d(indexed, live)
         if not self._removable and len(stale) > COMPACT_FRACTION * max(len(indexed), 1):
-            _log(f"{len(stale)} of {len(indexed)} vectors are deleted items; compacting")
+            log.info(f"{len(stale)} of {len(indexed)} vectors are deleted items; compacting")
             self._index = self._rebuild()
             return
         for lo in range(0, len(missing), 65536):
@@ -431,7 +259,7 @@ class FaissGalleryStore(GalleryStore):
                 self._tombstones.update(int(i) for i in stale)
                 self._update_selector()
         if len(missing) or len(stale):
-            _log(f"caught up with {DB_NAME}: +{len(missing)} added, -{len(stale)} deleted since the snapshot")
+            log.info(f"caught up with {DB_NAME}: +{len(missing)} added, -{len(stale)} deleted since the snapshot")
             self._dirty = self.snapshot_every  # refresh the snapshot soon
             self._maybe_snapshot()
 
@@ -516,7 +344,7 @@ class FaissGalleryStore(GalleryStore):
         d = {"engine": "faiss", "faiss_version": faiss.__version__, "factory": self.factory, "dim": self.dim,
              "metric": "cosine (inner product of L2-normalised vectors)", "items": len(self),
              "index_vectors": int(self._index.ntotal), "tombstones": len(self._tombstones)}
-        if _has_ivf(self._index):
+        if has_ivf(self._index):
             d["nprobe"] = self.nprobe
         if self._hnsw:
             d["ef_search"] = self.ef_search

@@ -2,9 +2,10 @@
 
 :func:`space_blocks` lists every distinct block key of a search space at the given
 input resolutions (from :meth:`SearchSpace.covering_archs`, so nothing is sampled and
-nothing is missed).  :func:`export_model` writes one module - a block, a whole net, or
-the identity model that measures the runtime's per-invocation overhead - in the
-runtime's file format, with the same converters ``edgequery export`` uses:
+nothing is missed).  :func:`export_item` writes one module - a block or a whole net
+(the identity model that measures the runtime's per-invocation overhead is written by
+:mod:`.build`) - in the runtime's file format, with the converters ``edgequery export``
+uses (:func:`edgequery.runtimes.convert.to_runtime_file`):
 
 =============  ============  ==================================================
 runtime        file          converter
@@ -21,7 +22,7 @@ depend on weight values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -94,7 +95,7 @@ def export_item(item: dict, runtime: str, space=None) -> Path:
 
 
 def _worker(job_file: str) -> None:
-    """``python -m edgequery.latency.blocks JOB.json``: convert a share of a profile's files (see profiler)."""
+    """``python -m edgequery.latency.blocks JOB.json``: convert a share of a profile's files (see :mod:`.build`)."""
     import json
 
     from ..spaces import space_from_config

@@ -21,6 +21,11 @@ and read its JSON lines; ``adb`` runs ``benchmark_model`` per file and parses it
 
     {"type": "result", "model": NAME, "median_ms": ..., "p10_ms": ..., "p90_ms": ..., "runs": ...}
 
+and tells what it is: :meth:`Device.fingerprint` - the agent's ``info`` line on the
+target for ``local`` and ``ssh`` (CPU, ISA flags, caches, OS/kernel, runtime version),
+``getprop`` / ``/proc/cpuinfo`` / ``uname`` and the ``benchmark_model`` binary's digest
+for ``adb`` - which a LUT records and is checked against when it is resumed or validated.
+
 No phone is attached to the machines this project is developed and tested on: the adb
 path is exercised by tests that check the command sequence and parse real
 ``benchmark_model`` output formats with a fake ``adb`` executable - it has not timed a
@@ -42,7 +47,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from ..artifacts.fingerprint import Fingerprint
 from ..errors import EdgeQueryError
+from ..files import sha256_file
+from ..runtimes.agent import isa_flags, parse_cpuinfo
 
 AGENT = Path(__file__).parent.parent / "runtimes" / "agent.py"
 DEVICE_HELP = "local, local?cpus=1, ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], adb[:serial]"
@@ -113,9 +121,25 @@ def _agent_records(proc: subprocess.Popen, where: str) -> Iterator[dict]:
                              "check that the device is reachable and has Python 3 and the runtime")
 
 
+def _check_record(proc: subprocess.CompletedProcess, where: str, python: str) -> Fingerprint:
+    """The fingerprint in the output of ``agent.py --check RUNTIME THREADS``, or why there is none."""
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode == 127 or not lines:
+        raise EdgeQueryError(f"{where} cannot run {python!r} ({proc.stderr.strip()[-200:]})",
+                             "install Python 3 there, or name the interpreter: ?python=/path/to/python3")
+    if lines[0].get("type") == "fatal":
+        raise EdgeQueryError(f"{where}: {lines[0]['error']}", lines[0].get("fix"))
+    return Fingerprint.model_validate({k: v for k, v in lines[0].items() if k != "type"})
+
+
 @dataclass
 class Device:
     """A target that can time model files (subclasses: local, ssh, adb)."""
+
+    # what the timing statistics of this device's results are (recorded in the LUT's protocol)
+    statistic = "median (lowest of the rounds' medians)"
+    spread = "p10, p90 over all timed runs"
+    clock = "time.perf_counter on the device"
 
     @property
     def name(self) -> str:
@@ -125,11 +149,15 @@ class Device:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def supports(self, runtime: str) -> None:
-        """Raise if this device cannot time ``runtime`` at all (before anything is exported)."""
+    def fingerprint(self, runtime: str, threads: int = 1) -> Fingerprint:
+        """What the target is (CPU, ISA, caches, OS, ``runtime`` and its version, ``threads``).
+
+        Raises if this device cannot time ``runtime`` at all: called before anything is exported.
+        """
+        raise NotImplementedError
 
     def time_models(self, folder: Path, models: Sequence[str], runtime: str, protocol: dict) -> Iterator[dict]:
-        """Yield one record per model: ``info`` first, then ``result`` / ``error`` in order."""
+        """Yield one ``result`` / ``error`` record per model, in order (the agent also sends an ``info`` first)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -156,6 +184,11 @@ class LocalDevice(Device):
 
     def describe(self) -> str:
         return "local" + (f"?cpus={self.cpus}" if self.cpus else "")
+
+    def fingerprint(self, runtime, threads=1):
+        cmd = [*_taskset(self.cpus), sys.executable, str(AGENT), "--check", runtime, str(int(threads))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return _check_record(proc, "this machine", sys.executable)
 
     def time_models(self, folder, models, runtime, protocol):
         req = _request(folder, models, runtime, protocol)
@@ -231,17 +264,14 @@ class SSHDevice(Device):
                                  "check free space in /tmp on the device and the ssh settings")
         self._copied.update((str(f), dest) for f in files)
 
-    def supports(self, runtime):
+    def fingerprint(self, runtime, threads=1):
         try:
             remote = self._remote()
             self._copy([AGENT], remote)
-            proc = self._ssh(f"{shlex.quote(self.python)} {remote}/agent.py --check {runtime}", check=False)
-            lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-            if proc.returncode == 127 or not lines:
-                raise EdgeQueryError(f"{self.describe()} cannot run {self.python!r} ({proc.stderr.strip()[-200:]})",
-                                     "install Python 3 there, or name the interpreter: ?python=/path/to/python3")
-            if lines[0].get("type") == "fatal":
-                raise EdgeQueryError(f"{self.describe()}: {lines[0]['error']}", lines[0].get("fix"))
+            pin = " ".join(_taskset(self.cpus))
+            proc = self._ssh(f"{pin} {shlex.quote(self.python)} {remote}/agent.py --check {shlex.quote(runtime)} "
+                             f"{int(threads)}".strip(), check=False)
+            return _check_record(proc, self.describe(), self.python)
         except EdgeQueryError:
             self.close()  # nothing is left behind on a device that cannot be used
             raise
@@ -319,6 +349,10 @@ def parse_benchmark_model(log: str) -> dict:
 class AdbDevice(Device):
     """An Android device over ``adb``: LiteRT ``benchmark_model`` times each pushed ``.tflite``."""
 
+    statistic = "mean of benchmark_model's timed runs (lowest of the rounds' means; it reports no median)"
+    spread = "min, max of benchmark_model's timed runs"
+    clock = "benchmark_model's own timer on the phone"
+
     serial: str | None = None
     binary: str | None = None
     cpumask: str | None = None
@@ -336,17 +370,18 @@ class AdbDevice(Device):
     def _cmd(self, *args: str) -> list[str]:
         return [self.adb, *(["-s", self.serial] if self.serial else []), *args]
 
-    def _run(self, *args: str) -> str:
+    def _run(self, *args: str, check: bool = True) -> str:
         if not shutil.which(self.adb):
             raise EdgeQueryError("adb is not installed here", "apt-get install adb (Android platform tools)")
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=True)
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise EdgeQueryError(f"adb {' '.join(args[:2])} on {self.describe()} failed: "
                                  f"{(proc.stderr or proc.stdout).strip()[-400:]}",
                                  "check `adb devices` lists the phone (authorised), or pass adb:SERIAL")
         return proc.stdout
 
-    def supports(self, runtime):
+    def _prepare(self, runtime: str) -> None:
+        """Refuse what adb cannot time; push ``benchmark_model`` (once)."""
         if runtime != "litert":
             raise EdgeQueryError(f"adb devices time with LiteRT's benchmark_model; runtime {runtime!r} is not "
                                  "supported there", "use --runtime litert for adb devices")
@@ -355,9 +390,10 @@ class AdbDevice(Device):
                                  "pass --benchmark-binary PATH (android_aarch64 build of LiteRT's benchmark_model)")
         if not Path(self.binary).is_file():
             raise EdgeQueryError(f"--benchmark-binary {self.binary} does not exist", "give the path of the binary")
-        self._run("shell", f"mkdir -p {self.remote_dir}")
-        self._push(Path(self.binary), "benchmark_model")
-        self._run("shell", f"chmod 755 {self.remote_dir}/benchmark_model")
+        if f"{self.remote_dir}/benchmark_model" not in self._pushed:
+            self._run("shell", f"mkdir -p {self.remote_dir}")
+            self._push(Path(self.binary), "benchmark_model")
+            self._run("shell", f"chmod 755 {self.remote_dir}/benchmark_model")
 
     def _push(self, local: Path, remote_name: str) -> str:
         dest = f"{self.remote_dir}/{remote_name}"
@@ -366,18 +402,37 @@ class AdbDevice(Device):
             self._pushed.add(dest)
         return dest
 
-    def info(self) -> dict:
-        props = {"model": "ro.product.model", "soc": "ro.soc.model", "android": "ro.build.version.release",
-                 "abi": "ro.product.cpu.abi"}
-        out = {k: self._run("shell", f"getprop {p}").strip() for k, p in props.items()}
-        cores = self._run("shell", "cat /sys/devices/system/cpu/possible").strip()
-        return {"type": "info", "runtime": "litert", "runtime_version": "benchmark_model (user-provided)",
-                "cpu": out["soc"] or out["model"], "cores": cores, "machine": out["abi"],
-                "os": f"Android {out['android']}", "device_model": out["model"]}
+    def _caches(self) -> dict[str, str]:
+        """CPU 0's cache sizes from the phone's sysfs (``{}`` where it has none)."""
+        out = self._run("shell", "for d in /sys/devices/system/cpu/cpu0/cache/index*; do "
+                                 "echo $(cat $d/level) $(cat $d/type) $(cat $d/size); done", check=False)
+        caches = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].isdigit():
+                caches[f"L{parts[0]}" + {"Data": "d", "Instruction": "i"}.get(parts[1], "")] = parts[2]
+        return caches
+
+    def fingerprint(self, runtime, threads=1):
+        """From what the phone tells: ``getprop``, ``/proc/cpuinfo``, ``nproc``, ``uname``; the runtime is
+        the ``benchmark_model`` binary, named by its SHA-256 (another build is another runtime)."""
+        self._prepare(runtime)
+        prop = {k: self._run("shell", f"getprop {p}").strip() for k, p in
+                {"model": "ro.product.model", "soc": "ro.soc.model", "platform": "ro.board.platform",
+                 "android": "ro.build.version.release"}.items()}
+        hardware, flags = parse_cpuinfo(self._run("shell", "cat /proc/cpuinfo").splitlines())
+        cores = self._run("shell", "nproc", check=False).strip()
+        return Fingerprint(cpu=prop["soc"] or prop["platform"] or hardware or prop["model"] or "unknown",
+                           cores=int(cores) if cores.isdigit() else None,
+                           machine=self._run("shell", "uname -m").strip() or None, isa=isa_flags(flags),
+                           caches=self._caches(), os=f"Android {prop['android']}".strip(),
+                           kernel=self._run("shell", "uname -r").strip() or None,
+                           device_model=prop["model"] or None, host=self.serial, python=None, runtime="litert",
+                           runtime_version=f"benchmark_model sha256:{sha256_file(self.binary)[:16]}",
+                           threads=int(threads))
 
     def time_models(self, folder, models, runtime, protocol):
-        self.supports(runtime)
-        yield {**self.info(), "threads": protocol["threads"]}
+        self._prepare(runtime)
         pin = f"taskset {self.cpumask} " if self.cpumask else ""
         remote = {m: self._push(folder / m, m.replace("/", "_")) for m in models}
         rounds: dict[str, list[dict]] = {m: [] for m in models}

@@ -71,9 +71,12 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
         except Exception as exc:  # torch raises many types for a bad file
             raise EdgeQueryError(f"cannot read weights file {path}: {exc}",
                                  "pass a torchvision state dict saved with torch.save(model.state_dict())") from None
-        if isinstance(state, dict) and state.get("format") == "edgequery-checkpoint":
-            # an edgequery gallery/query checkpoint: start from its trunk
-            state = {k[len("trunk."):]: v for k, v in state["state_dict"].items() if k.startswith("trunk.")}
+        if isinstance(state, dict) and "format" in state:
+            # an edgequery gallery/query checkpoint (validated like any other): start from its trunk
+            from ..checkpoint import checkpoint_meta
+
+            state = checkpoint_meta(state, str(path)).state_dict
+            state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
             if name.startswith("mobilenet_v3"):  # our trunk names pre_logits.{0,1} as torchvision's classifier
                 state = {k.replace("pre_logits.0.", "classifier.0."): v for k, v in state.items()}
         state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -102,12 +105,16 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
 
 
 def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: str | None = None,
-                        scale: float = 16.0, margin: float = 0.0) -> EmbeddingNet:
-    """Any embedding net by arch name: a torchvision baseline or a search-space arch string."""
+                        scale: float = 16.0, margin: float = 0.0, space=None) -> EmbeddingNet:
+    """Any embedding net by arch name: a torchvision baseline or a search-space arch string.
+
+    ``space`` (a search space, its ``config()`` dict or name) is the space a search-space
+    arch belongs to; without it the arch is read in that space's default configuration.
+    """
     if ":" in arch:
         from ..spaces import build_trunk_from_string
 
-        trunk, dim = build_trunk_from_string(arch)
+        trunk, dim = build_trunk_from_string(arch, space)
     elif weights:
         trunk, dim = load_pretrained_trunk(arch, weights)
     else:
@@ -115,15 +122,32 @@ def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: st
     return EmbeddingNet(trunk, dim, embed_dim, num_classes, scale, margin)
 
 
-def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0) -> dict:
-    """The ``model`` entry of a checkpoint: enough to rebuild the net."""
-    return {"arch": arch, "embed_dim": embed_dim, "num_classes": num_classes, "scale": scale, "margin": margin}
+def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0,
+               space=None) -> dict:
+    """The ``model`` entry of a checkpoint: enough to rebuild the net anywhere.
+
+    A search-space arch is stored canonically, with its space's whole configuration
+    (``space`` as for :func:`build_embedding_net`; default: the default configuration).
+    """
+    config = None
+    if ":" in arch:
+        from ..spaces import parse_arch
+
+        parsed_space, parsed = parse_arch(arch, space)
+        arch, config = str(parsed), parsed_space.config()
+    return {"arch": arch, "embed_dim": embed_dim, "num_classes": num_classes, "scale": scale, "margin": margin,
+            "space": config}
 
 
 def model_from_checkpoint(ckpt: dict) -> EmbeddingNet:
-    """Rebuild the embedding net a gallery or query checkpoint holds (eval mode)."""
+    """Rebuild the embedding net a gallery or query checkpoint holds (eval mode).
+
+    A search-space arch is rebuilt in the space stored with it (``model.space``); only a
+    checkpoint dict without one (format 1, not read through ``load_checkpoint``) falls
+    back to the default space.
+    """
     spec = ckpt["model"]
     net = build_embedding_net(spec["arch"], spec["embed_dim"], spec["num_classes"],
-                              scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0))
+                              scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0), space=spec.get("space"))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()

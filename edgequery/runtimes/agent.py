@@ -8,7 +8,7 @@ runtime being timed, nothing from edgequery - so it runs unchanged on the host
 The profiler copies it next to the model files and runs::
 
     python3 agent.py request.json        # time the models the request lists
-    python3 agent.py --check RUNTIME     # is RUNTIME importable here? (prints one line)
+    python3 agent.py --check RUNTIME [THREADS]   # is RUNTIME importable here? (prints the info line)
 
 ``request.json``::
 
@@ -25,17 +25,18 @@ progress and keep what was measured if the connection drops)::
     {"type": "error", "model": ..., "error": ...}    # one model failed; the others go on
     {"type": "fatal", "error": ..., "fix": ...}      # nothing can be timed (exit status 3)
 
-**Protocol** (DESIGN.md §4): batch 1, a fixed thread count, the input tensor filled
-once with seeded random values and bound before timing; ``warmup`` untimed runs, then
-at least ``runs`` timed runs and at least ``min_seconds`` of them (like LiteRT's
-``benchmark_model``: tiny blocks take microseconds, so 50 runs alone would be a burst).
-That is repeated for ``rounds`` rounds, round-robin over all the request's models, so a
-burst of load from another process hits one round of a model, not all of it: the
-reported ``median_ms`` is the lowest of the per-round medians (load only ever adds
-time), ``p10_ms`` / ``p90_ms`` are over all timed runs.  Only the runtime's *invoke* is timed
-(TFLite ``invoke()``; onnxruntime ``run_with_iobinding`` on pre-bound input and
-output buffers; torch a forward under ``inference_mode``) - what is left of the
-per-invocation overhead is measured on an identity model by the profiler.
+**Protocol** (the project's one latency protocol; ``run.measure_latency`` uses the same
+loop): batch 1, a fixed thread count, the input tensor filled once with seeded random
+values and bound before timing; ``warmup`` untimed runs, then at least ``runs`` timed runs
+and at least ``min_seconds`` of them (like LiteRT's ``benchmark_model``: tiny blocks take
+microseconds, so 50 runs alone would be a burst).  That is repeated for ``rounds``
+rounds, round-robin over all the request's models, so a burst of load from another
+process hits one round of a model, not all of it: the reported ``median_ms`` is the
+lowest of the per-round medians (load only ever adds time), ``p10_ms`` / ``p90_ms`` are
+over all timed runs.  Only the runtime's *invoke* is timed (TFLite ``invoke()``;
+onnxruntime ``run_with_iobinding`` on pre-bound input and output buffers; torch a
+forward under ``inference_mode``) - what is left of the per-invocation overhead is
+measured on an identity model by the profiler.
 """
 
 import json
@@ -60,21 +61,31 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
              "amx_tile", "avx_vnni", "neon", "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "fphp")
 
 
-def _cpuinfo():
-    """(model name, set of feature flags) from /proc/cpuinfo; ('', set()) where there is none."""
+def parse_cpuinfo(lines):
+    """(model name, set of feature flags) from the lines of a /proc/cpuinfo (x86 or ARM spelling)."""
     model, flags = "", set()
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if not model and key in ("model name", "Hardware", "Processor", "cpu model"):
+            model = value.strip()
+        elif key in ("flags", "Features"):
+            flags.update(value.split())
+    return model, flags
+
+
+def isa_flags(flags):
+    """The ISA features of ``flags`` that a fingerprint records (sorted)."""
+    return sorted(f for f in ISA_FLAGS if f in flags)
+
+
+def _cpuinfo():
+    """(model name, set of feature flags) of this machine; ('', set()) where there is no /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if not model and key in ("model name", "Hardware", "Processor", "cpu model"):
-                    model = value.strip()
-                elif key in ("flags", "Features"):
-                    flags.update(value.split())
+            return parse_cpuinfo(f)
     except OSError:
-        pass
-    return model, flags
+        return "", set()
 
 
 def cpu_model():
@@ -113,7 +124,7 @@ def fingerprint(runtime=None, threads=None):
     """
     model, flags = _cpuinfo()
     info = {"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "machine": platform.machine(), "isa": sorted(f for f in ISA_FLAGS if f in flags),
+            "machine": platform.machine(), "isa": isa_flags(flags),
             "caches": cpu_caches(), "os": platform.system(), "kernel": platform.release(),
             "host": platform.node(), "python": platform.python_version()}
     if runtime is not None:
@@ -268,9 +279,9 @@ def run_request(path):
     return 0
 
 
-def check(runtime):
+def check(runtime, threads=1):
     try:
-        emit(machine_info(runtime, 1))
+        emit(machine_info(runtime, threads))
         return 0
     except ImportError as exc:
         emit({"type": "fatal", "error": "%s cannot be imported on %s (%s)" % (runtime, platform.node(), exc),
@@ -279,8 +290,8 @@ def check(runtime):
 
 
 def main(argv):
-    if len(argv) == 3 and argv[1] == "--check":
-        return check(argv[2])
+    if len(argv) in (3, 4) and argv[1] == "--check":
+        return check(argv[2], int(argv[3]) if len(argv) == 4 else 1)
     if len(argv) != 2:
         sys.stderr.write(__doc__)
         return 2

@@ -18,10 +18,10 @@ and recorded in the model card, so an app can do the same:
   ``q = clip(round(x / scale) + zero_point, -128, 127)`` - and the output dequantized -
   ``x = (q - zero_point) * scale`` - then re-normalised to unit length.
 
-:func:`measure_latency` is the project's latency protocol for a whole file (DESIGN.md
-§4): batch 1, a fixed thread count, ``warmup`` untimed runs, then ``runs`` timed runs;
-median with p10/p90 in milliseconds.  These are end-to-end figures (what an app sees),
-so the runtime's per-invocation overhead is *included*, not subtracted.
+:func:`measure_latency` is the project's latency protocol for a whole file (the timing
+loop of :mod:`.agent`): batch 1, a fixed thread count, ``warmup`` untimed runs, then
+``runs`` timed runs; median with p10/p90 in milliseconds.  These are end-to-end figures
+(what an app sees), so the runtime's per-invocation overhead is *included*, not subtracted.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeQueryError
+from ..log import quiet_converters
 
 
 def _normalise(e: np.ndarray) -> np.ndarray:
@@ -99,8 +100,9 @@ class LiteRTRunner(Runner):
                                      "pip install ai-edge-litert (or `pip install edgequery[export]`)") from None
         self.path, self.threads, self.layout = Path(path), int(threads), layout
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
-            self.interpreter.allocate_tensors()
+            with quiet_converters("LiteRT start-up"):  # "Created TensorFlow Lite XNNPACK delegate" on stderr
+                self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EdgeQueryError(f"{self.path} is not a loadable TFLite model ({exc})",
                                  "re-create it with `edgequery export`") from None

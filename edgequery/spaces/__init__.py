@@ -34,6 +34,8 @@ from ..errors import EdgeQueryError
 if TYPE_CHECKING:
     from .base import SearchSpace
 
+    SpaceLike = str | dict[str, Any] | SearchSpace   # a space, its config() or its name
+
 # name -> (module, class).  Imported on first use, so `edgequery --help` stays instant.
 SPACES: dict[str, tuple[str, str]] = {"mbv3": ("edgequery.spaces.mbv3", "MBv3Space"),
                                       "shufflenet": ("edgequery.spaces.shufflenet", "ShuffleNetSpace")}
@@ -57,41 +59,71 @@ def get_space(name: str, **options: Any) -> "SearchSpace":
     cls = getattr(importlib.import_module(module), cls_name)
     try:
         return cls(**options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an unknown option, or a value of the wrong kind
         raise EdgeQueryError(f"bad options for search space {name!r}: {exc}",
-                             f"{name} takes: {', '.join(k for k in cls().config() if k != 'space')}") from None
+                             f"{name} takes lists of: {cls().describe()}") from None
 
 
 def space_from_config(config: dict[str, Any]) -> "SearchSpace":
-    """A space rebuilt from ``space.config()`` (as stored in a supernet checkpoint)."""
+    """A space rebuilt from ``space.config()`` (as stored in checkpoints, LUTs and search results)."""
+    if not isinstance(config, dict) or "space" not in config:
+        raise EdgeQueryError(f"a search-space configuration needs a \"space\" name, got {config!r}",
+                             f"store space.config(), e.g. {{\"space\": \"mbv3\", \"resolutions\": [64], ...}}")
     options = {k: v for k, v in config.items() if k != "space"}
     return get_space(config["space"], **options)
 
 
-def parse_arch(text: str | dict) -> tuple["SearchSpace", Any]:
-    """The (default) space an arch string or JSON dict belongs to, and the parsed arch."""
+def as_space(space: SpaceLike) -> "SearchSpace":
+    """A space from its name (default choices), its ``config()`` dict, or the space itself."""
+    if isinstance(space, str):
+        return get_space(space)
+    if isinstance(space, dict):
+        return space_from_config(space)
+    return space
+
+
+def arch_space_name(text: str | dict) -> str:
+    """The space name an arch string (``mbv3:...``) or JSON dict (``{"space": "mbv3", ...}``) starts with."""
     if isinstance(text, dict):
         name = text.get("space")
         if name is None:
             raise EdgeQueryError("the JSON arch has no \"space\" field",
                                  f"add \"space\": one of {', '.join(SPACES)}")
+        return name
+    name, sep, _ = str(text).strip().partition(":")
+    if not sep:
+        prefixes = ", ".join(s + ":" for s in SPACES)
+        raise EdgeQueryError(f"{text!r} is not an arch string",
+                             f"arch strings start with a space name and a colon: {prefixes}")
+    if name == "supernet":
+        raise EdgeQueryError(f"{text!r} names a whole supernet, not one arch",
+                             "pick an arch from it first (edgequery search), or pass an arch string")
+    return name
+
+
+def parse_arch(text: str | dict, space: SpaceLike | None = None) -> tuple["SearchSpace", Any]:
+    """The space an arch string or JSON dict belongs to, and the parsed arch.
+
+    ``space`` is the space the arch was made in (a space, its ``config()`` or its name);
+    without it the arch is read in its space's *default* configuration, so an arch of a
+    space configured otherwise (e.g. ``resolutions=[64]``) needs its space passed.
+    """
+    name = arch_space_name(text)
+    if space is None:
+        space = get_space(name)
     else:
-        name, sep, _ = str(text).strip().partition(":")
-        if not sep:
-            prefixes = ", ".join(s + ":" for s in SPACES)
-            raise EdgeQueryError(f"{text!r} is not an arch string",
-                                 f"arch strings start with a space name and a colon: {prefixes}")
-        if name == "supernet":
-            raise EdgeQueryError(f"{text!r} names a whole supernet, not one arch",
-                                 "pick an arch from it first (edgequery search), or pass an arch string")
-    space = get_space(name)
+        space = as_space(space)
+        if space.name != name:
+            raise EdgeQueryError(f"arch {str(text)[:60]!r} belongs to space {name!r}, but the {space.name} space "
+                                 "was given for it", f"pass an arch of the {space.name} space, or its own space")
     return space, space.parse(text)
 
 
-def build_trunk_from_string(text: str | dict):
-    """The standalone trunk (``nn.Module``) and feature dim of an arch string or JSON dict."""
-    space, arch = parse_arch(text)
+def build_trunk_from_string(text: str | dict, space: SpaceLike | None = None):
+    """The standalone trunk (``nn.Module``) and feature dim of an arch string or JSON dict (in ``space``)."""
+    space, arch = parse_arch(text, space)
     return space.build(arch)
 
 
-__all__ = ["SPACES", "build_trunk_from_string", "get_space", "parse_arch", "space_from_config", *_LAZY]
+__all__ = ["SPACES", "arch_space_name", "as_space", "build_trunk_from_string", "get_space", "parse_arch",
+           "space_from_config", *_LAZY]

@@ -1,4 +1,4 @@
-"""The contract every search space meets (DESIGN.md §3), and what all spaces share.
+"""The contract every search space meets, and what all spaces share.
 
 An *arch* is a small frozen dataclass with a canonical string (like a faiss factory
 string, e.g. ``mbv3:r32,w1.0,k3e4-k5e6,...``) that round-trips through
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import EdgeQueryError
 
@@ -223,16 +224,47 @@ class SearchSpace(ABC):
         """Each gene taken from ``a`` or ``b`` with equal probability."""
 
     @abstractmethod
-    def parse(self, text: str | dict) -> Any:
-        """An arch from its canonical string or JSON dict; errors name the bad field."""
+    def _parse_fields(self, text: str, fields: list[str]) -> Any:
+        """The arch from the comma-separated fields after ``<space>:`` (``text`` is the whole string)."""
+
+    @abstractmethod
+    def _parse_dict(self, d: dict) -> Any:
+        """The arch from its JSON form (``arch.to_dict()``)."""
+
+    @abstractmethod
+    def _block_hint(self) -> str:
+        """How one block of a stage group is written (for errors), e.g. ``k<kernel>e<expansion> ...``."""
 
     @abstractmethod
     def blocks(self, arch: Any, embed_dim: int = 128) -> list[BlockSpec]:
         """The arch's blocks in execution order (their latencies sum to the net's)."""
 
+    BLOCK_KINDS: tuple[str, ...]    # every block kind the space's keys use
+
     @abstractmethod
+    def _make_block(self, kind: str, cin: int, cout: int, fields: dict[str, str]) -> nn.Module:
+        """The module of a block of a kind only this space has (``fields``: the key's other fields)."""
+
     def build_block(self, block: BlockSpec) -> nn.Module:
-        """A standalone module for one block (for per-block latency measurement)."""
+        """A standalone module for one block (for per-block latency measurement): the key alone decides it.
+
+        ``stem`` and ``lastconv`` (conv + BatchNorm + activation) and ``embed`` are common to
+        every space; the rest is the space's :meth:`_make_block`.
+        """
+        kind, (cin, _, _), (cout, _, _), f = parse_key(block.key)
+        if kind not in self.BLOCK_KINDS:
+            raise EdgeQueryError(f"block kind {kind!r} (key {block.key!r}) is not a block of the {self.name} space",
+                                 f"{self.name} blocks are: {', '.join(self.BLOCK_KINDS)}")
+        try:
+            if kind in ("stem", "lastconv"):
+                return Conv2dNormActivation(cin, cout, int(f["k"]), stride=int(f.get("s", 1)),
+                                            norm_layer=nn.BatchNorm2d, activation_layer=ACTIVATIONS[f["act"]])
+            if kind == "embed":
+                return EmbedBlock(cin, cout)
+            return self._make_block(kind, cin, cout, f)
+        except (KeyError, ValueError) as exc:
+            raise EdgeQueryError(f"block key {block.key!r} lacks or has a bad field ({exc})",
+                                 f"use keys produced by the {self.name} space's blocks(arch)") from None
 
     @abstractmethod
     def covering_archs(self, resolution: int) -> list[Any]:
@@ -261,6 +293,82 @@ class SearchSpace(ABC):
     @abstractmethod
     def slot_names(self, arch: Any) -> list[str]:
         """For each trunk block of ``arch`` (all blocks but ``embed``), the supernet slot it uses."""
+
+    # ----------------------------------------------------------------- parsing (shared)
+
+    arch_type: type                 # the space's arch dataclass
+    BLOCK_TOKEN: re.Pattern         # one block of a stage group in the string form, e.g. k5e4
+    BLOCK_KEYS: tuple[str, ...]     # a block's keys in the JSON form, e.g. ("kernel", "expand")
+
+    def parse(self, text: Any) -> Any:
+        """An arch from its canonical string or JSON dict (an arch passes through); errors name the bad field."""
+        if isinstance(text, self.arch_type):
+            return text
+        if isinstance(text, dict):
+            if text.get("space", self.name) != self.name:
+                raise wrong_space(f"{text.get('space')}:...", self.name)
+            return self._parse_dict(text)
+        if not isinstance(text, str):
+            raise EdgeQueryError(f"cannot read a {self.name} arch from a {type(text).__name__}",
+                                 f"pass the canonical string ({self.name}:r32,...) or its JSON dict")
+        text = text.strip()
+        space, sep, body = text.partition(":")
+        if not sep or space != self.name:
+            raise wrong_space(text, self.name)
+        return self._parse_fields(text, body.split(","))
+
+    def _check_groups(self, text: str, fields: list[str], head: str, n_stages: int, how: str) -> None:
+        """``fields`` must be the ``head`` fields (``r`` or ``r/w``) then one group per stage; ``how``: the fix."""
+        n_head = len(head.split("/"))
+        if len(fields) != n_head + n_stages:
+            raise EdgeQueryError(f"{self.name} arch {text!r} has {max(len(fields) - n_head, 0)} stage groups after "
+                                 f"{head}, the {self.name} space has {n_stages} stages", how)
+
+    def _resolution_field(self, text: str, field: str) -> int:
+        m = re.match(r"^r(\d+)$", field)
+        if not m:
+            raise bad_field(self.name, text, "resolution (r<pixels>)", field, [f"r{r}" for r in self.resolutions])
+        return int(m.group(1))
+
+    def _stage_groups(self, text: str, groups: Sequence[str], convert) -> list[list[Any]]:
+        """Each stage group's blocks (``BLOCK_TOKEN`` joined by ``-``), each made by ``convert(*match.groups())``."""
+        stages = []
+        for si, group in enumerate(groups, 1):
+            blocks = []
+            for bi, token in enumerate(group.split("-"), 1):
+                m = self.BLOCK_TOKEN.match(token)
+                if not m:
+                    raise bad_field(self.name, text, f"stage {si} block {bi}", token, self._block_hint())
+                blocks.append(convert(*m.groups()))
+            stages.append(blocks)
+        return stages
+
+    def _json_stages(self, d: dict, required: Sequence[str]) -> list[list[tuple]]:
+        """The JSON form's stages as lists of block tuples (``BLOCK_KEYS`` order), after checking ``required`` keys."""
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise EdgeQueryError(f"{self.name} JSON arch lacks {', '.join(missing)}",
+                                 f"write it as {self.smallest().to_dict()}")
+        shape = "{" + ", ".join(f'"{k}": ..' for k in self.BLOCK_KEYS) + "}"
+        if not isinstance(d["stages"], list):
+            raise bad_field(self.name, d, "stages", d["stages"], f"a list of stages, each a list of {shape} blocks")
+        out = []
+        for si, stage in enumerate(d["stages"], 1):
+            if not isinstance(stage, list):
+                raise bad_field(self.name, d, f"stage {si}", stage, f"a list of {shape} blocks")
+            blocks = []
+            for bi, blk in enumerate(stage, 1):
+                if not isinstance(blk, dict) or set(blk) != set(self.BLOCK_KEYS):
+                    raise bad_field(self.name, d, f"stage {si} block {bi}", blk, shape)
+                blocks.append(tuple(blk[k] for k in self.BLOCK_KEYS))
+            out.append(blocks)
+        return out
+
+    def _check_stages_and_resolution(self, res: Any, stages: Sequence, n_stages: int, text: Any) -> None:
+        if len(stages) != n_stages:
+            raise bad_field(self.name, text, "number of stages", len(stages), [n_stages])
+        if res not in self.resolutions:
+            raise bad_field(self.name, text, "resolution", res, self.resolutions)
 
     # ----------------------------------------------------------------- shared behaviour
 

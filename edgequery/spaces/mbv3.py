@@ -41,11 +41,9 @@ import numpy as np
 from torch import nn
 from torchvision.models._utils import _make_divisible
 from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
-from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import EdgeQueryError
-from .base import (ACTIVATIONS, BlockSpec, EmbedBlock, PoolLinear, SearchSpace, bad_field, conv_out, make_block,
-                   parse_key, pick, wrong_space)
+from .base import ACTIVATIONS, BlockSpec, PoolLinear, SearchSpace, bad_field, conv_out, make_block, pick
 
 # (width, stride, activation, squeeze-and-excitation) of the five searchable stages
 STAGES = ((24, 2, "relu", False), (40, 2, "relu", True), (80, 2, "hswish", False),
@@ -86,9 +84,7 @@ class MBv3Arch:
                 "stages": [[{"kernel": k, "expand": e} for k, e in stage] for stage in self.stages]}
 
 
-_RES = re.compile(r"^r(\d+)$")
 _WIDTH = re.compile(r"^w(\d+(?:\.\d*)?)$")
-_BLOCK = re.compile(r"^k(\d+)e(\d+)$")
 
 
 class MBv3Space(SearchSpace):
@@ -168,73 +164,31 @@ class MBv3Space(SearchSpace):
 
     # ----------------------------------------------------------------- parsing
 
-    def parse(self, text: str | dict | MBv3Arch) -> MBv3Arch:
-        if isinstance(text, MBv3Arch):
-            return text
-        if isinstance(text, dict):
-            return self._parse_dict(text)
-        if not isinstance(text, str):
-            raise EdgeQueryError(f"cannot read an mbv3 arch from a {type(text).__name__}",
-                                 "pass the canonical string (mbv3:r32,w1.0,...) or its JSON dict")
-        text = text.strip()
-        space, sep, body = text.partition(":")
-        if not sep or space != self.name:
-            raise wrong_space(text, self.name)
-        fields = body.split(",")
-        if len(fields) != 2 + len(STAGES):
-            raise EdgeQueryError(
-                f"mbv3 arch {text!r} has {max(len(fields) - 2, 0)} stage groups after r/w, the mbv3 space has "
-                f"{len(STAGES)} stages",
-                f"write mbv3:r<res>,w<width>, then {len(STAGES)} comma-separated stages of blocks "
-                f"k<kernel>e<expansion> joined by '-', e.g. {self.largest()}")
-        m = _RES.match(fields[0])
-        if not m:
-            raise bad_field("mbv3", text, "resolution (r<pixels>)", fields[0], [f"r{r}" for r in self.resolutions])
-        res = int(m.group(1))
+    arch_type = MBv3Arch
+    BLOCK_TOKEN = re.compile(r"^k(\d+)e(\d+)$")
+    BLOCK_KEYS = ("kernel", "expand")
+
+    def _block_hint(self) -> str:
+        return (f"k<kernel>e<expansion> with kernel in {list(self.kernels)} and expansion in {list(self.expands)}, "
+                "e.g. k5e4")
+
+    def _parse_fields(self, text: str, fields: list[str]) -> MBv3Arch:
+        self._check_groups(text, fields, "r/w", len(STAGES),
+                           f"write mbv3:r<res>,w<width>, then {len(STAGES)} comma-separated stages of blocks "
+                           f"k<kernel>e<expansion> joined by '-', e.g. {self.largest()}")
+        res = self._resolution_field(text, fields[0])
         m = _WIDTH.match(fields[1])
         if not m:
             raise bad_field("mbv3", text, "width (w<multiplier>)", fields[1], [f"w{w!r}" for w in self.widths])
-        width = float(m.group(1))
-        stages = []
-        for si, group in enumerate(fields[2:], 1):
-            blocks = []
-            for bi, token in enumerate(group.split("-"), 1):
-                m = _BLOCK.match(token)
-                if not m:
-                    raise bad_field("mbv3", text, f"stage {si} block {bi}", token,
-                                    "k<kernel>e<expansion> with kernel in "
-                                    f"{list(self.kernels)} and expansion in {list(self.expands)}, e.g. k5e4")
-                blocks.append((int(m.group(1)), int(m.group(2))))
-            stages.append(blocks)
-        return self._validated(res, width, stages, text)
+        stages = self._stage_groups(text, fields[2:], lambda k, e: (int(k), int(e)))
+        return self._validated(res, float(m.group(1)), stages, text)
 
     def _parse_dict(self, d: dict) -> MBv3Arch:
-        if d.get("space", self.name) != self.name:
-            raise wrong_space(f"{d.get('space')}:...", self.name)
-        missing = [k for k in ("resolution", "width", "stages") if k not in d]
-        if missing:
-            raise EdgeQueryError(f"mbv3 JSON arch lacks {', '.join(missing)}",
-                                 f"write it as {self.largest().to_dict()}")
-        stages = d["stages"]
-        if not isinstance(stages, list):
-            raise bad_field("mbv3", d, "stages", stages, f"a list of {len(STAGES)} lists of blocks")
-        out = []
-        for si, stage in enumerate(stages, 1):
-            if not isinstance(stage, list):
-                raise bad_field("mbv3", d, f"stage {si}", stage, "a list of {\"kernel\": k, \"expand\": e} blocks")
-            blocks = []
-            for bi, blk in enumerate(stage, 1):
-                if not isinstance(blk, dict) or set(blk) != {"kernel", "expand"}:
-                    raise bad_field("mbv3", d, f"stage {si} block {bi}", blk, "{\"kernel\": k, \"expand\": e}")
-                blocks.append((blk["kernel"], blk["expand"]))
-            out.append(blocks)
-        return self._validated(d["resolution"], d["width"], out, d)
+        stages = self._json_stages(d, ("resolution", "width", "stages"))
+        return self._validated(d["resolution"], d["width"], stages, d)
 
     def _validated(self, res, width, stages, text) -> MBv3Arch:
-        if len(stages) != len(STAGES):
-            raise bad_field("mbv3", text, "number of stages", len(stages), [len(STAGES)])
-        if res not in self.resolutions:
-            raise bad_field("mbv3", text, "resolution", res, self.resolutions)
+        self._check_stages_and_resolution(res, stages, len(STAGES), text)
         if not isinstance(width, (int, float)) or float(width) not in self.widths:
             raise bad_field("mbv3", text, "width", width, self.widths)
         for si, stage in enumerate(stages, 1):
@@ -271,30 +225,16 @@ class MBv3Space(SearchSpace):
         out.append(make_block("embed", (FEATURE_DIM, 1, 1), (embed_dim, 1, 1), norm="l2"))
         return out
 
-    def build_block(self, block: BlockSpec) -> nn.Module:
-        kind, (cin, _, _), (cout, _, _), f = parse_key(block.key)
-        try:
-            if kind == "stem":
-                return Conv2dNormActivation(cin, cout, int(f["k"]), stride=int(f["s"]), norm_layer=nn.BatchNorm2d,
-                                            activation_layer=ACTIVATIONS[f["act"]])
-            if kind == "mbconv":
-                cfg = InvertedResidualConfig(cin, int(f["k"]), expanded(cin, int(f["e"])), cout, f["se"] == "1",
-                                             "HS" if f["act"] == "hswish" else "RE", int(f["s"]), 1, 1.0)
-                if f["act"] not in ACTIVATIONS:
-                    raise KeyError("act")
-                return InvertedResidual(cfg, norm_layer=nn.BatchNorm2d)
-            if kind == "lastconv":
-                return Conv2dNormActivation(cin, cout, int(f["k"]), norm_layer=nn.BatchNorm2d,
-                                            activation_layer=ACTIVATIONS[f["act"]])
-            if kind == "pool_mix":
-                return PoolLinear(cin, cout, ACTIVATIONS[f["act"]])
-            if kind == "embed":
-                return EmbedBlock(cin, cout)
-        except (KeyError, ValueError) as exc:
-            raise EdgeQueryError(f"block key {block.key!r} lacks or has a bad field ({exc})",
-                                 "use keys produced by the mbv3 space's blocks(arch)") from None
-        raise EdgeQueryError(f"block kind {kind!r} (key {block.key!r}) is not an mbv3 block",
-                             "mbv3 blocks are: stem, mbconv, lastconv, pool_mix, embed")
+    BLOCK_KINDS = ("stem", "mbconv", "lastconv", "pool_mix", "embed")
+
+    def _make_block(self, kind: str, cin: int, cout: int, f: dict[str, str]) -> nn.Module:
+        if f["act"] not in ACTIVATIONS:
+            raise KeyError("act")
+        if kind == "mbconv":
+            cfg = InvertedResidualConfig(cin, int(f["k"]), expanded(cin, int(f["e"])), cout, f["se"] == "1",
+                                         "HS" if f["act"] == "hswish" else "RE", int(f["s"]), 1, 1.0)
+            return InvertedResidual(cfg, norm_layer=nn.BatchNorm2d)
+        return PoolLinear(cin, cout, ACTIVATIONS[f["act"]])  # pool_mix
 
     # ----------------------------------------------------------------- supernet layout
 

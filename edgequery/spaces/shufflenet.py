@@ -34,8 +34,7 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..errors import EdgeQueryError
-from .base import (ACTIVATIONS, BlockSpec, EmbedBlock, PoolLinear, SearchSpace, bad_field, conv_out, make_block,
-                   parse_key, pick, wrong_space)
+from .base import BlockSpec, PoolLinear, SearchSpace, bad_field, conv_out, make_block, pick
 
 STAGE_WIDTHS = (64, 160, 320, 640)
 STAGE_DEPTHS = (4, 4, 8, 4)
@@ -99,10 +98,6 @@ class ShuffleArch:
                 "stages": [[{"op": op, "channels": float(c)} for op, c in stage] for stage in self.stages]}
 
 
-_RES = re.compile(r"^r(\d+)$")
-_BLOCK = re.compile(r"^([a-z]\d+)c(\d+(?:\.\d*)?)$")
-
-
 class ShuffleNetSpace(SearchSpace):
     """SPOS: 20 positions x {k3, k5, k7, x3} x channel scales, one-shot with separate choice blocks."""
 
@@ -159,69 +154,27 @@ class ShuffleNetSpace(SearchSpace):
 
     # ----------------------------------------------------------------- parsing
 
-    def parse(self, text: str | dict | ShuffleArch) -> ShuffleArch:
-        if isinstance(text, ShuffleArch):
-            return text
-        if isinstance(text, dict):
-            return self._parse_dict(text)
-        if not isinstance(text, str):
-            raise EdgeQueryError(f"cannot read a shufflenet arch from a {type(text).__name__}",
-                                 "pass the canonical string (shufflenet:r32,...) or its JSON dict")
-        text = text.strip()
-        space, sep, body = text.partition(":")
-        if not sep or space != self.name:
-            raise wrong_space(text, self.name)
-        fields = body.split(",")
-        if len(fields) != 1 + len(STAGE_DEPTHS):
-            raise EdgeQueryError(
-                f"shufflenet arch {text!r} has {max(len(fields) - 1, 0)} stage groups after r, the shufflenet "
-                f"space has {len(STAGE_DEPTHS)} stages",
-                f"write shufflenet:r<res>, then {len(STAGE_DEPTHS)} comma-separated stages of "
-                f"{'/'.join(map(str, STAGE_DEPTHS))} blocks <op>c<scale> joined by '-', e.g. {self.smallest()}")
-        m = _RES.match(fields[0])
-        if not m:
-            raise bad_field("shufflenet", text, "resolution (r<pixels>)", fields[0],
-                            [f"r{r}" for r in self.resolutions])
-        res = int(m.group(1))
-        stages = []
-        for si, group in enumerate(fields[1:], 1):
-            blocks = []
-            for bi, token in enumerate(group.split("-"), 1):
-                m = _BLOCK.match(token)
-                if not m:
-                    raise bad_field("shufflenet", text, f"stage {si} block {bi}", token,
-                                    f"<op>c<scale> with op in {list(self.ops)} and scale in "
-                                    f"{list(self.channels)}, e.g. k5c1.0")
-                blocks.append((m.group(1), float(m.group(2))))
-            stages.append(blocks)
-        return self._validated(res, stages, text)
+    arch_type = ShuffleArch
+    BLOCK_TOKEN = re.compile(r"^([a-z]\d+)c(\d+(?:\.\d*)?)$")
+    BLOCK_KEYS = ("op", "channels")
+
+    def _block_hint(self) -> str:
+        return f"<op>c<scale> with op in {list(self.ops)} and scale in {list(self.channels)}, e.g. k5c1.0"
+
+    def _parse_fields(self, text: str, fields: list[str]) -> ShuffleArch:
+        self._check_groups(text, fields, "r", len(STAGE_DEPTHS),
+                           f"write shufflenet:r<res>, then {len(STAGE_DEPTHS)} comma-separated stages of "
+                           f"{'/'.join(map(str, STAGE_DEPTHS))} blocks <op>c<scale> joined by '-', e.g. "
+                           f"{self.smallest()}")
+        res = self._resolution_field(text, fields[0])
+        return self._validated(res, self._stage_groups(text, fields[1:], lambda op, c: (op, float(c))), text)
 
     def _parse_dict(self, d: dict) -> ShuffleArch:
-        if d.get("space", self.name) != self.name:
-            raise wrong_space(f"{d.get('space')}:...", self.name)
-        missing = [k for k in ("resolution", "stages") if k not in d]
-        if missing:
-            raise EdgeQueryError(f"shufflenet JSON arch lacks {', '.join(missing)}",
-                                 f"write it as {self.smallest().to_dict()}")
-        if not isinstance(d["stages"], list):
-            raise bad_field("shufflenet", d, "stages", d["stages"], f"a list of {len(STAGE_DEPTHS)} lists of blocks")
-        stages = []
-        for si, stage in enumerate(d["stages"], 1):
-            if not isinstance(stage, list):
-                raise bad_field("shufflenet", d, f"stage {si}", stage, "a list of {\"op\": .., \"channels\": ..}")
-            blocks = []
-            for bi, blk in enumerate(stage, 1):
-                if not isinstance(blk, dict) or set(blk) != {"op", "channels"}:
-                    raise bad_field("shufflenet", d, f"stage {si} block {bi}", blk, "{\"op\": .., \"channels\": ..}")
-                blocks.append((blk["op"], blk["channels"]))
-            stages.append(blocks)
+        stages = self._json_stages(d, ("resolution", "stages"))
         return self._validated(d["resolution"], stages, d)
 
     def _validated(self, res, stages, text) -> ShuffleArch:
-        if len(stages) != len(STAGE_DEPTHS):
-            raise bad_field("shufflenet", text, "number of stages", len(stages), [len(STAGE_DEPTHS)])
-        if res not in self.resolutions:
-            raise bad_field("shufflenet", text, "resolution", res, self.resolutions)
+        self._check_stages_and_resolution(res, stages, len(STAGE_DEPTHS), text)
         for si, (stage, depth) in enumerate(zip(stages, STAGE_DEPTHS), 1):
             if len(stage) != depth:
                 raise bad_field("shufflenet", text, f"number of blocks of stage {si}", len(stage), [depth])
@@ -253,26 +206,12 @@ class ShuffleNetSpace(SearchSpace):
         out.append(make_block("embed", (FEATURE_DIM, 1, 1), (embed_dim, 1, 1), norm="l2"))
         return out
 
-    def build_block(self, block: BlockSpec) -> nn.Module:
-        kind, (cin, _, _), (cout, _, _), f = parse_key(block.key)
-        try:
-            if kind == "stem":
-                return Conv2dNormActivation(cin, cout, int(f["k"]), stride=int(f["s"]), norm_layer=nn.BatchNorm2d,
-                                            activation_layer=ACTIVATIONS[f["act"]])
-            if kind in ("shuffle", "xception"):
-                return ShuffleBlock(cin, cout, int(f["mid"]), int(f["k"]), int(f["s"]), xception=kind == "xception")
-            if kind == "lastconv":
-                return Conv2dNormActivation(cin, cout, int(f["k"]), norm_layer=nn.BatchNorm2d,
-                                            activation_layer=ACTIVATIONS[f["act"]])
-            if kind == "pool":
-                return PoolLinear(cin)
-            if kind == "embed":
-                return EmbedBlock(cin, cout)
-        except (KeyError, ValueError) as exc:
-            raise EdgeQueryError(f"block key {block.key!r} lacks or has a bad field ({exc})",
-                                 "use keys produced by the shufflenet space's blocks(arch)") from None
-        raise EdgeQueryError(f"block kind {kind!r} (key {block.key!r}) is not a shufflenet block",
-                             "shufflenet blocks are: stem, shuffle, xception, lastconv, pool, embed")
+    BLOCK_KINDS = ("stem", "shuffle", "xception", "lastconv", "pool", "embed")
+
+    def _make_block(self, kind: str, cin: int, cout: int, f: dict[str, str]) -> nn.Module:
+        if kind in ("shuffle", "xception"):
+            return ShuffleBlock(cin, cout, int(f["mid"]), int(f["k"]), int(f["s"]), xception=kind == "xception")
+        return PoolLinear(cin)  # pool
 
     # ----------------------------------------------------------------- supernet layout
 

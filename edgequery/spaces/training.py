@@ -15,7 +15,6 @@ with DDP's ``find_unused_parameters`` on (an arch skips most slots).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..errors import EdgeQueryError
 from ..models import model_from_checkpoint
 from ..recipes import load_trained_gallery, require_gallery_classes
 from ..train import BCTLoss, TrainConfig, fit, prepare_output
-from . import get_space, space_from_config
+from . import as_space, space_from_config
 from .base import SearchSpace
 from .supernet import Supernet
 
@@ -45,20 +44,23 @@ def archs_for_step(space: SearchSpace, seed: int, step: int, rule: str = "unifor
     raise EdgeQueryError(f"unknown sampling rule {rule!r}", f"use one of: {', '.join(SAMPLING_RULES)}")
 
 
-def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, space: str | SearchSpace = "mbv3",
+def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
+                   space: str | dict[str, Any] | SearchSpace = "mbv3",
                    sandwich: bool = False, bct_weight: float = 1.0, spec: DataSpec | None = None,
                    force: bool = False, splits: Splits | None = None) -> dict[str, Any]:
     """Train ``space``'s supernet with BCT against the gallery at ``gallery_path``; write it to ``out``.
 
     Data default to the gallery's own spec (``spec`` overrides it but must keep its
-    classes).  Resumes an unfinished run at ``out`` with the same settings.
+    classes).  ``space`` is a space, its ``config()`` or a name (default choices); its whole
+    configuration is stored in the checkpoint.  Resumes an unfinished run at ``out`` with
+    the same settings.
     """
-    space = get_space(space) if isinstance(space, str) else space
+    space = as_space(space)
     gallery = load_trained_gallery(gallery_path)
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
     rule = "sandwich" if sandwich else "uniform"
-    cfg = replace(cfg, extra={**cfg.extra, "find_unused_parameters": True, "sampling": rule})
+    cfg = cfg.model_copy(update={"extra": {**cfg.extra, "find_unused_parameters": True, "sampling": rule}})
     identity = {"space": space.config(), "embed_dim": gspec["embed_dim"], "data": spec.to_dict(),
                 "bct_weight": bct_weight, "sampling": rule, "gallery_version": gallery["model_version"]}
     resume = prepare_output(out, "supernet", cfg, identity, force)

@@ -1,0 +1,167 @@
+"""What every benchmark script shares: presets, the output folder, notes, and the one result writer.
+
+Each script builds an ``argparse`` parser with :func:`parser` (adds ``--preset``,
+``--out-dir``, ``--cache``, ``--note``), whose defaults are the *full* run - the one the
+committed results come from.  ``--preset quick`` replaces some defaults by a small run
+that finishes here in a few minutes (flags given explicitly still win).  :func:`parse`
+applies the preset and sets up logging; :func:`start` records the provenance (commit,
+command, the configuration after defaults and preset, machine, load average);
+:func:`write` writes the results file through :func:`edgequery.artifacts.provenance.write_result`
+- the only way a script writes results.  Notes come from ``--note`` or from code, never
+from editing a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgequery.artifacts.provenance import BenchmarkResult, Provenance, write_result
+from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache"
+
+log = logging.getLogger("edgequery.benchmarks")
+
+# bct_compat.py's data and epochs: its defaults (the full run) and its quick preset.  Scripts that need
+# the same trained gallery and query nets (export_runtime.py --train) take these, so they reuse them.
+BCT_FULL = {"n_train": 8000, "n_query": 1000, "n_gallery": 9000, "gallery_epochs": 4, "query_epochs": 6}
+BCT_QUICK = {"n_train": 1000, "n_query": 200, "n_gallery": 500, "gallery_epochs": 1, "query_epochs": 1}
+
+
+def parser(doc: str | None, presets: dict[str, dict[str, Any]], cache: Path = CACHE) -> argparse.ArgumentParser:
+    """An ArgumentParser with the flags every benchmark has; ``presets`` maps a preset name to flag values."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("every benchmark")
+    g.add_argument("--preset", choices=["full", *presets], default="full",
+                   help="full: the defaults below (the committed run); "
+                        + "; ".join(f"{name}: {_flags(values)}" for name, values in presets.items())
+                        + " (explicit flags win)")
+    g.add_argument("--out-dir", type=Path, default=RESULTS, help="folder the results JSON (and PNG) go to")
+    g.add_argument("--cache", type=Path, default=cache, help="trained checkpoints and other reusable work")
+    g.add_argument("--note", action="append", default=[], help="a note recorded in the results (repeatable)")
+    loud = g.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug lines and converter output")
+    ap.set_defaults(_presets=presets)
+    return ap
+
+
+def _flags(values: dict[str, Any]) -> str:
+    """``{"n_train": 1000}`` as ``--n-train 1000``."""
+    return ", ".join("--" + key.replace("_", "-") + f" {value}" for key, value in values.items())
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the chosen preset's values as defaults; set up logging."""
+    first, _ = ap.parse_known_args(argv)
+    presets = first._presets
+    if first.preset != "full":
+        known = {a.dest for a in ap._actions}
+        unknown = set(presets[first.preset]) - known
+        if unknown:
+            raise SystemExit(f"preset {first.preset} sets unknown flags {sorted(unknown)} (a bug in the script)")
+        ap.set_defaults(**presets[first.preset])
+    args = ap.parse_args(argv)
+    del args._presets
+    setup_logging(QUIET if args.quiet else VERBOSE if args.verbose else NORMAL)
+    return args
+
+
+def start(args: argparse.Namespace) -> Provenance:
+    """The provenance of this run, begun now: the configuration is ``args`` as parsed (defaults and preset applied)."""
+    return Provenance.start(config={k: v for k, v in vars(args).items() if k not in ("quiet", "verbose")})
+
+
+def write(args: argparse.Namespace, benchmark: str, results: dict[str, Any], provenance: Provenance,
+          notes: Iterable[str] = ()) -> Path:
+    """Write ``<out-dir>/<benchmark>.json``: the envelope, code notes, ``--note`` notes, the results."""
+    notes = list(notes)
+    if args.preset != "full":
+        notes.insert(0, f"--preset {args.preset}: a small run that checks the script end to end; its figures are "
+                        "not the committed measurement")
+    path = write_result(Path(args.out_dir) / f"{benchmark}.json", benchmark, results, provenance,
+                        notes=[*notes, *args.note])
+    log.info("wrote %s", path)
+    return path
+
+
+def previous(path: Path, benchmark: str) -> BenchmarkResult | None:
+    """The results file already at ``path`` when it is this benchmark's (for scripts that keep earlier parts)."""
+    if not path.is_file():
+        return None
+    try:
+        old = BenchmarkResult.load(path)
+    except Exception as exc:  # noqa: BLE001 - an older file without the envelope is not kept
+        log.warning("not keeping the parts of %s: %s", path, exc)
+        return None
+    return old if old.benchmark == benchmark else None
+
+
+def kept_provenance(old: BenchmarkResult) -> dict[str, Any]:
+    """What a part kept from an earlier run records about that run (its own envelope's provenance)."""
+    return old.provenance.model_dump(mode="json")
+
+
+def digest(settings: Any) -> str:
+    """6 hex chars naming a JSON-able set of settings (for cache file names)."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def data_tag(spec) -> str:
+    """A short name for a data spec: its sizes and resolution, and a hash of the whole spec."""
+    return f"n{spec.n_train}-r{spec.resolution}-{digest(spec.to_dict())}"
+
+
+def gallery_checkpoint(wf, cache: Path, epochs: int) -> Path:
+    """The ResNet-101 gallery model of ``wf``'s data, trained (or reused) through the workflow in ``cache``."""
+    return wf.gallery(cache / f"gallery-r101-{data_tag(wf.spec)}-e{epochs}.pt", epochs)
+
+
+def add_bct_args(ap: argparse.ArgumentParser, what: str = "", queries: bool = True) -> None:
+    """The data and epoch flags of bct_compat.py's models (defaults: its full run); ``queries``: also
+    the query nets' epochs."""
+    g = ap.add_argument_group("trained models" + (f" ({what})" if what else ""))
+    g.add_argument("--n-train", type=int, default=BCT_FULL["n_train"])
+    g.add_argument("--n-query", type=int, default=BCT_FULL["n_query"])
+    g.add_argument("--n-gallery", type=int, default=BCT_FULL["n_gallery"])
+    g.add_argument("--gallery-epochs", type=int, default=BCT_FULL["gallery_epochs"])
+    if queries:
+        g.add_argument("--query-epochs", type=int, default=BCT_FULL["query_epochs"])
+
+
+def bct_spec(args: argparse.Namespace, resolution: int):
+    """The data spec of bct_compat.py's models at ``resolution``."""
+    from edgequery.data import DataSpec
+
+    return DataSpec(resolution=resolution, n_train=args.n_train, n_val=1000, n_query=args.n_query,
+                    n_gallery=args.n_gallery)
+
+
+def bct_checkpoints(wf, cache: Path, gallery_epochs: int, query_epochs: int, archs: Iterable[str],
+                    bcts: Iterable[bool] = (False, True)) -> tuple[Path, dict[tuple[str, bool], Path]]:
+    """The gallery and the query nets ``bct_compat.py`` trains (through the workflow's stages), named by
+    their settings in ``cache`` so that every script asking for the same ones reuses them."""
+    from edgequery.checkpoint import load_checkpoint
+
+    gallery_path = gallery_checkpoint(wf, cache, gallery_epochs)
+    gver = load_checkpoint(gallery_path, "gallery")["model_version"]
+    queries = {}
+    for arch in archs:
+        for bct in bcts:
+            name = f"{arch}-{'bct' if bct else 'nobct'}"
+            queries[(arch, bct)] = wf.query(cache / f"query-{name}-{data_tag(wf.spec)}-e{query_epochs}-g{gver}.pt",
+                                            gallery_path, arch, bct, query_epochs, name=f"train_query_{name}")
+    return gallery_path, queries
+
+
+def train_seconds(ckpt: dict) -> float:
+    """Wall-clock training time recorded in a checkpoint (sum over epochs; survives reuse and resume)."""
+    return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)

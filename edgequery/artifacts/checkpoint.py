@@ -1,0 +1,180 @@
+"""The metadata of a model checkpoint (gallery, query net or supernet), and the training config.
+
+A checkpoint is a ``torch.save``d dict (read back with ``weights_only=True``: no pickled
+code).  Everything in it but the tensors is typed here; ``state_dict`` and the
+optimizer/scheduler state inside ``train`` are *opaque*: carried through untouched,
+never validated, left out of :meth:`~edgequery.artifacts.base.Artifact.to_data`.
+
+``model`` says how to rebuild the net: ``arch`` is a torchvision name (``resnet101``,
+``mobilenet_v3_small``), a search-space arch string (``mbv3:r64,w0.5,...``) or, for a
+supernet, ``supernet:<space>``.  For the last two ``model.space`` holds the space's whole
+configuration (``space.config()``: its name and every choice list, resolutions
+included), so the arch rebuilds in exactly the space it was made in - wherever the file
+goes.
+
+Format history: version 1 had no ``model.space`` for query nets of a search space (the
+arch was parsed in the *default* space); reading a version-1 file fills in
+``{"space": <name>}`` - the space's default configuration, which is what version 1 meant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from ..data import DataSpec
+from .base import Artifact, Compat, Strict
+
+KINDS = ("gallery", "query", "supernet")
+
+
+def check_space_config(value: dict[str, Any]) -> dict[str, Any]:
+    """A space configuration names its space (its choice lists are checked when the space is built)."""
+    if not isinstance(value.get("space"), str) or not value["space"]:
+        raise ValueError("a space config needs the space's name under \"space\", e.g. {\"space\": \"mbv3\", ...}")
+    return value
+
+
+SpaceConfig = Annotated[dict[str, Any], AfterValidator(check_space_config)]
+"""``space.config()``: ``{"space": "mbv3", "resolutions": [...], ...}``, rebuilt by
+:func:`edgequery.spaces.space_from_config`; choice lists left out take the space's defaults."""
+
+
+def space_name_of(arch: str) -> str | None:
+    """``mbv3`` for ``mbv3:...`` and ``supernet:mbv3``; ``None`` for a torchvision arch name."""
+    if ":" not in arch:
+        return None
+    prefix, _, rest = arch.partition(":")
+    return rest if prefix == "supernet" else prefix
+
+
+class TrainConfig(Strict):
+    """How a model is trained (``edgequery train ...`` flags); stored in ``train.config``, compared on resume."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-5
+    optimizer: str = "sgd"          # sgd (momentum 0.9, nesterov) | adamw
+    warmup_epochs: float = 0.3
+    augment: bool = True            # random horizontal flip + translation by up to 1/8
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict[str, Any] = {}      # stage-specific settings (JSON), compared on resume
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ModelSpec(Strict):
+    """Enough to rebuild the net: :func:`edgequery.models.model_from_checkpoint`."""
+
+    arch: str
+    embed_dim: int
+    num_classes: int
+    scale: float = 16.0
+    margin: float = 0.0
+    space: SpaceConfig | None = None      # space.config() of a search-space arch or supernet
+
+    @model_validator(mode="after")
+    def _space_fits_arch(self):
+        name = space_name_of(self.arch)
+        if name is None and self.space is not None:
+            raise ValueError(f"arch {self.arch!r} is not of a search space, but a space config is stored")
+        if name is not None and self.space is None:
+            raise ValueError(f"arch {self.arch!r} is of a search space, but its space config is missing")
+        if name is not None and self.space["space"] != name:
+            raise ValueError(f"arch {self.arch!r} is of space {name!r}, but the stored space is "
+                             f"{self.space['space']!r}")
+        return self
+
+
+class Identity(Strict):
+    """What must match for a rerun to resume an unfinished training run (per kind, a subset is set)."""
+
+    arch: str | None = None
+    space: SpaceConfig | None = None
+    embed_dim: int | None = None
+    data: DataSpec | None = None
+    weights: str | None = None
+    scale: float | None = None
+    margin: float | None = None
+    bct: bool | None = None
+    bct_weight: float | None = None
+    sampling: str | None = None
+    gallery_version: str | None = None
+
+
+class EpochRecord(Strict):
+    epoch: int
+    loss: float
+    seconds: float
+    metrics: dict[str, float] = {}    # whatever an ``on_epoch_end`` hook measured
+
+
+class TrainState(Strict):
+    epoch: int
+    epochs: int
+    complete: bool
+    config: TrainConfig
+    history: list[EpochRecord] = []
+    optimizer: Any = Field(default=None, exclude=True, repr=False)   # opaque: torch optimizer state
+    scheduler: Any = Field(default=None, exclude=True, repr=False)   # opaque: LR scheduler state
+
+
+class BCTInfo(Strict):
+    enabled: bool
+    weight: float
+
+
+class Sampling(Strict):
+    """How a supernet drew the arch(s) of each training step."""
+
+    rule: Literal["uniform", "sandwich"]
+    seed: int
+
+
+class CheckpointMeta(Artifact):
+    """Everything a checkpoint holds but its tensors (which ride along as opaque fields)."""
+
+    FORMAT: ClassVar[str] = "edgequery-checkpoint"
+    VERSION: ClassVar[int] = 2
+    KIND: ClassVar[str] = "checkpoint"
+    FIX: ClassVar[str] = "pass a file written by `edgequery train gallery|query|supernet`, or re-create it"
+
+    kind: Literal["gallery", "query", "supernet"]
+    model_version: str                    # content hash of state_dict: the identity that pairs artifacts
+    model: ModelSpec
+    compatible_with: Compat | None = None  # query nets and supernets trained with BCT
+    data: DataSpec | None = None
+    classes: list[str] = []
+    identity: Identity = Identity()
+    bct: BCTInfo | None = None
+    sampling: Sampling | None = None
+    reference_gallery: str | None = None  # the gallery trained against (with or without BCT)
+    train: TrainState | None = None
+    edgequery_version: str | None = None
+    saved_at: str | None = None
+    state_dict: Any = Field(exclude=True, repr=False)   # opaque: the weights
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any] | None:
+        if version != 1:
+            return None
+        model = dict(data.get("model") or {})
+        name = space_name_of(str(model.get("arch", "")))
+        if name is not None and model.get("space") is None:
+            model["space"] = {"space": name}  # version 1 parsed such an arch in the space's default configuration
+        return {**data, "model": model, "format_version": 2}
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes: :meth:`to_data` plus the opaque tensors."""
+        out = self.to_data()
+        out["state_dict"] = self.state_dict
+        if self.train is None:
+            del out["train"]  # readers test ``ckpt.get("train", {})``
+        else:
+            out["train"]["optimizer"] = self.train.optimizer
+            out["train"]["scheduler"] = self.train.scheduler
+        return out

@@ -1,0 +1,175 @@
+"""Checking a LUT against whole nets measured end to end, and calibrating it.
+
+:func:`validate` - ``edgequery profile validate``: samples N random archs at the LUT's
+resolutions, exports each *whole* net the way ``edgequery export`` does, times it on
+the same device/runtime/threads and compares with the LUT's prediction: share within
+±5 % and ±10 %, mean absolute percentage error, Spearman rho.  With ``calibrate`` it
+fits ``measured = scale * raw + offset`` by least squares and stores it in the LUT.
+
+The device must have the LUT's fingerprint (the same CPU, ISA, caches, OS/kernel,
+runtime version and threads); ``allow_other_device`` validates on another one anyway,
+and says so in the report (and, with ``calibrate``, in the LUT).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifacts.compat import check_compatible
+from ..artifacts.lut import Calibration, OtherDeviceUse
+from ..errors import EdgeQueryError
+from .build import Protocol, export_nets, time_files, work_folder
+from .devices import Device
+from .lut import LUT, now, restricted_space
+
+log = logging.getLogger(__name__)
+
+
+def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """Share within ±5 % / ±10 %, mean absolute % error, Spearman rho (predicted vs measured)."""
+    from scipy.stats import spearmanr
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    err = (p - m) / m
+    rho = spearmanr(p, m).statistic if len(p) > 2 and np.ptp(p) > 0 and np.ptp(m) > 0 else float("nan")
+    return {"n": len(p), "within_5pct": round(float(np.mean(np.abs(err) <= 0.05)), 4),
+            "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
+            "mape_pct": round(float(np.mean(np.abs(err)) * 100), 3),
+            "mean_error_pct": round(float(np.mean(err) * 100), 3), "spearman_rho": round(float(rho), 4)}
+
+
+def _fit_line(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """``measured ~ scale * raw + offset``, minimising the *relative* error (what the ±5 % goal counts)."""
+    design = np.stack([raw / measured, 1.0 / measured], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    return float(scale), float(offset)
+
+
+def fit_calibration(raw: Sequence[float], measured: Sequence[float], device: str | None = None,
+                    notes: Sequence[str] = ()) -> Calibration:
+    """The line ``measured = scale * raw + offset`` that ``--calibrate`` stores (relative least squares)."""
+    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
+    if len(raw_a) < 3:
+        raise EdgeQueryError(f"calibration needs at least 3 measured nets, got {len(raw_a)}", "pass --n 20 or more")
+    scale, offset = _fit_line(raw_a, m)
+    return Calibration(scale=round(scale, 6), offset_ms=round(offset, 6), fit="relative least squares",
+                       fitted_on=len(raw_a), fitted_at=now(), device=device, notes=list(notes))
+
+
+def cross_validated(raw: Sequence[float], measured: Sequence[float], folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of the calibrated prediction out of sample: each fold predicted by a line fitted on the others."""
+    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
+    order = np.random.default_rng(seed).permutation(len(raw_a))
+    pred = np.empty_like(m)
+    for f in range(folds):
+        test = order[f::folds]
+        train = np.setdiff1d(order, test)
+        scale, offset = _fit_line(raw_a[train], m[train])
+        pred[test] = scale * raw_a[test] + offset
+    return {**accuracy(pred, m), "folds": folds, "predicted_ms": [round(float(p), 5) for p in pred]}
+
+
+def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float], calibrate: bool,
+                      device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The calibration figures of a validation from its raw predictions and measurements (no timing here).
+
+    With ``calibrate`` the fitted line is stored in ``lut`` (and saved to its file); ``device``
+    and ``notes`` (``--allow-other-device``: how that device differs) are stored with it.
+    """
+    report: dict[str, Any] = {}
+    if lut.calibration:
+        report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], measured)
+    if len(raw) >= 10:
+        report["calibrated_cross_validated"] = cross_validated(raw, measured)
+    if calibrate:
+        lut.calibration = fit_calibration(raw, measured, device, notes)
+        if lut.path:
+            lut.save(lut.path)
+        report["calibration"] = lut.calibration.model_dump(mode="json")
+        report["calibrated_in_sample"] = accuracy([lut.calibrated(r) for r in raw], measured)
+    return report
+
+
+def sample_archs(space, n: int, seed: int = 0) -> list:
+    """Up to ``n`` distinct random archs of ``space`` (a tiny space may have fewer)."""
+    rng = np.random.default_rng(seed)
+    archs, seen = [], set()
+    for _ in range(100 * n):
+        a = space.sample(rng)
+        if str(a) not in seen:
+            seen.add(str(a))
+            archs.append(a)
+            if len(archs) == n:
+                break
+    if len(archs) < n:
+        log.info(f"note: the space yielded only {len(archs)} distinct archs; validating on those")
+    return archs
+
+
+def _check_device(lut: LUT, device: Device, protocol: Protocol, allow_other_device: bool,
+                  calibrate: bool) -> tuple[dict, list[str]]:
+    """The device's fingerprint (as JSON) and the ``--allow-other-device`` notes; refuses another device.
+
+    A calibration fitted on another device is recorded in the LUT's ``other_devices``.
+    """
+    fingerprint = device.fingerprint(lut.runtime, protocol.threads)
+    notes = check_compatible(lut, fingerprint, a_name=lut.where, allow_other_device=allow_other_device)
+    for note in notes:
+        log.warning(note)
+    if device.describe() != lut.device:
+        log.info(f"note: validating a LUT measured with device {lut.device} on {device.describe()}")
+    if notes and calibrate:
+        lut.other_devices.append(OtherDeviceUse(action="calibrate", at=now(), device=device.describe(),
+                                                fingerprint=fingerprint, notes=notes))
+    return fingerprint.model_dump(mode="json"), notes
+
+
+def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
+             protocol: Protocol | None = None, workdir: str | Path | None = None, jobs: int = 1,
+             allow_other_device: bool = False) -> dict[str, Any]:
+    """Measure ``n`` random whole nets and compare with ``lut``'s predictions (see the module docstring).
+
+    With ``calibrate`` the fitted correction is stored in ``lut`` (and saved to its file);
+    the report then holds the figures before *and* after it.  Fitting and scoring on the
+    same nets flatters the calibrated figures, so they are labelled in-sample; the honest
+    figure for a calibrated LUT is ``calibrated_cross_validated`` (5-fold: each net
+    predicted by a line fitted on the other folds), present from 10 nets on.
+    """
+    if n < 1:
+        raise EdgeQueryError(f"--n must be >= 1 (got {n})", "pass --n 100")
+    protocol = protocol or Protocol.of(lut)
+    if protocol.threads != lut.threads:
+        raise EdgeQueryError(f"the LUT was measured with {lut.threads} thread(s), validation asks {protocol.threads}",
+                             f"validate with --threads {lut.threads}")
+    lut.check_space(space)
+    sub = restricted_space(space, lut.resolutions)
+    archs = sample_archs(sub, n, seed)
+    folder = Path(workdir) if workdir else work_folder(lut.path or Path("lut.json"), lut.runtime)
+    t0 = time.time()
+    try:
+        fingerprint, notes = _check_device(lut, device, protocol, allow_other_device, calibrate)
+        names = export_nets(archs, lut.runtime, folder, lut.embed_dim, jobs, space=sub)
+        timed = time_files(device, folder, names, lut.runtime, protocol, desc="time nets")
+    finally:
+        device.close()
+    measured = [timed[name] for name in names]
+    raw = [lut.raw([b.key for b in sub.blocks(a, lut.embed_dim)]) for a in archs]
+    flops = [sub.cost(a, lut.embed_dim)["flops"] for a in archs]
+    meas = [m.median_ms for m in measured]
+    report: dict[str, Any] = {
+        "lut": str(lut.path), "device": device.describe(), "lut_device": lut.device, "fingerprint": fingerprint,
+        "allow_other_device": allow_other_device, "device_notes": notes, "runtime": lut.runtime,
+        "runtime_version": lut.runtime_version, "threads": lut.threads, "resolutions": list(lut.resolutions),
+        "n": len(archs), "seed": seed, "protocol": protocol.to_dict(), "seconds": round(time.time() - t0, 1),
+        "uncalibrated": accuracy(raw, meas),
+        "previous_calibration": lut.calibration.model_dump(mode="json") if lut.calibration else None,
+        "nets": [{"arch": str(a), "flops": f, "raw_ms": round(r, 5), "measured_ms": m.median_ms,
+                  "measured_p10_ms": m.p10_ms, "measured_p90_ms": m.p90_ms}
+                 for a, f, r, m in zip(archs, flops, raw, measured)]}
+    report.update(score_calibration(lut, raw, meas, calibrate, device.describe(), notes))
+    return report

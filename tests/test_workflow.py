@@ -1,0 +1,205 @@
+"""The library workflow (``edgequery.workflow``): stages reuse finished artifacts, resume unfinished
+ones, refuse finished ones of other settings, and record their wall time; and the benchmark
+scripts' shared flags and provenance envelope (``benchmarks/_bench.py``).
+
+Models are tiny (MobileNetV3-small on the shared 256-image split, batch 32): each training
+stage takes a few seconds.  The export stage's reuse is tested in ``test_export.py``
+(conversion is slow); the demo end to end is ``edgequery demo`` itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgequery.errors import EdgeQueryError
+from edgequery.workflow import Workflow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(arch="mobilenet_v3_small", batch_size=32)
+
+
+def _gallery(wf: Workflow, path: Path, epochs: int = 1) -> Path:
+    return wf.gallery(path, epochs, **TINY)
+
+
+def test_gallery_stage_trains_then_reuses_the_finished_checkpoint(tiny_spec, tiny_splits, tmp_path, edgequery_log):
+    path = tmp_path / "gallery.pt"
+    wf = Workflow(tiny_spec, splits=tiny_splits)
+    assert _gallery(wf, path) == path
+    first = wf.stages["train_gallery"]
+    assert first["status"] == "ran" and first["seconds"] > 0 and first["artifact"] == str(path)
+    stamp = path.stat().st_mtime_ns
+
+    again = Workflow(tiny_spec)  # no splits: a reused stage must not even load the data
+    _gallery(again, path)
+    assert again.stages["train_gallery"]["status"] == "reused"
+    assert path.stat().st_mtime_ns == stamp, "a finished artifact is reused, not retrained"
+    assert again._splits is None
+    records = {id(r): r for r in edgequery_log.records if r.name == "edgequery.workflow"}  # (caplog may see one twice)
+    lines = [r.getMessage() for r in records.values()]
+    assert sum(m.startswith("stage train_gallery:") for m in lines) == 4, lines   # start + end, twice
+    assert any("reused in" in m for m in lines)
+
+
+def test_a_finished_checkpoint_of_other_settings_is_refused_not_reused(tiny_spec, tiny_splits, tmp_path):
+    path = tmp_path / "gallery.pt"
+    _gallery(Workflow(tiny_spec, splits=tiny_splits), path)
+    with pytest.raises(EdgeQueryError, match="other settings.*epochs"):
+        _gallery(Workflow(tiny_spec, splits=tiny_splits), path, epochs=2)
+    with pytest.raises(EdgeQueryError, match="other settings.*arch"):
+        Workflow(tiny_spec, splits=tiny_splits).gallery(path, 1, arch="mobilenet_v3_large", batch_size=32)
+
+
+def test_an_unfinished_checkpoint_is_resumed(tiny_spec, tiny_splits, tmp_path, monkeypatch):
+    import edgequery.train as train
+    from edgequery.checkpoint import load_checkpoint
+
+    path = tmp_path / "gallery.pt"
+    real_save = train.save_checkpoint
+
+    def save_then_die(out, payload):  # the run is killed right after its first epoch's checkpoint
+        real_save(out, payload)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _gallery(Workflow(tiny_spec, splits=tiny_splits), path, epochs=2)
+    monkeypatch.undo()
+    assert load_checkpoint(path, "gallery")["train"]["epoch"] == 1
+
+    wf = Workflow(tiny_spec, splits=tiny_splits)
+    _gallery(wf, path, epochs=2)
+    assert wf.stages["train_gallery"]["status"] == "resumed"
+    ck = load_checkpoint(path, "gallery")
+    assert ck["train"]["complete"] and [h["epoch"] for h in ck["train"]["history"]] == [1, 2]
+
+
+def test_query_stage_reuses_per_settings_and_names_repeated_stages(tiny_spec, tiny_splits, tiny_gallery, tmp_path):
+    wf = Workflow(tiny_spec, splits=tiny_splits)
+    bct = wf.query(tmp_path / "q.pt", tiny_gallery, "mobilenet_v3_small", True, 1, batch_size=32)
+    wf.query(bct, tiny_gallery, "mobilenet_v3_small", True, 1, batch_size=32)
+    assert [wf.stages[k]["status"] for k in ("train_query_bct", "train_query_bct#2")] == ["ran", "reused"]
+    assert set(wf.seconds()) == {"train_query_bct", "train_query_bct#2"}
+    with pytest.raises(EdgeQueryError, match="other settings.*bct"):
+        wf.query(bct, tiny_gallery, "mobilenet_v3_small", False, 1, batch_size=32)
+
+
+def test_search_stage_reuses_a_finished_search_and_refuses_other_settings(tmp_path):
+    from edgequery.search import EvolutionSearch, SearchConfig
+    from edgequery.spaces import get_space
+
+    space = get_space("mbv3")
+
+    def score(arch):  # deterministic stand-in scores: the stage logic, not the scorer, is under test
+        v = int(hashlib.sha1(str(arch).encode()).hexdigest()[:6], 16) / 0xFFFFFF
+        return {"het": {"recall@1": v, "map@r": v}, "hom": {"recall@1": 1 - v, "map@r": 1 - v}}
+
+    def mflops(arch):
+        return space.cost(arch)["flops"] / 1e6
+
+    cfg = SearchConfig(budget=1e6, cost_unit="MFLOPs", population=4, generations=2)
+    out = tmp_path / "search.json"
+    wf = Workflow(None)
+    result = wf.search(out, cfg, lambda: EvolutionSearch(space, cfg, mflops, score, out).run(progress=False))
+    assert result["complete"] and wf.stages["search"]["status"] == "ran"
+
+    def must_not_run():
+        raise AssertionError("a finished search with the same settings is reused")
+
+    assert wf.search(out, cfg, must_not_run)["chosen"] == result["chosen"]
+    assert wf.stages["search#2"]["status"] == "reused"
+    other = SearchConfig(budget=1e6, cost_unit="MFLOPs", population=4, generations=3)
+    with pytest.raises(EdgeQueryError, match="other settings.*config"):
+        wf.search(out, other, must_not_run)
+
+
+def test_index_stage_builds_then_reuses(tiny_gallery, tiny_spec, tmp_path):
+    wf = Workflow(tiny_spec)
+    first = wf.index(tiny_gallery, tmp_path / "index")
+    assert first["items"] == tiny_spec.n_gallery and wf.stages["index"]["status"] == "ran"
+    wf.index(tiny_gallery, tmp_path / "index")
+    assert wf.stages["index#2"]["status"] == "reused"
+
+
+def test_demo_command_maps_its_flags_onto_the_workflow_config():
+    from edgequery import cli
+    from edgequery.commands.demo import config_from_args
+    from edgequery.workflow import DemoConfig
+
+    args = cli.build_parser().parse_args(["demo", "--out", "x", "--query-epochs", "2", "--no-search"])
+    cfg = config_from_args(args)
+    assert cfg.out == Path("x") and cfg.query_epochs == 2 and not cfg.search and cfg.deploy
+    assert cfg.gallery_epochs == DemoConfig().gallery_epochs, "the command's defaults are the workflow's"
+
+
+# --------------------------------------------------------------------------- benchmarks/_bench.py
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import _bench
+
+    return _bench
+
+
+def test_a_preset_sets_defaults_and_explicit_flags_win(bench):
+    ap = bench.parser("doc", {"quick": {"epochs": 1, "n": 5}})
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--n", type=int, default=100)
+    assert (lambda a: (a.epochs, a.n, a.preset))(bench.parse(ap, [])) == (10, 100, "full")
+    ap = bench.parser("doc", {"quick": {"epochs": 1, "n": 5}})
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--n", type=int, default=100)
+    args = bench.parse(ap, ["--preset", "quick", "--n", "7", "--note", "from a flag"])
+    assert (args.epochs, args.n) == (1, 7)
+    prov = bench.start(args)
+    assert prov.config["epochs"] == 1 and prov.config["n"] == 7 and prov.config["preset"] == "quick"
+
+
+def test_the_result_writer_stamps_the_whole_envelope(bench, tmp_path):
+    from edgequery.artifacts.provenance import BenchmarkResult
+
+    ap = bench.parser("doc", {"quick": {"epochs": 1}})
+    ap.add_argument("--epochs", type=int, default=10)
+    args = bench.parse(ap, ["--preset", "quick", "--out-dir", str(tmp_path), "--note", "from a flag"])
+    prov = bench.start(args)
+    path = bench.write(args, "unit", {"figure": 1.5, "where": tmp_path}, prov, notes=["from code"])
+    result = BenchmarkResult.load(path)
+    p = result.provenance
+    assert path == tmp_path / "unit.json" and result.results == {"figure": 1.5, "where": str(tmp_path)}
+    assert p.git_commit and isinstance(p.git_dirty, bool) and p.command
+    assert p.config == {"preset": "quick", "out_dir": str(tmp_path), "cache": str(bench.CACHE),
+                        "note": ["from a flag"], "epochs": 1}
+    assert p.machine.cpu and len(p.load_average.start) == 3 and len(p.load_average.end) == 3
+    assert p.finished_at and p.seconds is not None
+    assert result.notes[1:] == ["from code", "from a flag"] and "--preset quick" in result.notes[0]
+
+
+@pytest.mark.slow
+def test_a_benchmark_writes_the_complete_provenance_envelope(tmp_path):
+    """The cheapest benchmark's quick preset, end to end (random vectors only; ~30 s here, more when loaded)."""
+    from edgequery.artifacts.provenance import BenchmarkResult
+
+    cmd = [sys.executable, "benchmarks/gallery_search.py", "--preset", "quick", "--parts", "random", "--sizes", "2000",
+           "--out-dir", str(tmp_path), "--cache", str(tmp_path / "cache"), "--note", "a note from a flag", "-q"]
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=300, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = BenchmarkResult.load(tmp_path / "gallery_search.json")
+    p = result.provenance
+    assert result.benchmark == "gallery_search"
+    assert p.git_commit and len(p.git_commit) == 40 and isinstance(p.git_dirty, bool)
+    assert p.command.startswith("python benchmarks/gallery_search.py --preset quick --parts random --sizes 2000")
+    assert p.config["preset"] == "quick" and p.config["sizes"] == "2000" and p.config["requests"] == 40
+    assert p.machine.cpu and p.machine.cores
+    assert len(p.load_average.start) == 3 and len(p.load_average.end) == 3
+    assert p.started_at <= p.finished_at and p.seconds is not None
+    assert "a note from a flag" in result.notes and any("--preset quick" in n for n in result.notes)
+    assert "random-2k" in result.results["index"]
+    assert (tmp_path / "gallery_search.png").is_file()
