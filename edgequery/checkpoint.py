@@ -19,7 +19,8 @@ format rule - is :class:`edgequery.artifacts.checkpoint.CheckpointMeta`; both
 ``train``           progress (epoch, complete), config, history, optimizer/scheduler state
 
 Writes are atomic (temporary file + rename), so a killed run leaves either the previous
-checkpoint or the new one, never half a file.
+checkpoint or the new one, never half a file.  Whether a query checkpoint belongs with a
+gallery is :func:`edgequery.artifacts.compat.check_compatible`.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from .files import atomic_write
 FORMAT = CheckpointMeta.FORMAT
 FORMAT_VERSION = CheckpointMeta.VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "atomic_write", "checkpoint_meta", "is_finished", "load_checkpoint",
-           "require_compatible", "save_checkpoint", "state_hash"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "checkpoint_meta", "is_finished", "load_checkpoint", "save_checkpoint",
+           "state_hash"]
 
 
 def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
@@ -104,15 +105,3 @@ def load_checkpoint(path: str | os.PathLike, kind: str | Iterable[str] | None = 
 def is_finished(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a checkpoint whose training ran to the end (reruns skip it)."""
     return Path(path).exists() and bool((load_checkpoint(path).get("train") or {}).get("complete", False))
-
-
-def require_compatible(query: dict[str, Any], gallery: dict[str, Any], query_path: str | os.PathLike,
-                       gallery_path: str | os.PathLike) -> None:
-    """Refuse a query checkpoint paired with a gallery it was not trained against.
-
-    The rule itself is :func:`edgequery.artifacts.compat.check_compatible` (a query net
-    trained without BCT is allowed: ``edgequery eval`` shows how incompatible it is).
-    """
-    from .artifacts.compat import check_compatible
-
-    check_compatible(query, gallery, a_name=str(query_path), b_name=str(gallery_path))

@@ -27,7 +27,7 @@ import pytest
 
 TOKEN = "fuzz-token-0123456789abcdef"
 SEED = 14
-MAX_EXAMPLES = 600  # per operation and phase: ~2-4k requests, ~30 s a run on 2 cores
+MAX_EXAMPLES = 400  # per operation: ~2.5k requests a run, 20-45 s on 2 busy cores
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
 
 
@@ -82,6 +82,6 @@ def test_schemathesis_smoke(server, tmp_path):
 def test_schemathesis_finds_no_server_error_or_schema_violation(server, tmp_path, token):
     t = time.perf_counter()
     result = schemathesis(server.url, tmp_path / "report.json", MAX_EXAMPLES, token=token)
-    check_run(server, result, min_cases=2000)
+    check_run(server, result, min_cases=1500)
     print(f"schemathesis ({'token' if token else 'anonymous'}): {result['test_cases']['generated']} cases in "
           f"{time.perf_counter() - t:.1f} s")

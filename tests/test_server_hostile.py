@@ -281,6 +281,17 @@ def test_7_every_refusal_is_problem_and_fix(server):
     assert_problem(r, (400, 422))
     r = httpx.post(url + "/v1/search", content=b"[1, 2]", headers={"content-type": "text/plain"})
     assert_problem(r, (400, 415, 422))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:  # headers that never stop
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for i in range(5):  # the 5th passes h11's 16 KB buffer for an incomplete request
+            c.sendall(f"X-Padding-{i}: {'x' * 4000}\r\n".encode())
+            time.sleep(0.02)
+        answer = read_all(c, time.monotonic() + 5)
+    assert answer.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in answer, answer[:200]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:  # not HTTP at all
+        c.sendall(b"\x16\x03\x01\x02\x00 hello TLS\r\n\r\n")
+        answer = read_all(c, time.monotonic() + 5)
+    assert answer.startswith(b"HTTP/1.1 400") and b'"fix"' in answer, answer[:200]
 
 
 def test_7_a_decompression_bomb_is_refused_with_the_servers_limit(server):
