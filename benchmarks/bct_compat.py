@@ -6,7 +6,7 @@ evaluates every query net against the gallery.  Writes ``<out-dir>/bct_compat.js
 (``benchmarks/results/`` by default) and ``bct_compat.png``.
 
     python benchmarks/bct_compat.py                  # the full run: ~25 min on 2 cores from an empty cache
-    python benchmarks/bct_compat.py --preset quick   # ~1-2 min: 1000 images, 1 epoch, MobileNetV3-small only
+    python benchmarks/bct_compat.py --preset quick   # 3.5 min at load 4: 1000 images, 1 epoch, MBv3-small
 
 The full run's training took 1351 s in the committed results (gallery 779 s, the four
 query nets 89-196 s each), plus a minute of evaluation.  Each training run checkpoints

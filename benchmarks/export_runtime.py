@@ -25,7 +25,7 @@ only (nothing is trained at 224 here).
 
     python benchmarks/export_runtime.py --resolutions 32,224 --gallery G --searched-query Q   # as committed
     python benchmarks/export_runtime.py --train          # trains/reuses bct_compat.py's models first
-    python benchmarks/export_runtime.py --preset quick   # ~3-5 min: small nets, few runs, tiny trained models
+    python benchmarks/export_runtime.py --preset quick   # 3.7 min at load 4: 2 nets, few runs, tiny models
 
 The committed run (32 and 224 px, dynamic + int8 variants) took about 10 min on 2 cores;
 conversions are 7-17 s per file.  Timings are noisy on a shared machine: the JSON keeps

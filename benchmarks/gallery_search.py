@@ -26,7 +26,7 @@ exact neighbours are (``neighbour_cosines``): what limits quantised (PQ) recall 
 
     python benchmarks/gallery_search.py                               # all parts (the full run)
     python benchmarks/gallery_search.py --parts random --sizes 100000 # one part: the others are kept
-    python benchmarks/gallery_search.py --preset quick                # ~2-3 min: 20k vectors, tiny gallery model
+    python benchmarks/gallery_search.py --preset quick                # 5.3 min at load 4: 20k vectors, tiny gallery
 
 The committed sections took about 15 min together (the 1M-vector random set most of it;
 the real and server parts a few minutes with the gallery model trained).  The machine is

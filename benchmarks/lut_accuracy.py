@@ -11,7 +11,7 @@ stored in the LUT, which is written to ``--out-dir`` for the search to use
 
     python benchmarks/lut_accuracy.py                                  # litert + onnxruntime, 32 px, 100 nets
     python benchmarks/lut_accuracy.py --resolutions 224                # camera-sized inputs
-    python benchmarks/lut_accuracy.py --preset quick                   # ~3-4 min: small space, 12 nets
+    python benchmarks/lut_accuracy.py --preset quick                   # 4 min at load 4: small space, 12 nets
     python benchmarks/lut_accuracy.py --refit    # re-fit the calibration on the stored measurements
 
 Full-run wall times recorded in the committed results: 32 px - litert 578 s, onnxruntime

@@ -27,7 +27,7 @@ the ``local`` device through the same agent (random weights: float32 latency doe
 depend on them).
 
     python benchmarks/search_ablation.py                  # the full run (see below)
-    python benchmarks/search_ablation.py --preset quick   # ~3-5 min: small space, data, population
+    python benchmarks/search_ablation.py --preset quick   # ~8 min idle (23 min at load 5): tiny space and data
 
 The committed full run took 826 s with the gallery and supernet already cached; from an
 empty cache add their training (~10 and ~8 min here): about 30-35 min on 2 cores.
@@ -52,8 +52,8 @@ from edgequery.workflow import Workflow
 
 log = _bench.log
 BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large")
-QUICK = {"lut": None, "space_option": ["widths=1.0", "kernels=3,5", "expands=3,6"], "n_train": 1000, "n_val": 300,
-         "n_query": 200, "n_gallery": 500, "gallery_epochs": 1, "supernet_epochs": 1, "query_epochs": 1,
+QUICK = {"lut": None, "space_option": ["widths=1.0", "kernels=3", "expands=3,6"], "n_train": 500, "n_val": 200,
+         "n_query": 100, "n_gallery": 300, "gallery_epochs": 1, "supernet_epochs": 1, "query_epochs": 1,
          "population": 4, "generations": 2, "n_random": 6, "recal_batches": 2}
 # the timing protocol of a LUT measured here for lack of --lut (a quick one: the full run passes a real LUT)
 QUICK_PROTOCOL = {"threads": 1, "warmup": 2, "runs": 10, "min_seconds": 0.01, "rounds": 1}
@@ -292,8 +292,9 @@ def flops_vs_het(ab: Ablation, scorer: Memo, args) -> dict:
 
 def retrained(ab: Ablation, searches: dict, baselines: dict, sn_version: str, budget: float) -> list[dict]:
     """Each latency-search winner retrained with BCT, and the baselines: measured and evaluated on the test splits."""
-    nets = {f"searched_{r}": (searches[r]["chosen"]["arch"], None) for r in ("r1", "r2", "r3")}
-    nets = {k: (arch, ab.query_net(arch, f"{k.replace('_', '-')}-{sn_version}")) for k, (arch, _) in nets.items()}
+    # named by the arch: searches that chose the same arch share one retrained net
+    nets = {f"searched_{r}": searches[r]["chosen"]["arch"] for r in ("r1", "r2", "r3")}
+    nets = {k: (arch, ab.query_net(arch, f"searched-{_bench.digest(arch)}-{sn_version}")) for k, arch in nets.items()}
     nets.update({name: (name, path) for name, path in baselines.items()})
     ms = dict(zip(nets, ab.measure([ab.space.parse(a) if ":" in a else a for a, _ in nets.values()],
                                    "measure_retrained")))

@@ -14,7 +14,7 @@ and reports Kendall's tau (``scipy.stats.kendalltau``, tau-b) between the two ra
 Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png``.
 
     python benchmarks/supernet_rank.py                  # the full run: ~45 min on 2 cores from an empty cache
-    python benchmarks/supernet_rank.py --preset quick   # ~2-3 min: 3 archs, 1000 images, 1 epoch each
+    python benchmarks/supernet_rank.py --preset quick   # 1 min at load 4: 3 archs, 1000 images, 1 epoch
     python benchmarks/supernet_rank.py --gallery PATH   # reuse a finished gallery checkpoint
 
 The full run's recorded seconds (committed results): gallery 705 s, supernet 738 s, the

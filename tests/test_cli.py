@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_train_and_eval_end_to_end(trained):
     g = load_checkpoint(trained / "gallery.pt", "gallery")
     q = load_checkpoint(trained / "query.pt", "query")
@@ -54,6 +55,7 @@ def test_train_and_eval_end_to_end(trained):
     assert rep["paragon"]["recall@10"] > 0.5  # one epoch on 512 real images learns something
 
 
+@pytest.mark.slow
 def test_finished_checkpoint_is_not_overwritten(trained):
     before = (trained / "query.pt").read_bytes()
     proc = eq("train", "query", "--gallery", trained / "gallery.pt", "--out", trained / "query.pt", check=False)
@@ -61,6 +63,7 @@ def test_finished_checkpoint_is_not_overwritten(trained):
     assert (trained / "query.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_query_paired_with_another_gallery_is_refused(trained, tmp_path):
     eq("train", "gallery", "--arch", "mobilenet_v3_small", "--out", tmp_path / "g2.pt", *SMALL, "--seed", "1")
     proc = eq("eval", "--query", trained / "query.pt", "--gallery", tmp_path / "g2.pt", check=False)
@@ -71,6 +74,7 @@ def test_query_paired_with_another_gallery_is_refused(trained, tmp_path):
     assert_one_line_error(proc, "128 dims", "64")
 
 
+@pytest.mark.slow
 def test_truncated_and_foreign_checkpoints(trained, tmp_path):
     raw = (trained / "query.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 3])
@@ -85,6 +89,7 @@ def test_truncated_and_foreign_checkpoints(trained, tmp_path):
     assert_one_line_error(proc, "does not exist")
 
 
+@pytest.mark.slow
 def test_missing_data_and_bad_folder(tmp_path):
     proc = eq("train", "gallery", "--data-root", tmp_path, "--out", tmp_path / "g.pt", check=False)
     assert_one_line_error(proc, "Fashion-MNIST not found", "apt-get install dataset-fashion-mnist")
@@ -104,6 +109,7 @@ def test_unavailable_device_and_weights(tmp_path):
     assert_one_line_error(proc, "no torchvision weights", "IMAGENET1K_V2")
 
 
+@pytest.mark.slow
 def test_resnet101_gallery_from_local_weights(tmp_path):
     """The default gallery trunk, started from a local torchvision state dict (the offline path)."""
     import torchvision
@@ -133,6 +139,7 @@ def test_help_and_data_commands(tmp_path):
     assert "train       100" in info and "Ankle boot" in info
 
 
+@pytest.mark.slow
 def test_trunk_can_start_from_an_edgequery_checkpoint(trained):
     from edgequery.models import load_pretrained_trunk, model_from_checkpoint
 

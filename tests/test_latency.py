@@ -155,6 +155,7 @@ def test_local_profile_and_validate_other_runtimes(tmp_path, runtime):
     assert load_lut(out).calibration.model_dump(mode="json") == report["calibration"]
 
 
+@pytest.mark.slow
 def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
     path = copy_lut(onnx_lut, tmp_path / "lut.json")
     rc = main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--runs", "5",
@@ -281,6 +282,7 @@ def test_the_lut_file_refuses_invented_keys_and_newer_versions(onnx_lut, tmp_pat
             load_lut(tmp_path / "bad.json")
 
 
+@pytest.mark.slow
 def test_cli_profiles_a_space_configured_by_options(tmp_path, capsys):
     """`--space-option` makes the space (here a 40 px one, one choice per block): profile needs no
     code to cover an input size outside the defaults, and the LUT stores the configuration.

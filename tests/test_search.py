@@ -70,6 +70,7 @@ def setup():
     return space, scorer, latency, float(np.median(flops))
 
 
+@pytest.mark.slow
 def test_search_respects_the_budget_and_chooses_the_best(setup, tmp_path):
     space, scorer, latency, budget = setup
     cfg = SearchConfig(budget=budget, population=6, generations=2, seed=1)
@@ -97,6 +98,7 @@ def test_unreachable_budget_names_the_fastest(setup):
                         latency, scorer).run(progress=False)
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_to_the_same_result(setup, tmp_path):
     space, scorer, latency, budget = setup
     cfg = SearchConfig(budget=budget, population=4, generations=3, seed=5)

@@ -54,6 +54,7 @@ def _search(d, budget, *extra):
                  "--generations", "2", "--recal-batches", "2", "--out", str(d / "search.json"), *extra])
 
 
+@pytest.mark.slow
 def test_search_holds_the_budget_and_the_winner_retrains(files, capsys):
     d, lut, budget = files
     assert _search(d, budget) == 0
@@ -89,6 +90,7 @@ def test_unreachable_budget_names_the_fastest_latency(files, capsys):
     assert not (d / "never.json").exists()
 
 
+@pytest.mark.slow
 def test_search_refuses_a_lut_of_another_space_and_a_foreign_gallery(files, tmp_path, capsys):
     d, lut, budget = files
     other = lut.to_data()

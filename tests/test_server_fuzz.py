@@ -48,7 +48,8 @@ def schemathesis(url: str, report, max_examples: int, token: str | None) -> dict
            *CHECKS, "--report", "json", "--report-json-path", str(report)]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # cwd: schemathesis keeps a cache (.schemathesis/) in its working directory, not in the repo
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=report.parent)
     assert report.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(report.read_text())
     result["output"] = proc.stdout[-6000:]

@@ -178,6 +178,7 @@ def eq(*args, env=None, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_cli_trains_a_sandwich_supernet(gallery, tmp_path, capsys):
     gallery_path, _ = gallery
     proc = eq("train", "supernet", "--space", "shufflenet", "--gallery", gallery_path, "--out", tmp_path / "s.pt",

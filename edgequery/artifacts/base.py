@@ -49,7 +49,8 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     errs = exc.errors()
     parts = []
     for e in errs[:limit]:
-        msg = "unknown key (not part of this format)" if e["type"] == "extra_forbidden" else e["msg"]
+        unknown = e["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+        msg = "unknown key (not part of this format)" if unknown else e["msg"]
         parts.append(f"{_where(e['loc'])}: {msg}")
     more = f" (+{len(errs) - limit} more)" if len(errs) > limit else ""
     return "; ".join(parts) + more

@@ -85,8 +85,10 @@ def _query_side(obj: Any, role: str) -> tuple[str | None, int, str | None]:
 def _check_query_gallery(q: Any, q_role: str, g: Any, g_role: str, qn: str, gn: str, require_bct: bool) -> None:
     g_version, g_dim, _ = _gallery_side(g, g_role)
     compat, q_dim, _ = _query_side(q, q_role)
-    what = "export" if q_role == "card" else "query net"
-    fix = (f"train the query net against this gallery: `edgequery train query --bct --gallery {gn}`"
+    supernet = _get(q, "kind") == "supernet"
+    what = "export" if q_role == "card" else "supernet" if supernet else "query net"
+    fix = (f"train a supernet against this gallery: `edgequery train supernet --gallery {gn}`" if supernet else
+           f"train the query net against this gallery: `edgequery train query --bct --gallery {gn}`"
            + (" and export it again" if q_role == "card" else ""))
     if q_dim != g_dim:
         raise EdgeQueryError(f"{qn} embeds to {q_dim} dims but the gallery {gn} to {g_dim}", fix)
