@@ -15,13 +15,16 @@ FACTORY_HELP = ('faiss index_factory string: "Flat" (exact), "IVF1024,PQ32" (com
                 "Always wrapped in IDMap2 for stable ids; inner product on L2-normalised vectors (cosine)")
 
 
+DESCRIPTION = ("Embed images with the gallery checkpoint in resumable chunks (each chunk committed to "
+               "OUT/gallery.sqlite with its labels, sources and thumbnails), then build the faiss index and "
+               "snapshot it atomically. Rerun the same command after an interruption to resume; rerun "
+               "with another --index-factory to re-index the stored embeddings without embedding again.")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="embed gallery images with the gallery model and index them with faiss",
-        description="Embed images with the gallery checkpoint in resumable chunks (each chunk committed to "
-                    "OUT/gallery.sqlite with its labels, sources and thumbnails), then build the faiss index and "
-                    "snapshot it atomically. Rerun the same command after an interruption to resume; rerun "
-                    "with another --index-factory to re-index the stored embeddings without embedding again.",
+        description=DESCRIPTION,
         epilog='example: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" '
                "--out gallery_index/",
         formatter_class=HelpFormatter)

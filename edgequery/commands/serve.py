@@ -29,19 +29,22 @@ LIMIT_FLAGS = (
 )
 
 
+DESCRIPTION = ("Serve a gallery index built by `edgequery index`. Endpoints: GET /healthz, GET /v1/model, "
+               "POST /v1/search, POST /v1/search/image, POST /v1/gallery and DELETE /v1/gallery/{id} "
+               "(bearer token), GET / (demo page); OpenAPI docs at /docs. Query embeddings are accepted "
+               "from the gallery model itself and from query models vouched for with --export/--query "
+               "(trained with BCT against this gallery); others get HTTP 409. Writes are refused unless "
+               "a token is configured: set $EDGEQUERY_API_TOKEN or pass --token-file. An acknowledged "
+               "add/delete is already durable in OUT/gallery.sqlite and survives kill -9. Every refusal is JSON "
+               "{problem, fix}. The work a request may cause, the connections and their timeouts are bounded by "
+               "the limits below (GET /v1/model reports them). The server speaks plain HTTP: beyond loopback, "
+               "put a TLS-terminating proxy in front of it.")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve an index over HTTP: search by embedding or image, add/delete with a token",
-        description="Serve a gallery index built by `edgequery index`. Endpoints: GET /healthz, GET /v1/model, "
-                    "POST /v1/search, POST /v1/search/image, POST /v1/gallery and DELETE /v1/gallery/{id} "
-                    "(bearer token), GET / (demo page); OpenAPI docs at /docs. Query embeddings are accepted "
-                    "from the gallery model itself and from query models vouched for with --export/--query "
-                    "(trained with BCT against this gallery); others get HTTP 409. Writes are refused unless "
-                    "a token is configured: set $EDGEQUERY_API_TOKEN or pass --token-file. An acknowledged "
-                    "add/delete is already durable in OUT/gallery.sqlite and survives kill -9. Every refusal is JSON "
-                    "{problem, fix}. The work a request may cause, the connections and their timeouts are bounded by "
-                    "the limits below (GET /v1/model reports them). The server speaks plain HTTP: beyond loopback, "
-                    "put a TLS-terminating proxy in front of it.",
+        description=DESCRIPTION,
         epilog="example: EDGEQUERY_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') "
                "edgequery serve --index gallery_index/ --export export/mbv3_small --port 8080",
         formatter_class=HelpFormatter)
