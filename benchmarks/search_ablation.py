@@ -27,7 +27,7 @@ the ``local`` device through the same agent (random weights: float32 latency doe
 depend on them).
 
     python benchmarks/search_ablation.py                  # the full run (see below)
-    python benchmarks/search_ablation.py --preset quick   # ~8 min idle (23 min at load 5): tiny space and data
+    python benchmarks/search_ablation.py --preset quick   # 8.4 min at load 4: tiny space, data, population
 
 The committed full run took 826 s with the gallery and supernet already cached; from an
 empty cache add their training (~10 and ~8 min here): about 30-35 min on 2 cores.
