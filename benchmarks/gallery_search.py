@@ -225,7 +225,7 @@ def serving(index: Path):
     url = f"http://127.0.0.1:{port}"
     log_path = index.parent / "server.log"
     with open(log_path, "w") as server_log:
-        proc = subprocess.Popen([sys.executable, "-m", "edgequery", "serve", "--index", str(index), "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index), "--port", str(port),
                                  "--log-level", "warning"], stdout=server_log, stderr=server_log)
         try:
             deadline = time.time() + 300

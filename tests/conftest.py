@@ -126,7 +126,7 @@ class Server:
         self.log_path = Path(log_dir or index) / f"server-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgequery", "serve", "--index", str(index), "--port", str(self.port),
+            [sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index), "--port", str(self.port),
              "--log-level", "warning", *map(str, flags)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 120
         while True:

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from edgequery.cli import main
+from edgequery.commands import main
 
 QUERY_ARCH = "mbv3:r32,w0.5,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3,k3e3-k3e3"
 DATA = ["--n-train", "2000", "--n-val", "0", "--n-query", "300", "--n-gallery", "1000"]

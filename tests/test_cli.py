@@ -13,7 +13,7 @@ SMALL = ["--n-train", "512", "--n-val", "0", "--n-query", "100", "--n-gallery", 
 
 
 def eq(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "edgequery", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "edgequery.commands", *map(str, args)], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"edgequery {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc

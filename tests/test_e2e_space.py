@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgequery.checkpoint import load_checkpoint
-from edgequery.cli import main
+from edgequery.commands import main
 from edgequery.errors import EdgeQueryError
 from edgequery.latency import load_lut
 from edgequery.spaces import parse_arch, space_from_config

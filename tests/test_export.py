@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgequery import cli
+from edgequery import commands as cli
 from edgequery.artifacts.card import ModelCard
 from edgequery.checkpoint import load_checkpoint, save_checkpoint
 from edgequery.data import DataSpec, load_splits, to_model_input

@@ -335,7 +335,7 @@ def test_image_folder_build_records_files_and_classes(tiny_gallery, tmp_path):
 
 
 def test_index_cli_errors_are_one_line(tiny_gallery, tmp_path):
-    from edgequery.cli import main
+    from edgequery.commands import main
 
     assert main(["index", "--gallery", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     assert main(["index", "--gallery", str(tiny_gallery), "--index-factory", "Nope",

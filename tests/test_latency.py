@@ -28,7 +28,7 @@ import pytest
 from edgequery.artifacts.compat import check_compatible
 from edgequery.artifacts.fingerprint import Fingerprint
 from edgequery.artifacts.lut import Calibration
-from edgequery.cli import main
+from edgequery.commands import main
 from edgequery.errors import EdgeQueryError
 from edgequery.latency import (LUT, Protocol, accuracy, fit_calibration, load_lut, measure_archs, parse_benchmark_model,
                                parse_device, profile, score_calibration, space_blocks, validate)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgequery.checkpoint import load_checkpoint
-from edgequery.cli import main
+from edgequery.commands import main
 from edgequery.data import DataSpec, load_splits
 from edgequery.latency import Protocol, parse_device, profile, restricted_space
 from edgequery.recipes import train_gallery

@@ -339,7 +339,7 @@ def test_read_only_server_refuses_writes(tiny_index, data, tmp_path):
 def test_an_export_card_vouches_for_its_query_model(tiny_index, tiny_export, ckpts, models, data, serve, tmp_path,
                                                     capsys):
     """`edgequery export` -> `edgequery serve --export`: the card's model_version is accepted; a bad card refused."""
-    from edgequery.cli import main
+    from edgequery.commands import main
 
     card = json.loads((tiny_export / "model_card.json").read_text())
     index = copy_index(tiny_index, tmp_path)
@@ -363,7 +363,7 @@ def test_an_export_card_vouches_for_its_query_model(tiny_index, tiny_export, ckp
 
 
 def test_serve_refuses_bad_setups(tiny_index, server, ckpts, tmp_path, monkeypatch, capsys):
-    from edgequery.cli import main
+    from edgequery.commands import main
 
     index = copy_index(tiny_index, tmp_path)
     g = load_checkpoint(ckpts[0], "gallery")

@@ -171,7 +171,7 @@ def test_supernet_training_checkpoints_and_resumes(gallery, tmp_path, monkeypatc
 
 
 def eq(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "edgequery", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "edgequery.commands", *map(str, args)], capture_output=True, text=True,
                           env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"edgequery {' '.join(map(str, args))} failed:\n{proc.stderr}")
@@ -186,7 +186,7 @@ def test_cli_trains_a_sandwich_supernet(gallery, tmp_path, capsys):
     assert "wrote" in proc.stderr and "compatible with gallery" in proc.stderr
     ck = load_checkpoint(tmp_path / "s.pt", "supernet")
     assert ck["sampling"]["rule"] == "sandwich" and ck["model"]["space"]["space"] == "shufflenet"
-    from edgequery.cli import main  # the same entry point, in-process: no second torch import
+    from edgequery.commands import main  # the same entry point, in-process: no second torch import
 
     capsys.readouterr()
     assert main(["train", "supernet", "--gallery", str(tmp_path / "s.pt"), "--out", str(tmp_path / "t.pt")]) == 2
@@ -213,7 +213,7 @@ def test_supernet_trains_under_torchrun_with_two_processes(gallery, tmp_path):
     gallery_path, _ = gallery
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "edgequery", "train", "supernet", "--space", "mbv3", "--gallery", str(gallery_path),
+           "-m", "edgequery.commands", "train", "supernet", "--space", "mbv3", "--gallery", str(gallery_path),
            "--out", str(tmp_path / "ddp.pt"), "--epochs", "2", "--batch-size", "32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

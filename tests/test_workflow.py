@@ -128,7 +128,7 @@ def test_index_stage_builds_then_reuses(tiny_gallery, tiny_spec, tmp_path):
 
 
 def test_demo_command_maps_its_flags_onto_the_workflow_config():
-    from edgequery import cli
+    from edgequery import commands as cli
     from edgequery.commands.demo import config_from_args
     from edgequery.workflow import DemoConfig
 

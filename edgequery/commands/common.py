@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -107,15 +106,3 @@ def space_from_args(args: argparse.Namespace):
 
     return get_space(args.space, **parse_space_options(getattr(args, "space_option", [])))
 
-
-# Kept until every command logs through `logging` and writes through edgequery.files (then removed).
-def write_json(path: str | Path, obj) -> None:
-    from ..files import write_json as _write_json
-
-    _write_json(path, obj)
-
-
-def say(msg: str) -> None:
-    import logging
-
-    logging.getLogger("edgequery.commands").info(msg)

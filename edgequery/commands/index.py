@@ -21,13 +21,12 @@ DESCRIPTION = ("Embed images with the gallery checkpoint in resumable chunks (ea
                "with another --index-factory to re-index the stored embeddings without embedding again.")
 
 
+EPILOG = 'example: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" --out gallery_index/'
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "index", help="embed gallery images with the gallery model and index them with faiss",
-        description=DESCRIPTION,
-        epilog='example: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" '
-               "--out gallery_index/",
-        formatter_class=HelpFormatter)
+    p = sub.add_parser("index", help="embed gallery images with the gallery model and index them with faiss",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--gallery", required=True, help="gallery checkpoint (edgequery train gallery)")
     p.add_argument("--images", default="fashion-mnist",
                    help="fashion-mnist or digits (the gallery split of the gallery model's data spec), or an "

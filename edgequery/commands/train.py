@@ -32,7 +32,7 @@ Archs are drawn from (--seed, step), so torchrun ranks agree and a resumed run r
 examples:
   edgequery train supernet --space mbv3 --gallery gallery.pt
   edgequery train supernet --space mbv3 --space-option resolutions=64 --resolution 64 --gallery gallery.pt
-  torchrun --nproc-per-node 2 -m edgequery train supernet --space shufflenet --gallery gallery.pt
+  torchrun --nproc-per-node 2 -m edgequery.commands train supernet --space shufflenet --gallery gallery.pt
 """
 
 
