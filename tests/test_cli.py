@@ -1,19 +1,38 @@
-"""End to end through the real CLI on a real Fashion-MNIST subset, and its bad-input errors."""
+"""End to end through the real CLI on a real Fashion-MNIST subset, and its bad-input errors.
 
+Commands run in-process through :func:`edgequery.commands.main` (what the ``edgequery``
+script calls), which saves a torch import per command; one test runs the real script.
+"""
+
+import contextlib
+import io
 import json
 import subprocess
 import sys
+import traceback
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from edgequery.checkpoint import load_checkpoint
+from edgequery.commands import main
 
 SMALL = ["--n-train", "512", "--n-val", "0", "--n-query", "100", "--n-gallery", "400", "--epochs", "1"]
 
 
 def eq(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "edgequery.commands", *map(str, args)], capture_output=True, text=True)
+    """``edgequery ARGS``: its exit code and what it printed to stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code
+        except Exception:  # --debug re-raises: what Python prints for an uncaught exception
+            traceback.print_exc()
+            code = 1
+    proc = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if check and proc.returncode != 0:
         raise AssertionError(f"edgequery {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc
@@ -130,8 +149,8 @@ def test_resnet101_gallery_from_local_weights(tmp_path):
 
 
 def test_help_and_data_commands(tmp_path):
-    top = eq("--help").stdout
-    assert "train gallery" in top and "demo" in top
+    script = subprocess.run([sys.executable, "-m", "edgequery.commands", "--help"], capture_output=True, text=True)
+    assert script.returncode == 0 and "train gallery" in script.stdout and "demo" in script.stdout
     assert "--bct" in eq("train", "query", "--help").stdout
     assert "present" in eq("data", "setup").stdout
     assert_one_line_error(eq("data", "setup", "--data-root", tmp_path, check=False), "Fashion-MNIST not found")

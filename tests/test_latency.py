@@ -237,6 +237,12 @@ def test_validating_a_lut_of_another_device_is_refused_unless_allowed(onnx_lut, 
     err = capsys.readouterr().err
     assert "measured on another device" in err and "Imaginary CPU 9000" in err and "--allow-other-device" in err
     assert not (tmp_path / "lut.validation.json").exists()
+
+
+@pytest.mark.slow
+def test_validating_a_lut_of_another_device_when_allowed_is_recorded(onnx_lut, tmp_path, capsys):
+    path = other_device(onnx_lut, tmp_path / "lut.json")
+    quick = ["--runs", "5", "--min-seconds", "0", "--rounds", "1", "--jobs", "1"]
     assert main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--allow-other-device",
                  *quick]) == 0
     assert "NOTE --allow-other-device" in capsys.readouterr().out

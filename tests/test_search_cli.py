@@ -1,5 +1,6 @@
 """``edgequery search`` end to end on real files: a tiny gallery model, a BCT supernet of a
-tiny mbv3 space, and a per-block LUT measured for real with onnxruntime on this machine.
+tiny mbv3 space, and a per-block LUT measured for real on this machine (with the ``torch``
+runtime, which needs no conversion; ``test_latency`` covers the converting runtimes).
 Then ``edgequery train query --arch search.json`` retrains the winner.
 
 The nets are barely trained (1 epoch, 256 images): the tests check the contract - budget
@@ -30,13 +31,13 @@ SPACE_KW = dict(resolutions=(24, 28), widths=(0.5,), kernels=(3,), expands=(3,),
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("search")
-    splits = load_splits(SPEC)
+    splits = load_splits(SPEC)  # with a validation split, which the search scores candidates on
     cfg = TrainConfig(epochs=1, batch_size=64)
     train_gallery(SPEC, cfg, d / "gallery.pt", arch="mobilenet_v3_small", splits=splits)
     space = get_space("mbv3", **SPACE_KW)
     train_supernet(d / "gallery.pt", cfg, d / "supernet.pt", space=space, splits=splits)
     # The LUT covers only 24 px: the search must stay at that resolution.
-    lut = profile(space, [24], parse_device("local"), "onnxruntime",
+    lut = profile(space, [24], parse_device("local"), "torch",
                   Protocol(threads=1, warmup=2, runs=5, min_seconds=0.0, rounds=1), d / "lut.json")
     rng = np.random.default_rng(0)
     budget = float(np.median([lut.predict(at_24().sample(rng)) for _ in range(16)]))  # binds for about half
@@ -66,7 +67,7 @@ def test_search_holds_the_budget_and_the_winner_retrains(files, capsys):
         assert c["latency_ms"] == pytest.approx(lut.predict(c["arch"], at_24()))
         assert {"m_het", "m_hom", "reward", "flops"} <= set(c)
     assert res["chosen"]["reward"] == max(c["reward"] for c in res["history"])
-    assert res["lut"]["runtime"] == "onnxruntime" and res["lut"]["device"] == "local"
+    assert res["lut"]["runtime"] == "torch" and res["lut"]["device"] == "local"
     assert res["gallery"]["model_version"] == load_checkpoint(d / "gallery.pt")["model_version"]
     assert "retrain it with" in capsys.readouterr().err
 
