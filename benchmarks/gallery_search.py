@@ -64,11 +64,16 @@ NPROBES, EF_SEARCHES = [1, 8, 32, 128], [16, 64, 256]
 
 
 def factories(n: int) -> dict:
-    """Flat, IVF-PQ and HNSW; IVF1024 unless ``n`` is too small to train it (>= 39 points per list)."""
+    """Flat, IVF-PQ and HNSW; IVF1024 unless ``n`` is too small to train it (>= 39 points per list).
+
+    PQ32 has 8-bit codes (256 centroids per sub-quantizer, so >= 39 x 256 training points);
+    a smaller set gets 4-bit codes (PQ32x4) instead of a codebook faiss warns it cannot train.
+    """
     from edgequery.gallery.faiss_index import suggest_ivf
 
     ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
-    return {"Flat": None, f"{ivf},PQ32": ("nprobe", NPROBES), "HNSW32": ("efSearch", EF_SEARCHES)}
+    pq = "PQ32" if n >= 39 * 256 else "PQ32x4"
+    return {"Flat": None, f"{ivf},{pq}": ("nprobe", NPROBES), "HNSW32": ("efSearch", EF_SEARCHES)}
 
 
 def random_unit(n: int, seed: int) -> np.ndarray:
