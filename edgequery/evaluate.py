@@ -1,4 +1,9 @@
-"""Embedding images and the heterogeneous-retrieval evaluation (``edgequery eval``)."""
+"""Embedding images and the heterogeneous-retrieval evaluation (``edgequery eval``).
+
+Every evaluation reports, beside the three settings, the trivial baseline a trained model
+must beat: raw-pixel cosine kNN (:func:`raw_pixel_baseline`) on the same query/gallery
+split, and a 95 % bootstrap interval for each Recall@1 and mAP@R (:mod:`.metrics`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from torch import nn
 
 from .data import DataSpec, ImageSet, Splits, to_model_input
 from .log import progress
-from .metrics import compatibility_report
+from .metrics import compatibility_report, retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +39,75 @@ def embed(model: nn.Module, images: ImageSet | torch.Tensor, spec: DataSpec, bat
     return torch.cat(out) if out else torch.empty(0)
 
 
+def raw_pixel_baseline(splits: Splits) -> dict[str, Any]:
+    """Cosine kNN on the raw pixels (the stored uint8 images, flattened), with CIs.
+
+    The floor every trained model must clear on this split: a gallery model below it has
+    learnt less than the pixels already say.
+    """
+    def flat(images: ImageSet) -> torch.Tensor:
+        return torch.nn.functional.normalize(images.images.flatten(1).float(), dim=1)
+
+    return retrieval_metrics(flat(splits.query), splits.query.labels, flat(splits.gallery), splits.gallery.labels,
+                             ci=True)
+
+
+def baseline_warnings(report: dict[str, Any]) -> list[str]:
+    """What a reader of ``report`` must know: a paragon that does not (clearly) beat raw pixels."""
+    raw, paragon = report["baselines"]["raw_pixel_knn"], report["paragon"]
+    figures = f"paragon Recall@1 {_pct(paragon)} vs raw-pixel kNN {_pct(raw)}"
+    advice = ("its embeddings are not worth matching yet: train it longer or on more data (see the README's "
+              "gallery recipe) before trusting heterogeneous figures")
+    if paragon["recall@1"] <= raw["recall@1"]:
+        return [f"the gallery model does not beat raw pixels on this split: {figures}; {advice}"]
+    if paragon["recall@1_ci95"][0] <= raw["recall@1_ci95"][1]:
+        return [f"the gallery model does not clearly beat raw pixels on this split (the 95 % intervals overlap: "
+                f"{figures}); more queries or a stronger gallery model would tell"]
+    return []
+
+
+def _pct(m: dict[str, Any]) -> str:
+    lo, hi = m["recall@1_ci95"]
+    return f"{100 * m['recall@1']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def evaluate_pair(query_model: nn.Module, gallery_model: nn.Module, splits: Splits,
                   device: str = "cpu", gallery_cache: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Paragon / homogeneous / heterogeneous metrics on the query and gallery splits.
+    """Paragon / homogeneous / heterogeneous metrics on the query and gallery splits, with CIs.
 
-    ``gallery_cache`` (a dict) keeps the gallery model's embeddings between calls, so
-    comparing several query nets embeds the gallery with ResNet-101 only once.
+    Beside them: ``baselines.raw_pixel_knn`` and ``warnings`` (:func:`baseline_warnings`).
+    ``gallery_cache`` (a dict) keeps the gallery model's embeddings (and the baseline)
+    between calls, so comparing several query nets embeds the gallery with ResNet-101 once.
     """
     cache = gallery_cache if gallery_cache is not None else {}
     if "query" not in cache:
         cache["query"] = embed(gallery_model, splits.query, splits.spec, device=device, desc="gallery model: queries")
         cache["gallery"] = embed(gallery_model, splits.gallery, splits.spec, device=device,
                                  desc="gallery model: gallery")
+        cache["raw_pixel_knn"] = raw_pixel_baseline(splits)
     qq = embed(query_model, splits.query, splits.spec, device=device, desc="query model: queries")
     qg = embed(query_model, splits.gallery, splits.spec, device=device, desc="query model: gallery")
     report = compatibility_report(qq, qg, cache["query"], cache["gallery"],
-                                  splits.query.labels, splits.gallery.labels)
+                                  splits.query.labels, splits.gallery.labels, ci=True)
+    report["baselines"] = {"raw_pixel_knn": cache["raw_pixel_knn"]}
     report["sizes"] = {"query": len(splits.query), "gallery": len(splits.gallery)}
+    report["warnings"] = baseline_warnings(report)
     return report
 
 
 def format_report(report: dict[str, Any], title: str = "") -> str:
-    """A fixed-width table of the three settings (percent)."""
+    """A fixed-width table of the three settings and the raw-pixel baseline (percent, R@1 with its 95 % CI)."""
     lines = [title] if title else []
-    lines.append(f"{'setting':<28}{'R@1':>8}{'R@10':>8}{'mAP@R':>8}")
-    names = {"paragon": "paragon (g,g)", "homogeneous": "homogeneous (q,q)", "heterogeneous": "heterogeneous (q,g)"}
-    for key, label in names.items():
-        m = report[key]
-        lines.append(f"{label:<28}{100 * m['recall@1']:>8.2f}{100 * m['recall@10']:>8.2f}{100 * m['map@r']:>8.2f}")
+    lines.append(f"{'setting':<28}{'R@1':>8}{'95 % CI':>16}{'R@10':>8}{'mAP@R':>8}")
+    rows = {"paragon (g,g)": report["paragon"], "homogeneous (q,q)": report["homogeneous"],
+            "heterogeneous (q,g)": report["heterogeneous"]}
+    if "baselines" in report:
+        rows["raw-pixel kNN (baseline)"] = report["baselines"]["raw_pixel_knn"]
+    for label, m in rows.items():
+        ci = m.get("recall@1_ci95")
+        ci_text = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+        lines.append(f"{label:<28}{100 * m['recall@1']:>8.2f}{ci_text:>16}{100 * m['recall@10']:>8.2f}"
+                     f"{100 * m['map@r']:>8.2f}")
     s = report.get("sizes")
     if s:
         lines.append(f"({s['query']} queries, {s['gallery']} gallery images)")

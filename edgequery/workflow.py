@@ -239,9 +239,12 @@ class Workflow:
                     net = model_from_checkpoint(load_checkpoint(net, "query"))
                 reports[label] = report = evaluate_pair(net, gallery_model, self.splits, device=self.device,
                                                         gallery_cache=cache)
-                log.info("eval %s: heterogeneous R@1 %.2f, homogeneous R@1 %.2f, paragon R@1 %.2f", label,
-                         100 * report["heterogeneous"]["recall@1"], 100 * report["homogeneous"]["recall@1"],
-                         100 * report["paragon"]["recall@1"])
+                log.info("eval %s: heterogeneous R@1 %.2f, homogeneous R@1 %.2f, paragon R@1 %.2f, raw-pixel kNN "
+                         "R@1 %.2f", label, 100 * report["heterogeneous"]["recall@1"],
+                         100 * report["homogeneous"]["recall@1"], 100 * report["paragon"]["recall@1"],
+                         100 * report["baselines"]["raw_pixel_knn"]["recall@1"])
+            for warning in dict.fromkeys(w for r in reports.values() for w in r["warnings"]):  # once per gallery
+                log.warning(warning)
         return reports
 
     def export(self, query_path: str | Path, out: str | Path, gallery_path: str | Path | None = None,

@@ -167,3 +167,17 @@ def test_trunk_can_start_from_an_edgequery_checkpoint(trained):
     assert dim == 1024
     for (k, a), (_, b) in zip(net.trunk.state_dict().items(), trunk.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_eval_reports_the_raw_pixel_baseline_and_intervals(tiny_query, tiny_gallery, tmp_path):
+    proc = eq("eval", "--query", tiny_query, "--gallery", tiny_gallery, "--out", tmp_path / "eval.json")
+    assert "raw-pixel kNN (baseline)" in proc.stdout and "95 % CI" in proc.stdout
+    rep = json.loads((tmp_path / "eval.json").read_text())
+    raw = rep["baselines"]["raw_pixel_knn"]
+    for m in (rep["paragon"], rep["homogeneous"], rep["heterogeneous"], raw):
+        lo, hi = m["recall@1_ci95"]
+        assert lo <= m["recall@1"] <= hi
+    # the tiny gallery model (one epoch on 256 images) is no match for raw pixels: said, not hidden
+    assert rep["paragon"]["recall@1"] < raw["recall@1"]
+    assert rep["warnings"] and "does not beat raw pixels" in rep["warnings"][0]
+    assert "does not beat raw pixels" in proc.stderr

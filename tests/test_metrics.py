@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from edgequery.metrics import compatibility_report, retrieval_metrics
+from edgequery.evaluate import baseline_warnings, raw_pixel_baseline
+from edgequery.metrics import bootstrap_ci, compatibility_report, retrieval_metrics
 
 
 def test_hand_checked_case():
@@ -63,3 +65,46 @@ def test_compatibility_report_settings():
     assert rep["paragon"]["recall@1"] == 1.0
     assert rep["homogeneous"]["recall@1"] == 1.0
     assert rep["heterogeneous"]["map@r"] < 0.9  # rotated queries against the original gallery
+
+
+def test_bootstrap_interval_is_the_binomial_spread_and_deterministic():
+    hits = torch.tensor([1.0] * 200 + [0.0] * 200)  # Recall@1 0.5 over 400 queries
+    lo, hi = bootstrap_ci(hits)
+    assert lo < 0.5 < hi and bootstrap_ci(hits) == (lo, hi)  # the same seed, the same interval
+    half = 1.96 * (0.25 / 400) ** 0.5                          # normal approximation: 0.049
+    assert abs((hi - lo) / 2 - half) < 0.008
+    assert bootstrap_ci(torch.ones(50)) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_ci([])
+
+
+def test_intervals_come_with_the_metrics_when_asked():
+    gen = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(300, 8, generator=gen), dim=1)
+    g = F.normalize(torch.randn(500, 8, generator=gen), dim=1)
+    ql, gl = torch.randint(0, 5, (300,), generator=gen), torch.randint(0, 5, (500,), generator=gen)
+    plain, with_ci = retrieval_metrics(q, ql, g, gl), retrieval_metrics(q, ql, g, gl, ci=True, chunk=64)
+    assert "recall@1_ci95" not in plain and {k: with_ci[k] for k in plain} == plain
+    for key in ("recall@1", "map@r"):
+        lo, hi = with_ci[f"{key}_ci95"]
+        assert lo <= with_ci[key] <= hi and hi - lo < 0.2
+    with pytest.raises(ValueError, match="include 1"):
+        retrieval_metrics(q, ql, g, gl, ks=(5,), ci=True)
+
+
+def report_with(paragon: float, paragon_ci, raw: float, raw_ci) -> dict:
+    return {"paragon": {"recall@1": paragon, "recall@1_ci95": paragon_ci},
+            "baselines": {"raw_pixel_knn": {"recall@1": raw, "recall@1_ci95": raw_ci}}}
+
+
+def test_a_paragon_below_raw_pixels_is_called_out():
+    (weak,) = baseline_warnings(report_with(0.57, (0.52, 0.62), 0.83, (0.80, 0.86)))
+    assert "does not beat raw pixels" in weak and "57.0 % [52.0, 62.0]" in weak and "83.0 %" in weak
+    (close,) = baseline_warnings(report_with(0.86, (0.82, 0.90), 0.83, (0.80, 0.86)))
+    assert "does not clearly beat" in close and "overlap" in close
+    assert baseline_warnings(report_with(0.93, (0.91, 0.95), 0.83, (0.80, 0.86))) == []
+
+
+def test_raw_pixels_retrieve_fashion_mnist_far_above_chance(tiny_splits):
+    raw = raw_pixel_baseline(tiny_splits)
+    assert raw["recall@1"] > 0.5 and raw["recall@1_ci95"][0] > 0.1  # ten classes: chance is 0.1
