@@ -1,4 +1,4 @@
-"""Gallery search: faiss Flat vs IVF-PQ vs HNSW, and the HTTP server under concurrent clients.
+"""Gallery search: faiss Flat vs IVF-PQ (with and without exact re-ranking) vs HNSW, and the HTTP server under load.
 
 Three parts, each a section of ``<out-dir>/gallery_search.json`` (a rerun of some parts
 keeps the other sections of an earlier run of the same preset, each with that run's
@@ -61,6 +61,7 @@ LATENCY_QUERIES = 200
 K = 10
 TRAIN_SAMPLE = 102_400
 NPROBES, EF_SEARCHES = [1, 8, 32, 128], [16, 64, 256]
+K_FACTORS, RERANK_NPROBE = [1, 4, 16], 32
 
 
 def factories(n: int) -> dict:
@@ -73,7 +74,10 @@ def factories(n: int) -> dict:
 
     ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
     pq = "PQ32" if n >= 39 * 256 else "PQ32x4"
-    return {"Flat": None, f"{ivf},{pq}": ("nprobe", NPROBES), "HNSW32": ("efSearch", EF_SEARCHES)}
+    return {"Flat": None, f"{ivf},{pq}": ("nprobe", NPROBES),
+            # the same, re-ranked exactly over k x k_factor candidates (`edgequery serve --k-factor`)
+            f"{ivf},{pq},RFlat": ("k_factor_rf", K_FACTORS, {"nprobe": RERANK_NPROBE}),
+            "HNSW32": ("efSearch", EF_SEARCHES)}
 
 
 def random_unit(n: int, seed: int) -> np.ndarray:
@@ -110,6 +114,8 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
         build_s = time.perf_counter() - t0
         size = int(faiss.serialize_index(index).nbytes)
         ps = faiss.ParameterSpace()
+        for name, fixed in (sweep[2] if sweep and len(sweep) > 2 else {}).items():
+            ps.set_index_parameter(index, name, fixed)
         for value in (sweep[1] if sweep else [None]):
             if sweep:
                 ps.set_index_parameter(index, sweep[0], value)
