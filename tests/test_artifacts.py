@@ -77,6 +77,27 @@ def test_provenance_envelope_is_complete(tmp_path):
         BenchmarkResult.parse_data(data, "r.json")
 
 
+def test_a_rerun_writing_its_results_does_not_make_the_code_dirty(tmp_path):
+    from edgequery.artifacts.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    assert git_state(tmp_path)[1] is False
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text('{"a": 1}')  # what the previous script wrote
+    commit, dirty = git_state(tmp_path)
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)[1] is True
+
+
 def test_fingerprint_of_this_machine():
     fp = Fingerprint.local("onnxruntime", 1)
     assert fp.cpu and fp.cores and fp.kernel and fp.runtime_version.startswith("onnxruntime ")

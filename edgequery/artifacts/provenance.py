@@ -48,13 +48,22 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+# What benchmarks write: a rerun's own results (committed) do not make the code it ran "dirty".
+RESULT_PATHS = ("benchmarks/results",)
+
+
 def git_state(repo: Path = REPO) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout ``repo``; (None, None) outside a git checkout."""
+    """(commit, dirty) of the checkout ``repo``; (None, None) outside a git checkout.
+
+    Dirty means a tracked file other than the benchmark results (:data:`RESULT_PATHS`)
+    differs from the commit.
+    """
+    exclude = [f":(exclude){p}" for p in RESULT_PATHS]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", *exclude], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit or None, bool(status.strip())
