@@ -82,8 +82,9 @@ def write(args: argparse.Namespace, benchmark: str, results: dict[str, Any], pro
     """Write ``<out-dir>/<benchmark>.json``: the envelope, code notes, ``--note`` notes, the results."""
     notes = list(notes)
     if args.preset != "full":
-        notes.insert(0, f"--preset {args.preset}: a small run that checks the script end to end; its figures are "
-                        "not the committed measurement")
+        notes.insert(0, f"--preset {args.preset}: a small run (little data, short training, few nets) that checks "
+                        "the script end to end; its figures are not a measurement of the method (a gallery model "
+                        "trained this briefly loses to raw pixels): the full preset is")
     path = write_result(Path(args.out_dir) / f"{benchmark}.json", benchmark, results, provenance,
                         notes=[*notes, *args.note])
     log.info("wrote %s", path)
