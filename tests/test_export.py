@@ -214,14 +214,29 @@ def test_the_server_takes_a_card_only_as_written_and_only_for_its_gallery(tmp_pa
         accepted_versions(g, "gallery.pt", exports=[str(tmp_path / "missing")])
 
 
-def test_lut_prediction_fits_the_card_schema():
-    """--lut: a searched arch is predicted; a baseline, another resolution or embedding size say why not."""
-    from pathlib import Path
+def table_of_every_block(path, space, resolution: int, ms: float = 0.01):
+    """A complete LUT file of ``space`` whose blocks all take ``ms`` (the prediction logic, not a measurement)."""
+    from edgequery.artifacts.lut import TimingStats
+    from edgequery.latency import LUT, Protocol, parse_device, space_blocks
 
+    device, protocol = parse_device("local"), Protocol(threads=1)
+    fingerprint = device.fingerprint("onnxruntime", 1)
+    stats = TimingStats(median_ms=ms, p10_ms=ms, p90_ms=ms, runs=1)
+    lut = LUT(space=space.name, space_config=space.config(), resolutions=[resolution], embed_dim=128,
+              device=device.describe(), fingerprint=fingerprint, runtime="onnxruntime",
+              runtime_version=fingerprint.runtime_version, threads=1, protocol=protocol.record(device),
+              overhead=stats, blocks={b.key: stats for b in space_blocks(space, [resolution], 128)}, complete=True)
+    lut.save(path)
+    return str(path)
+
+
+def test_lut_prediction_fits_the_card_schema(tmp_path):
+    """--lut: a searched arch is predicted; a baseline, another resolution or embedding size say why not."""
     from edgequery.artifacts.card import LutPrediction
     from edgequery.export.timing import lut_prediction
+    from edgequery.spaces import get_space
 
-    lut = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut-local-litert-r32.json")
+    lut = table_of_every_block(tmp_path / "lut.json", get_space("mbv3"), 32)  # measured at 32 px only
     blocks = "w0.5,k3e3-k5e4,k7e6-k3e3,k3e3-k3e3,k5e6-k3e3,k3e3-k3e4"
     got = {case: LutPrediction.model_validate(lut_prediction(lut, arch, dim)) for case, arch, dim in [
         ("searched", f"mbv3:r32,{blocks}", 128), ("baseline", "mobilenet_v3_small", 128),
