@@ -56,8 +56,8 @@ def baseline_warnings(report: dict[str, Any]) -> list[str]:
     """What a reader of ``report`` must know: a paragon that does not (clearly) beat raw pixels."""
     raw, paragon = report["baselines"]["raw_pixel_knn"], report["paragon"]
     figures = f"paragon Recall@1 {_pct(paragon)} vs raw-pixel kNN {_pct(raw)}"
-    advice = ("its embeddings are not worth matching yet: train it longer or on more data (see the README's "
-              "gallery recipe) before trusting heterogeneous figures")
+    advice = ("its embeddings are not worth matching yet: train it longer or on more data (`edgequery train "
+              "gallery --epochs N --n-train N`) before trusting heterogeneous figures")
     if paragon["recall@1"] <= raw["recall@1"]:
         return [f"the gallery model does not beat raw pixels on this split: {figures}; {advice}"]
     if paragon["recall@1_ci95"][0] <= raw["recall@1_ci95"][1]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -85,8 +86,11 @@ class _LogLines:
     def __init__(self, log: logging.Logger):
         self.log = log
 
+    # tqdm moves the cursor (ESC [ A) to redraw nested bars: meaningless in a log
+    _CURSOR_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip()
+        line = self._CURSOR_CODES.sub("", text.replace("\r", "")).strip()
         if line:
             self.log.info(line)
 

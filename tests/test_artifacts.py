@@ -167,3 +167,14 @@ def test_progress_logs_lines_when_not_a_terminal(edgequery_log):
         pass
     lines = [r.getMessage() for r in edgequery_log.records]
     assert lines and "steps" in lines[-1] and "5/5" in lines[-1]
+
+
+def test_nested_progress_in_a_log_carries_no_cursor_codes(edgequery_log):
+    from edgequery.log import progress
+
+    for _ in progress(range(2), desc="chunks", interval=0):
+        for _ in progress(range(3), desc="batches", interval=0):
+            pass
+    lines = [r.getMessage() for r in edgequery_log.records]
+    assert any("chunks" in line for line in lines) and any("batches" in line for line in lines)
+    assert not any("\x1b" in line for line in lines), lines
