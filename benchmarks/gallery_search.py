@@ -74,10 +74,11 @@ def factories(n: int) -> dict:
 
     ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
     pq = "PQ32" if n >= 39 * 256 else "PQ32x4"
-    return {"Flat": None, f"{ivf},{pq}": ("nprobe", NPROBES),
+    # factory -> (the parameter swept, its values, parameters held fixed) or None
+    return {"Flat": None, f"{ivf},{pq}": ("nprobe", NPROBES, {}),
             # the same, re-ranked exactly over k x k_factor candidates (`edgequery serve --k-factor`)
             f"{ivf},{pq},RFlat": ("k_factor_rf", K_FACTORS, {"nprobe": RERANK_NPROBE}),
-            "HNSW32": ("efSearch", EF_SEARCHES)}
+            "HNSW32": ("efSearch", EF_SEARCHES, {})}
 
 
 def random_unit(n: int, seed: int) -> np.ndarray:
@@ -114,7 +115,7 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
         build_s = time.perf_counter() - t0
         size = int(faiss.serialize_index(index).nbytes)
         ps = faiss.ParameterSpace()
-        for name, fixed in (sweep[2] if sweep and len(sweep) > 2 else {}).items():
+        for name, fixed in (sweep[2] if sweep else {}).items():
             ps.set_index_parameter(index, name, fixed)
         for value in (sweep[1] if sweep else [None]):
             if sweep:

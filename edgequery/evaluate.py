@@ -80,16 +80,18 @@ def evaluate_pair(query_model: nn.Module, gallery_model: nn.Module, splits: Spli
     between calls, so comparing several query nets embeds the gallery with ResNet-101 once.
     """
     cache = gallery_cache if gallery_cache is not None else {}
-    if "query" not in cache:
+    ql, gl = splits.query.labels, splits.gallery.labels
+    if "query" not in cache:  # everything that depends on the gallery model alone, once
         cache["query"] = embed(gallery_model, splits.query, splits.spec, device=device, desc="gallery model: queries")
         cache["gallery"] = embed(gallery_model, splits.gallery, splits.spec, device=device,
                                  desc="gallery model: gallery")
+        cache["paragon"] = retrieval_metrics(cache["query"], ql, cache["gallery"], gl, ci=True)
         cache["raw_pixel_knn"] = raw_pixel_baseline(splits)
     qq = embed(query_model, splits.query, splits.spec, device=device, desc="query model: queries")
     qg = embed(query_model, splits.gallery, splits.spec, device=device, desc="query model: gallery")
-    report = compatibility_report(qq, qg, cache["query"], cache["gallery"],
-                                  splits.query.labels, splits.gallery.labels, ci=True)
-    report["baselines"] = {"raw_pixel_knn": cache["raw_pixel_knn"]}
+    report = compatibility_report(qq, qg, cache["query"], cache["gallery"], ql, gl, ci=True,
+                                  paragon=dict(cache["paragon"]))
+    report["baselines"] = {"raw_pixel_knn": dict(cache["raw_pixel_knn"])}
     report["sizes"] = {"query": len(splits.query), "gallery": len(splits.gallery)}
     report["warnings"] = baseline_warnings(report)
     return report

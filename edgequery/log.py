@@ -83,11 +83,11 @@ def _is_terminal() -> bool:
 class _LogLines:
     """A file-like sink for tqdm that turns each refresh into one log line (no carriage returns)."""
 
-    def __init__(self, log: logging.Logger):
-        self.log = log
-
     # tqdm moves the cursor (ESC [ A) to redraw nested bars: meaningless in a log
     _CURSOR_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
 
     def write(self, text: str) -> None:
         line = self._CURSOR_CODES.sub("", text.replace("\r", "")).strip()

@@ -104,11 +104,16 @@ def retrieval_metrics(query_emb: torch.Tensor, query_labels: torch.Tensor,
 def compatibility_report(query_model_on_query: torch.Tensor, query_model_on_gallery: torch.Tensor,
                          gallery_model_on_query: torch.Tensor, gallery_model_on_gallery: torch.Tensor,
                          query_labels: torch.Tensor, gallery_labels: torch.Tensor,
-                         ks: tuple[int, ...] = DEFAULT_KS, ci: bool = False) -> dict[str, dict]:
-    """Paragon (g,g), homogeneous (q,q) and heterogeneous (q,g) metrics in one call."""
+                         ks: tuple[int, ...] = DEFAULT_KS, ci: bool = False,
+                         paragon: dict | None = None) -> dict[str, dict]:
+    """Paragon (g,g), homogeneous (q,q) and heterogeneous (q,g) metrics in one call.
+
+    ``paragon``: the (g,g) metrics when already computed - they depend on the gallery model
+    alone, so comparing several query nets computes them once.
+    """
     return {
-        "paragon": retrieval_metrics(gallery_model_on_query, query_labels, gallery_model_on_gallery, gallery_labels,
-                                     ks, ci=ci),
+        "paragon": paragon or retrieval_metrics(gallery_model_on_query, query_labels, gallery_model_on_gallery,
+                                                gallery_labels, ks, ci=ci),
         "homogeneous": retrieval_metrics(query_model_on_query, query_labels, query_model_on_gallery, gallery_labels,
                                          ks, ci=ci),
         "heterogeneous": retrieval_metrics(query_model_on_query, query_labels, gallery_model_on_gallery,
