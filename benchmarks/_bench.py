@@ -126,6 +126,22 @@ def gallery_checkpoint(wf, cache: Path, epochs: int) -> Path:
     return wf.gallery(cache / f"gallery-r101-{data_tag(wf.spec)}-e{epochs}.pt", epochs)
 
 
+def paragon_spec(n_train: int | None = None, n_query: int = 1000, n_gallery: int | None = None):
+    """The data of the benchmarks' gallery model: Fashion-MNIST at 32 px, all of it by default."""
+    from edgequery.data import DataSpec
+
+    return DataSpec(resolution=32, n_train=n_train, n_query=n_query, n_gallery=n_gallery)
+
+
+def paragon_checkpoint(wf, cache: Path, **train) -> Path:
+    """The gallery recipe trained on ``wf``'s data (``train``: TrainConfig fields changed from the
+    recipe), trained, resumed or reused through the workflow in ``cache`` (``paragon.py`` makes it)."""
+    from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
+
+    settings = {**GALLERY_MODEL, **GALLERY_TRAIN, **train}
+    return wf.gallery(cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt", **train)
+
+
 def add_bct_args(ap: argparse.ArgumentParser, what: str = "", queries: bool = True) -> None:
     """The data and epoch flags of bct_compat.py's models (defaults: its full run); ``queries``: also
     the query nets' epochs."""

@@ -57,7 +57,7 @@ def baseline_warnings(report: dict[str, Any]) -> list[str]:
     raw, paragon = report["baselines"]["raw_pixel_knn"], report["paragon"]
     figures = f"paragon Recall@1 {_pct(paragon)} vs raw-pixel kNN {_pct(raw)}"
     advice = ("its embeddings are not worth matching yet: train it longer or on more data (`edgequery train "
-              "gallery --epochs N --n-train N`) before trusting heterogeneous figures")
+              "gallery --steps N --n-train N`, or its default recipe) before trusting heterogeneous figures")
     if paragon["recall@1"] <= raw["recall@1"]:
         return [f"the gallery model does not beat raw pixels on this split: {figures}; {advice}"]
     if paragon["recall@1_ci95"][0] <= raw["recall@1_ci95"][1]:
@@ -71,38 +71,45 @@ def _pct(m: dict[str, Any]) -> str:
     return f"{100 * m['recall@1']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def evaluate_pair(query_model: nn.Module, gallery_model: nn.Module, splits: Splits,
-                  device: str = "cpu", gallery_cache: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Paragon / homogeneous / heterogeneous metrics on the query and gallery splits, with CIs.
-
-    Beside them: ``baselines.raw_pixel_knn`` and ``warnings`` (:func:`baseline_warnings`).
-    ``gallery_cache`` (a dict) keeps the gallery model's embeddings (and the baseline)
-    between calls, so comparing several query nets embeds the gallery with ResNet-101 once.
-    """
+def gallery_report(gallery_model: nn.Module, splits: Splits, device: str = "cpu",
+                   gallery_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gallery model alone: paragon metrics (with CIs), ``baselines.raw_pixel_knn``, ``sizes`` and
+    ``warnings`` (:func:`baseline_warnings`).  ``gallery_cache`` (a dict) keeps its embeddings and
+    figures, so the query and gallery splits are embedded with ResNet-101 once per cache."""
     cache = gallery_cache if gallery_cache is not None else {}
     ql, gl = splits.query.labels, splits.gallery.labels
-    if "query" not in cache:  # everything that depends on the gallery model alone, once
+    if "query" not in cache:
         cache["query"] = embed(gallery_model, splits.query, splits.spec, device=device, desc="gallery model: queries")
         cache["gallery"] = embed(gallery_model, splits.gallery, splits.spec, device=device,
                                  desc="gallery model: gallery")
         cache["paragon"] = retrieval_metrics(cache["query"], ql, cache["gallery"], gl, ci=True)
         cache["raw_pixel_knn"] = raw_pixel_baseline(splits)
-    qq = embed(query_model, splits.query, splits.spec, device=device, desc="query model: queries")
-    qg = embed(query_model, splits.gallery, splits.spec, device=device, desc="query model: gallery")
-    report = compatibility_report(qq, qg, cache["query"], cache["gallery"], ql, gl, ci=True,
-                                  paragon=dict(cache["paragon"]))
-    report["baselines"] = {"raw_pixel_knn": dict(cache["raw_pixel_knn"])}
-    report["sizes"] = {"query": len(splits.query), "gallery": len(splits.gallery)}
+    report = {"paragon": dict(cache["paragon"]), "baselines": {"raw_pixel_knn": dict(cache["raw_pixel_knn"])},
+              "sizes": {"query": len(splits.query), "gallery": len(splits.gallery)}}
     report["warnings"] = baseline_warnings(report)
     return report
 
 
+def evaluate_pair(query_model: nn.Module, gallery_model: nn.Module, splits: Splits,
+                  device: str = "cpu", gallery_cache: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Paragon / homogeneous / heterogeneous metrics on the query and gallery splits, with CIs, and
+    what :func:`gallery_report` says of the gallery model (``gallery_cache`` as there)."""
+    cache = gallery_cache if gallery_cache is not None else {}
+    alone = gallery_report(gallery_model, splits, device, cache)
+    qq = embed(query_model, splits.query, splits.spec, device=device, desc="query model: queries")
+    qg = embed(query_model, splits.gallery, splits.spec, device=device, desc="query model: gallery")
+    report = compatibility_report(qq, qg, cache["query"], cache["gallery"], splits.query.labels,
+                                  splits.gallery.labels, ci=True, paragon=alone["paragon"])
+    return {**report, **{k: alone[k] for k in ("baselines", "sizes", "warnings")}}
+
+
 def format_report(report: dict[str, Any], title: str = "") -> str:
-    """A fixed-width table of the three settings and the raw-pixel baseline (percent, R@1 with its 95 % CI)."""
+    """A fixed-width table of the three settings (those ``report`` has: a :func:`gallery_report` has the
+    paragon only) and the raw-pixel baseline (percent, R@1 with its 95 % CI)."""
     lines = [title] if title else []
     lines.append(f"{'setting':<28}{'R@1':>8}{'95 % CI':>16}{'R@10':>8}{'mAP@R':>8}")
-    rows = {"paragon (g,g)": report["paragon"], "homogeneous (q,q)": report["homogeneous"],
-            "heterogeneous (q,g)": report["heterogeneous"]}
+    settings = {"paragon (g,g)": "paragon", "homogeneous (q,q)": "homogeneous", "heterogeneous (q,g)": "heterogeneous"}
+    rows = {label: report[key] for label, key in settings.items() if key in report}
     if "baselines" in report:
         rows["raw-pixel kNN (baseline)"] = report["baselines"]["raw_pixel_knn"]
     for label, m in rows.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 from .checkpoint import load_checkpoint
 from .data import DataSpec, Splits, load_splits
 from .errors import EdgeQueryError
@@ -20,6 +21,7 @@ from .models import build_embedding_net, model_from_checkpoint, model_spec
 from .train import BCTLoss, ClassifierLoss, TrainConfig, fit, prepare_output
 
 log = logging.getLogger(__name__)
+
 
 
 def load_trained_gallery(path: str | Path) -> dict[str, Any]:
@@ -46,10 +48,11 @@ def _step(loss_fn):
     return step
 
 
-def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str = "resnet101",
-                  embed_dim: int = 128, weights: str | None = None, scale: float = 16.0, margin: float = 0.0,
+def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str = GALLERY_MODEL["arch"],
+                  embed_dim: int = GALLERY_MODEL["embed_dim"], weights: str | None = None,
+                  scale: float = GALLERY_MODEL["scale"], margin: float = GALLERY_MODEL["margin"],
                   force: bool = False, splits: Splits | None = None) -> dict[str, Any]:
-    """Train the gallery model (default ResNet-101 + 128-d head + cosine classifier)."""
+    """Train the gallery model (default :data:`GALLERY_MODEL`: ResNet-101 + 128-d head + cosine classifier)."""
     identity = {"arch": arch, "embed_dim": embed_dim, "data": spec.to_dict(), "weights": weights,
                 "scale": scale, "margin": margin}
     resume = prepare_output(out, "gallery", cfg, identity, force)
@@ -63,7 +66,7 @@ def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str =
                 "state_dict": m.state_dict(), "data": spec.to_dict(), "classes": list(splits.classes),
                 "identity": identity, "compatible_with": None}
 
-    return fit(model, _step(ClassifierLoss()), splits, cfg, out, payload, resume=resume, desc="gallery")
+    return fit(model, _step(ClassifierLoss(cfg.label_smoothing)), splits, cfg, out, payload, resume=resume, desc="gallery")
 
 
 def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arch: str = "mobilenet_v3_small",
@@ -97,7 +100,8 @@ def train_query(gallery_path: str | Path, cfg: TrainConfig, out: str | Path, arc
                                 scale=scale, margin=margin, space=mspec["space"])
     if init_state is not None and resume is None:
         model.load_state_dict(init_state)
-    loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight) if bct else ClassifierLoss()
+    loss = (BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight, cfg.label_smoothing) if bct
+            else ClassifierLoss(cfg.label_smoothing))
     if not bct:
         log.warning("--no-bct: the query embedding is not trained to be compatible with the gallery")
 

@@ -44,7 +44,7 @@ from .models.heads import CosineClassifier, EmbeddingNet
 log = logging.getLogger(__name__)
 
 __all__ = ["BCTLoss", "ClassifierLoss", "Dist", "TrainConfig", "augment", "epoch_batches", "fit", "make_optimizer",
-           "prepare_output", "resolve_device", "warmup_cosine"]
+           "prepare_output", "resolve_device", "resolve_precision", "warmup_cosine"]
 
 
 # --------------------------------------------------------------------------- devices & DDP
@@ -83,14 +83,30 @@ class Dist:
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``precision``; ``auto`` is bf16 where the device has fast bf16 arithmetic
+    (a CUDA GPU that supports it, a CPU with AMX or AVX-512 BF16 through oneDNN), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
 # --------------------------------------------------------------------------- losses
 
 
 class ClassifierLoss(nn.Module):
     """Cross-entropy of the model's own (cosine) classifier on its embedding."""
 
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+
     def forward(self, model: EmbeddingNet, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.classifier(emb, labels), labels)
+        return F.cross_entropy(model.classifier(emb, labels), labels, label_smoothing=self.label_smoothing)
 
 
 class BCTLoss(nn.Module):
@@ -100,8 +116,9 @@ class BCTLoss(nn.Module):
     off: gradients flow *through* it into the query embedding, never into it.
     """
 
-    def __init__(self, gallery_classifier: CosineClassifier, weight: float = 1.0):
+    def __init__(self, gallery_classifier: CosineClassifier, weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
+        self.label_smoothing = float(label_smoothing)
         self.gallery_classifier = copy.deepcopy(gallery_classifier).eval()
         self.gallery_classifier.requires_grad_(False)
         self.weight = float(weight)
@@ -112,7 +129,7 @@ class BCTLoss(nn.Module):
         return self
 
     def forward(self, model: EmbeddingNet, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        own = F.cross_entropy(model.classifier(emb, labels), labels)
+        own = F.cross_entropy(model.classifier(emb, labels), labels, label_smoothing=self.label_smoothing)
         influence = F.cross_entropy(self.gallery_classifier(emb, labels), labels)
         return own + self.weight * influence
 
@@ -180,9 +197,14 @@ def _parallel(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: Di
 
 
 def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, epoch: int,
-                 first_step: int, optimizer, scheduler, dist: Dist, device: torch.device, desc: str) -> dict[str, Any]:
-    """One epoch of optimizer steps; returns its history record (epoch, mean loss, seconds)."""
+                 first_step: int, optimizer, scheduler, dist: Dist, device: torch.device, desc: str,
+                 precision: str) -> dict[str, Any]:
+    """One epoch of optimizer steps; returns its history record (epoch, mean loss, seconds).
+
+    With ``precision`` bf16 the forward pass runs under autocast and batches are channels-last
+    (the model was made channels-last too); weights, gradients and the optimizer stay fp32."""
     train_model.train()
+    bf16 = precision == "bf16"
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
     batches = epoch_batches(splits.train, cfg, epoch, dist)
     t0, loss_sum, n_seen = time.time(), 0.0, 0
@@ -193,7 +215,10 @@ def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: Trai
         y = splits.train.labels[idx].to(device)
         if cfg.augment:
             x = augment(x, gen)
-        loss = step(train_model, x, y, first_step + i)
+        if bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step(train_model, x, y, first_step + i)
         if not torch.isfinite(loss):
             raise EdgeQueryError(f"training diverged at epoch {epoch + 1}, step {i} (loss {loss.item()})",
                                  "lower --lr or switch --optimizer")
@@ -205,14 +230,16 @@ def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: Trai
         n_seen += len(idx)
         bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
     bar.close()
-    return {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": round(time.time() - t0, 1)}
+    return {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": round(time.time() - t0, 1),
+            "precision": precision}
 
 
 def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: str | os.PathLike,
         payload: Callable[[nn.Module], dict[str, Any]], resume: dict[str, Any] | None = None,
         extra_modules: nn.Module | None = None, desc: str = "train",
         on_epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
-    """Train ``model`` for ``cfg.epochs`` epochs, checkpointing to ``out`` after each.
+    """Train ``model`` for ``cfg.epochs`` epochs (or as many as ``cfg.steps`` asks), checkpointing to ``out``
+    after each.
 
     ``step(model, x, y, global_step)`` returns the loss of one (augmented, normalised)
     batch.  ``payload(model)`` returns the checkpoint fields other than ``train``.
@@ -222,8 +249,11 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
     """
     device = resolve_device(cfg.device)
     dist = Dist.setup(device)
+    precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if precision == "bf16":
+        model.to(memory_format=torch.channels_last)
     if extra_modules is not None:
         extra_modules.to(device)
     train_model = _parallel(model, cfg, device, dist)
@@ -231,6 +261,11 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
     if steps_per_epoch == 0:
         raise EdgeQueryError(f"the train split has {len(splits.train)} images, fewer than one batch",
                              "lower --batch-size or use more training data")
+    if cfg.steps is not None:  # the schedule is given in steps: as many epochs as they take on this data
+        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.steps / steps_per_epoch)})
+        if dist.main:
+            log.info("%d steps at %d per epoch: %d epochs of %d images", cfg.steps, steps_per_epoch, cfg.epochs,
+                     len(splits.train))
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
@@ -247,7 +282,7 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
     ckpt: dict[str, Any] = resume or {}
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(train_model, step, splits, cfg, epoch, epoch * steps_per_epoch, optimizer, scheduler,
-                              dist, device, desc)
+                              dist, device, desc, precision)
         if on_epoch_end is not None:
             record["metrics"] = dict(on_epoch_end(model, epoch))
         history.append(record)
@@ -289,8 +324,7 @@ def prepare_output(out: str | os.PathLike, kind: str, cfg: TrainConfig, identity
     had = Identity.model_validate(ck.get("identity") or {})
     want = Identity.model_validate(identity)
     mismatch = [k for k in want.model_fields_set if getattr(had, k) != getattr(want, k)]
-    mismatch += [k for k in ("batch_size", "lr", "optimizer", "seed", "epochs", "extra")
-                 if stored.get(k) != cfg.to_dict()[k]]
+    mismatch += cfg.differs_from(stored)
     if mismatch:
         raise EdgeQueryError(f"{out} holds an unfinished run with different settings ({', '.join(mismatch)})",
                              "rerun with the same settings to resume it, --force to start over, or another --out")

@@ -43,9 +43,6 @@ from .errors import EdgeQueryError
 
 log = logging.getLogger(__name__)
 
-# what must match for a finished checkpoint to be reused (as prepare_output compares for a resume)
-_TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "seed")
-
 
 def _plain(value: Any) -> Any:
     """``value`` as JSON would store it (tuples become lists), for comparing settings."""
@@ -127,19 +124,27 @@ class Workflow:
                 train(cfg)
         return path
 
-    def _train_config(self, epochs: int, train: dict[str, Any]):
+    def _train_config(self, epochs: int | None, train: dict[str, Any]):
         from .train import TrainConfig
 
-        return TrainConfig(epochs=epochs, device=self.device, **train)
+        return TrainConfig(**({} if epochs is None else {"epochs": epochs}), device=self.device, **train)
 
-    def gallery(self, path: str | Path, epochs: int, arch: str = "resnet101", name: str = "train_gallery",
-                **train: Any) -> Path:
-        """Train (or reuse, or resume) the gallery model at ``path``; ``train`` sets other TrainConfig fields."""
+    def gallery(self, path: str | Path, epochs: int | None = None, name: str = "train_gallery",
+                model: dict[str, Any] | None = None, **train: Any) -> Path:
+        """Train (or reuse, or resume) the gallery model at ``path``: the gallery recipe
+        (:data:`~edgequery.recipes.GALLERY_MODEL`, :data:`~edgequery.recipes.GALLERY_TRAIN`) with ``model``
+        (arch, embed_dim, scale, margin) and ``train`` (TrainConfig fields) changed; ``epochs``, when
+        given, replaces the recipe's steps."""
+        from .artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
         from .recipes import train_gallery
 
-        expect = {"arch": arch, "data": self.spec.to_dict()}
+        model = {**GALLERY_MODEL, **(model or {})}
+        train = {**GALLERY_TRAIN, **train}
+        if epochs is not None:
+            train.pop("steps")
+        expect = {**model, "data": self.spec.to_dict()}
         return self._train(name, "gallery", path, expect, self._train_config(epochs, train),
-                           lambda cfg: train_gallery(self.spec, cfg, path, arch=arch, splits=self.splits))
+                           lambda cfg: train_gallery(self.spec, cfg, path, **model, splits=self.splits))
 
     def query(self, path: str | Path, gallery_path: str | Path, arch: Any = "mobilenet_v3_small", bct: bool = True,
               epochs: int = 4, name: str | None = None, space: Any = None, **train: Any) -> Path:
@@ -291,7 +296,7 @@ def checkpoint_status(path: Path, kind: str, expect: dict[str, Any], cfg) -> str
         return "resumed"  # the recipe resumes it, or refuses a run of other settings
     identity, stored = ck.get("identity") or {}, train.get("config") or {}
     differ = [k for k, v in expect.items() if _plain(identity.get(k)) != _plain(v)]
-    differ += [k for k in _TRAIN_KEYS if stored.get(k) != cfg.to_dict()[k]]
+    differ += cfg.differs_from(stored)  # what prepare_output compares for a resume
     if differ:
         raise EdgeQueryError(f"{path} holds a finished {kind} model made with other settings ({', '.join(differ)})",
                              "delete it to train again, or write into another folder")

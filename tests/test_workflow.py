@@ -21,7 +21,7 @@ from edgequery.errors import EdgeQueryError
 from edgequery.workflow import Workflow
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(arch="mobilenet_v3_small", batch_size=32)
+TINY = dict(model={"arch": "mobilenet_v3_small"}, batch_size=32)
 
 
 def _gallery(wf: Workflow, path: Path, epochs: int = 1) -> Path:
@@ -53,7 +53,7 @@ def test_a_finished_checkpoint_of_other_settings_is_refused_not_reused(tiny_spec
     with pytest.raises(EdgeQueryError, match="other settings.*epochs"):
         _gallery(Workflow(tiny_spec, splits=tiny_splits), path, epochs=2)
     with pytest.raises(EdgeQueryError, match="other settings.*arch"):
-        Workflow(tiny_spec, splits=tiny_splits).gallery(path, 1, arch="mobilenet_v3_large", batch_size=32)
+        Workflow(tiny_spec, splits=tiny_splits).gallery(path, 1, model={"arch": "mobilenet_v3_large"}, batch_size=32)
 
 
 def test_an_unfinished_checkpoint_is_resumed(tiny_spec, tiny_splits, tmp_path, monkeypatch):

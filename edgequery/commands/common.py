@@ -43,13 +43,22 @@ def spec_from_args(args: argparse.Namespace, base=None):
     return None if not changed else DataSpec(**{**base.to_dict(), **changed})
 
 
-def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+def add_train_args(p: argparse.ArgumentParser, steps: int, lr: float, weight_decay: float = 5e-5,
+                   label_smoothing: float = 0.0) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs, help="epochs")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=steps,
+                        help="optimisation steps (batches); the epochs follow from the data set's size, so the "
+                             "same schedule fits 3k images and 60k")
+    length.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of --steps")
     g.add_argument("--batch-size", type=int, default=128, help="batch size per process")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate (warm-up then cosine decay)")
-    g.add_argument("--weight-decay", type=float, default=5e-5)
+    g.add_argument("--weight-decay", type=float, default=weight_decay)
+    g.add_argument("--label-smoothing", type=float, default=label_smoothing, help="of the classifier loss")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: autocast + channels-last, about 2x faster on CPUs with AMX / AVX-512 BF16 and on "
+                        "recent GPUs; auto picks bf16 where the device is fast at it")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flip/translation augmentation")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order and augmentation")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -59,9 +68,10 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
 def train_config_from_args(args: argparse.Namespace, **extra):
     from ..train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       optimizer=args.optimizer, augment=args.augment, seed=args.seed, device=args.device,
-                       extra=extra)
+    length = {"epochs": args.epochs} if args.epochs is not None else {"steps": args.steps}
+    return TrainConfig(**length, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       label_smoothing=args.label_smoothing, optimizer=args.optimizer, precision=args.precision,
+                       augment=args.augment, seed=args.seed, device=args.device, extra=extra)
 
 
 def add_space_args(p: argparse.ArgumentParser, default: str | None = "mbv3", required: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 from .common import (HelpFormatter, add_data_args, add_space_args, add_train_args, parse_space_options,
                      space_from_args, spec_from_args, train_config_from_args)
 
@@ -52,14 +53,17 @@ def _register_gallery(tsub: argparse._SubParsersAction) -> None:
                                     "linear embedding head (L2-normalised) and a cosine classifier.",
                         formatter_class=HelpFormatter)
     g.add_argument("--out", default="gallery.pt", help="checkpoint to write")
-    g.add_argument("--arch", default="resnet101", help="gallery trunk (a torchvision name)")
-    g.add_argument("--embed-dim", type=int, default=128, help="embedding dimension")
+    g.add_argument("--arch", default=GALLERY_MODEL["arch"], choices=["resnet101_small_input", "resnet101"],
+                   help="gallery trunk: resnet101_small_input (3x3 stride-1 stem: for 32-64 px inputs) or "
+                        "resnet101 (torchvision's ImageNet stem: for 128 px and up)")
+    g.add_argument("--embed-dim", type=int, default=GALLERY_MODEL["embed_dim"], help="embedding dimension")
     g.add_argument("--weights", default=None,
                    help="start from torchvision weights (IMAGENET1K_V2, DEFAULT) or a local state-dict file")
-    g.add_argument("--scale", type=float, default=16.0, help="cosine classifier scale s")
-    g.add_argument("--margin", type=float, default=0.0, help="cosine margin m (CosFace); 0 = normalised softmax")
+    g.add_argument("--scale", type=float, default=GALLERY_MODEL["scale"], help="cosine classifier scale s")
+    g.add_argument("--margin", type=float, default=GALLERY_MODEL["margin"],
+                   help="cosine margin m (CosFace); 0 = normalised softmax")
     add_data_args(g)
-    add_train_args(g, epochs=5, lr=0.05)
+    add_train_args(g, **{k: GALLERY_TRAIN[k] for k in ("steps", "lr", "weight_decay", "label_smoothing")})
     g.set_defaults(handler=run_gallery)
 
 
@@ -81,7 +85,7 @@ def _register_query(tsub: argparse._SubParsersAction) -> None:
                         "instead of from scratch (the arch is read in the supernet's space)")
     add_space_args(q, default=None)
     add_data_args(q, inherit=True)
-    add_train_args(q, epochs=5, lr=0.05)
+    add_train_args(q, steps=2300, lr=0.05)
     q.set_defaults(handler=run_query)
 
 
@@ -95,7 +99,7 @@ def _register_supernet(tsub: argparse._SubParsersAction) -> None:
     s.add_argument("--bct-weight", type=float, default=1.0, help="lambda of the BCT influence loss (default 1)")
     add_space_args(s)
     add_data_args(s, inherit=True)
-    add_train_args(s, epochs=10, lr=0.05)
+    add_train_args(s, steps=4600, lr=0.05)
     s.set_defaults(handler=run_supernet)
 
 

@@ -21,7 +21,12 @@ from torch import nn
 from ..errors import EdgeQueryError
 from .heads import EmbeddingNet
 
-BASELINE_ARCHS = ("resnet101", "mobilenet_v3_small", "mobilenet_v3_large")
+BASELINE_ARCHS = ("resnet101", "resnet101_small_input", "mobilenet_v3_small", "mobilenet_v3_large")
+
+# ResNet-101 with a stem for small inputs (32-64 px): conv1 is 3x3 stride 1 instead of 7x7 stride 2
+# (max-pool kept), so every stage sees feature maps twice as large per side (16x16 after the stem
+# at 32 px instead of 8x8; layer4 2x2 instead of 1x1), at four times the compute.
+SMALL_INPUT = "_small_input"
 
 
 class _MobileNetV3Trunk(nn.Module):
@@ -38,11 +43,15 @@ class _MobileNetV3Trunk(nn.Module):
 
 
 def _torchvision_net(name: str) -> nn.Module:
-    return torchvision.models.get_model(name, weights=None)
+    net = torchvision.models.get_model(name.removesuffix(SMALL_INPUT), weights=None)
+    if name.endswith(SMALL_INPUT):
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 def _trunk_of(name: str, net: nn.Module) -> tuple[nn.Module, int]:
-    if name == "resnet101":
+    if name.startswith("resnet101"):
         dim = net.fc.in_features
         net.fc = nn.Identity()
         return net, dim
@@ -80,28 +89,40 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
             if name.startswith("mobilenet_v3"):  # our trunk names pre_logits.{0,1} as torchvision's classifier
                 state = {k.replace("pre_logits.0.", "classifier.0."): v for k, v in state.items()}
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = _fit_stem(name, net, state)
         missing, unexpected = net.load_state_dict(state, strict=False)
         # The ImageNet classifier is discarded anyway; anything else missing means a wrong file.
-        missing = [k for k in missing if not k.startswith(("fc.", "classifier.3"))]
+        # A small-input ResNet keeps its own 3x3 conv1 (an ImageNet conv1 does not fit it).
+        skipped = ("fc.", "classifier.3") + (("conv1.",) if name.endswith(SMALL_INPUT) else ())
+        missing = [k for k in missing if not k.startswith(skipped)]
         if missing:
             raise EdgeQueryError(f"{path} does not fit {name}: {len(missing)} missing keys (e.g. {missing[0]})",
                                  f"pass a state dict of torchvision's {name}")
     else:
         try:
-            enum = torchvision.models.get_model_weights(name)
+            enum = torchvision.models.get_model_weights(name.removesuffix(SMALL_INPUT))
             spec = weights.split(".")[-1]
             w = enum.DEFAULT if spec == "DEFAULT" else enum[spec]
         except KeyError:
-            choices = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name)])
+            choices = ", ".join(["DEFAULT"] + [w.name for w in torchvision.models.get_model_weights(name.removesuffix(SMALL_INPUT))])
             raise EdgeQueryError(f"{name} has no torchvision weights {weights!r}", f"use one of: {choices}") from None
         try:
-            net.load_state_dict(w.get_state_dict(progress=True, check_hash=True))
+            net.load_state_dict(_fit_stem(name, net, w.get_state_dict(progress=True, check_hash=True)),
+                                strict=not name.endswith(SMALL_INPUT))
         except (OSError, RuntimeError) as exc:
             raise EdgeQueryError(
                 f"could not obtain torchvision weights {w}: {exc}",
                 f"place the file in {torch.hub.get_dir()}/checkpoints/ or pass --weights /path/to/state_dict.pth",
             ) from None
     return _trunk_of(name, net)
+
+
+def _fit_stem(name: str, net: nn.Module, state: dict) -> dict:
+    """``state`` without tensors whose shape does not fit the small-input stem (they stay freshly initialised)."""
+    if not name.endswith(SMALL_INPUT):
+        return state
+    own = net.state_dict()
+    return {k: v for k, v in state.items() if not (k.startswith("conv1.") and k in own and v.shape != own[k].shape)}
 
 
 def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: str | None = None,

@@ -69,7 +69,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
     scale, margin = gspec.get("scale", 16.0), gspec.get("margin", 0.0)
     torch.manual_seed(cfg.seed)  # a reproducible initialisation: the same settings give the same supernet
     model = Supernet(space, gspec["embed_dim"], splits.num_classes, scale, margin)
-    loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight)
+    loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight, cfg.label_smoothing)
 
     def step(m, x, y, global_step):
         return m(x, archs_for_step(space, cfg.seed, global_step, rule), criterion=loss, labels=y)
