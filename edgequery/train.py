@@ -267,8 +267,11 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
             log.info("%d steps at %d per epoch: %d epochs of %d images", cfg.steps, steps_per_epoch, cfg.epochs,
                      len(splits.train))
     optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
+    total = cfg.epochs * steps_per_epoch
+    # warm-up: warmup_epochs, but on a small data set (epochs of a few steps) at least 5 % of the run, up
+    # to 100 steps - a few steps of warm-up are no warm-up at lr 0.1
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch), min(100, total // 20))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     start_epoch, history = 0, []
     if resume is not None:
         tr = resume["train"]

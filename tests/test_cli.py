@@ -130,7 +130,8 @@ def test_unavailable_device_and_weights(tmp_path):
 
 @pytest.mark.slow
 def test_resnet101_gallery_from_local_weights(tmp_path):
-    """The default gallery trunk, started from a local torchvision state dict (the offline path)."""
+    """The gallery trunks, started from a local torchvision state dict (the offline path): the
+    ImageNet-stem ResNet-101 takes all of it; the small-input one (the default) all but conv1."""
     import torchvision
 
     torch.manual_seed(0)
@@ -141,11 +142,14 @@ def test_resnet101_gallery_from_local_weights(tmp_path):
     trunk, dim = load_pretrained_trunk("resnet101", str(tmp_path / "r101.pth"))
     assert dim == 2048
     assert torch.equal(trunk.conv1.weight, ref.conv1.weight)
+    small, dim = load_pretrained_trunk("resnet101_small_input", str(tmp_path / "r101.pth"))
+    assert dim == 2048 and small.conv1.weight.shape == (64, 3, 3, 3) and small.conv1.stride == (1, 1)
+    assert torch.equal(small.layer4[2].conv3.weight, ref.layer4[2].conv3.weight)
     eq("train", "gallery", "--weights", tmp_path / "r101.pth", "--out", tmp_path / "g.pt",
        "--n-train", "64", "--n-val", "0", "--n-query", "20", "--n-gallery", "40", "--epochs", "1",
        "--batch-size", "32")
     ck = load_checkpoint(tmp_path / "g.pt", "gallery")
-    assert ck["model"]["arch"] == "resnet101" and len(ck["model_version"]) == 16
+    assert ck["model"]["arch"] == "resnet101_small_input" and len(ck["model_version"]) == 16
 
 
 def test_help_and_data_commands(tmp_path):

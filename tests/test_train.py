@@ -168,3 +168,51 @@ def test_the_checkpoint_schema_types_data_specs_and_train_configs(digits, tmp_pa
         checkpoint_meta({**payload, "data": {**payload["data"], "bogus": 1}})
     with pytest.raises(ValueError, match="momentum"):
         TrainConfig(momentum=0.9)
+
+
+# --------------------------------------------------------------------------- schedules in steps, precision
+
+
+def test_a_schedule_in_steps_takes_as_many_epochs_as_the_data_needs(digits, tmp_path):
+    """256 images at batch 32 are 8 steps an epoch: 20 steps are 3 epochs (the last one whole)."""
+    ck = _run(digits, tmp_path / "s.pt", TrainConfig(steps=20, batch_size=32))
+    assert ck["train"]["epochs"] == 3 and len(ck["train"]["history"]) == 3
+    assert ck["train"]["config"]["steps"] == 20
+    half = load_splits(DataSpec(dataset="digits", resolution=8, n_train=128, n_val=0, n_query=50, n_gallery=200))
+    assert _run(half, tmp_path / "h.pt", TrainConfig(steps=20, batch_size=32))["train"]["epochs"] == 5
+
+
+def test_resuming_a_schedule_in_steps_compares_the_steps(digits, tmp_path):
+    cfg = TrainConfig(steps=20, batch_size=32)
+    with pytest.raises(KeyboardInterrupt):
+        _run(digits, tmp_path / "r.pt", cfg, crash_at=10)
+    assert prepare_output(tmp_path / "r.pt", "gallery", cfg, {"arch": "tiny"}, force=False) is not None
+    for other in (TrainConfig(steps=30, batch_size=32), TrainConfig(epochs=3, batch_size=32),
+                  TrainConfig(steps=20, batch_size=32, label_smoothing=0.1)):
+        with pytest.raises(EdgeQueryError, match="different settings"):
+            prepare_output(tmp_path / "r.pt", "gallery", other, {"arch": "tiny"}, force=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_is_recorded_and_weights_stay_fp32(digits, tmp_path, precision):
+    ck = _run(digits, tmp_path / f"{precision}.pt", TrainConfig(epochs=2, batch_size=32, lr=0.1, precision=precision))
+    assert [h["precision"] for h in ck["train"]["history"]] == [precision] * 2
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ck["state_dict"].values())
+    losses = [h["loss"] for h in ck["train"]["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_auto_precision_is_a_concrete_one():
+    from edgequery.train import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_label_smoothing_reaches_the_loss():
+    net = tiny_net()
+    emb, y = torch.nn.functional.normalize(torch.randn(16, 8), dim=1), torch.randint(0, 10, (16,))
+    plain, smooth = ClassifierLoss()(net, emb, y), ClassifierLoss(0.2)(net, emb, y)
+    logits = net.classifier(emb, y)
+    assert torch.allclose(smooth, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
+    assert not torch.allclose(plain, smooth)
