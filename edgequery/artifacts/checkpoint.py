@@ -61,7 +61,7 @@ class TrainConfig(Strict):
     warmup_epochs: float = 0.3
     augment: bool = True            # random horizontal flip + translation by up to 1/8
     label_smoothing: float = 0.0    # of the classifier cross-entropy
-    precision: Literal["auto", "fp32", "bf16"] = "auto"       # fp32 | bf16 (autocast, channels-last) | auto: bf16 where the device is fast at it
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"       # fp32 | bf16 (autocast, channels-last) | auto: bf16 where the device is fast at it
     seed: int = 0
     device: str = "cpu"
     extra: dict[str, Any] = {}      # stage-specific settings (JSON), compared on resume
@@ -72,8 +72,8 @@ class TrainConfig(Strict):
     def differs_from(self, stored: dict[str, Any]) -> list[str]:
         """The settings of a stored ``train.config`` that must equal these to resume or reuse its run,
         and do not.  With ``steps`` the epochs follow from the data, so steps are compared instead."""
-        length = "steps" if self.steps is not None else "epochs"
-        keys = ("batch_size", "lr", "weight_decay", "optimizer", "seed", length, "label_smoothing", "extra")
+        length = ("steps",) if self.steps is not None else ("steps", "epochs")
+        keys = ("batch_size", "lr", "weight_decay", "optimizer", "seed", *length, "label_smoothing", "extra")
         mine = self.to_dict()
         return [k for k in keys if stored.get(k, type(self).model_fields[k].default) != mine[k]]
 
@@ -83,7 +83,8 @@ class TrainConfig(Strict):
 # a 128-d embedding and a CosFace classifier; the training: a schedule in steps (5 epochs of
 # Fashion-MNIST's 59k training images at batch 128), SGD at the usual ResNet settings.
 GALLERY_MODEL = {"arch": "resnet101_small_input", "embed_dim": 128, "scale": 16.0, "margin": 0.1}
-GALLERY_TRAIN = {"steps": 2300, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.0}
+GALLERY_TRAIN = {"steps": 2300, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.0,
+                 "precision": "auto"}
 
 
 class ModelSpec(Strict):
