@@ -27,10 +27,13 @@ CACHE = HERE / ".cache"
 
 log = logging.getLogger("edgequery.benchmarks")
 
-# bct_compat.py's data and epochs: its defaults (the full run) and its quick preset.  Scripts that need
-# the same trained gallery and query nets (export_runtime.py --train) take these, so they reuse them.
-BCT_FULL = {"n_train": 8000, "n_query": 1000, "n_gallery": 9000, "gallery_epochs": 4, "query_epochs": 6}
-BCT_QUICK = {"n_train": 1000, "n_query": 200, "n_gallery": 500, "gallery_epochs": 1, "query_epochs": 1}
+# bct_compat.py's data and schedules: its defaults (the full run: the paragon's data, all 59k training
+# images, and its gallery model) and its quick preset.  Scripts that need the same trained gallery and
+# query nets (export_runtime.py --train) take these, so they reuse them.
+BCT_FULL = {"n_train": None, "n_query": 1000, "n_gallery": None, "gallery_steps": None, "query_steps": 2300,
+            "seeds": "0,1"}
+BCT_QUICK = {"n_train": 1000, "n_query": 200, "n_gallery": 500, "gallery_steps": 20, "query_steps": 20,
+             "seeds": "0,1"}
 
 
 def parser(doc: str | None, presets: dict[str, dict[str, Any]], cache: Path = CACHE) -> argparse.ArgumentParser:
@@ -121,62 +124,97 @@ def data_tag(spec) -> str:
     return f"n{spec.n_train}-r{spec.resolution}-{digest(spec.to_dict())}"
 
 
-def gallery_checkpoint(wf, cache: Path, epochs: int) -> Path:
-    """The ResNet-101 gallery model of ``wf``'s data, trained (or reused) through the workflow in ``cache``."""
-    return wf.gallery(cache / f"gallery-r101-{data_tag(wf.spec)}-e{epochs}.pt", epochs)
-
-
-def paragon_spec(n_train: int | None = None, n_query: int = 1000, n_gallery: int | None = None):
+def paragon_spec(n_train: int | None = None, n_query: int = 1000, n_gallery: int | None = None,
+                 resolution: int = 32):
     """The data of the benchmarks' gallery model: Fashion-MNIST at 32 px, all of it by default."""
     from edgequery.data import DataSpec
 
-    return DataSpec(resolution=32, n_train=n_train, n_query=n_query, n_gallery=n_gallery)
+    return DataSpec(resolution=resolution, n_train=n_train, n_query=n_query, n_gallery=n_gallery)
 
 
 def paragon_checkpoint(wf, cache: Path, **train) -> Path:
     """The gallery recipe trained on ``wf``'s data (``train``: TrainConfig fields changed from the
-    recipe), trained, resumed or reused through the workflow in ``cache`` (``paragon.py`` makes it)."""
+    recipe; ``None`` values keep the recipe's), trained, resumed or reused through the workflow in
+    ``cache`` (``paragon.py`` makes the full one; every benchmark asking for it shares the file)."""
     from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 
+    train = {k: v for k, v in train.items() if v is not None}
     settings = {**GALLERY_MODEL, **GALLERY_TRAIN, **train}
     return wf.gallery(cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt", **train)
 
 
+def seeds(text: str) -> list[int]:
+    """``--seeds 0,1`` as ``[0, 1]``."""
+    try:
+        out = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1") from None
+    if not out or len(set(out)) != len(out):
+        raise SystemExit(f"--seeds {text!r}: give one or more distinct seeds, e.g. --seeds 0,1")
+    return out
+
+
 def add_bct_args(ap: argparse.ArgumentParser, what: str = "", queries: bool = True) -> None:
-    """The data and epoch flags of bct_compat.py's models (defaults: its full run); ``queries``: also
-    the query nets' epochs."""
+    """The data and schedule flags of bct_compat.py's models (defaults: its full run); ``queries``: also
+    the query nets' steps and seeds."""
     g = ap.add_argument_group("trained models" + (f" ({what})" if what else ""))
-    g.add_argument("--n-train", type=int, default=BCT_FULL["n_train"])
+    g.add_argument("--n-train", type=int, default=BCT_FULL["n_train"], help="training images (default: all 59k)")
     g.add_argument("--n-query", type=int, default=BCT_FULL["n_query"])
-    g.add_argument("--n-gallery", type=int, default=BCT_FULL["n_gallery"])
-    g.add_argument("--gallery-epochs", type=int, default=BCT_FULL["gallery_epochs"])
+    g.add_argument("--n-gallery", type=int, default=BCT_FULL["n_gallery"],
+                   help="gallery images (default: the test split's other 9k)")
+    g.add_argument("--gallery-steps", type=int, default=BCT_FULL["gallery_steps"],
+                   help="the gallery model's steps (default: the gallery recipe's; benchmarks/paragon.py trains it)")
     if queries:
-        g.add_argument("--query-epochs", type=int, default=BCT_FULL["query_epochs"])
+        g.add_argument("--query-steps", type=int, default=BCT_FULL["query_steps"])
+        g.add_argument("--seeds", default=BCT_FULL["seeds"], help="training seeds of the query nets (comma list)")
 
 
-def bct_spec(args: argparse.Namespace, resolution: int):
+def bct_spec(args: argparse.Namespace, resolution: int = 32):
     """The data spec of bct_compat.py's models at ``resolution``."""
-    from edgequery.data import DataSpec
-
-    return DataSpec(resolution=resolution, n_train=args.n_train, n_val=1000, n_query=args.n_query,
-                    n_gallery=args.n_gallery)
+    return paragon_spec(args.n_train, args.n_query, args.n_gallery, resolution)
 
 
-def bct_checkpoints(wf, cache: Path, gallery_epochs: int, query_epochs: int, archs: Iterable[str],
-                    bcts: Iterable[bool] = (False, True)) -> tuple[Path, dict[tuple[str, bool], Path]]:
+def bct_checkpoints(wf, cache: Path, gallery_steps: int | None, query_steps: int, archs: Iterable[str],
+                    seeds: Iterable[int], bcts: Iterable[bool] = (False, True)
+                    ) -> tuple[Path, dict[tuple[str, bool, int], Path]]:
     """The gallery and the query nets ``bct_compat.py`` trains (through the workflow's stages), named by
-    their settings in ``cache`` so that every script asking for the same ones reuses them."""
+    their settings in ``cache`` so that every script asking for the same ones reuses them; the query
+    nets are keyed ``(arch, bct, seed)``."""
     from edgequery.checkpoint import load_checkpoint
 
-    gallery_path = gallery_checkpoint(wf, cache, gallery_epochs)
+    gallery_path = paragon_checkpoint(wf, cache, steps=gallery_steps)
     gver = load_checkpoint(gallery_path, "gallery")["model_version"]
     queries = {}
     for arch in archs:
         for bct in bcts:
-            name = f"{arch}-{'bct' if bct else 'nobct'}"
-            queries[(arch, bct)] = wf.query(cache / f"query-{name}-{data_tag(wf.spec)}-e{query_epochs}-g{gver}.pt",
-                                            gallery_path, arch, bct, query_epochs, name=f"train_query_{name}")
+            for seed in seeds:
+                name = f"{arch}-{'bct' if bct else 'nobct'}-s{seed}"
+                path = cache / f"query-{name}-{data_tag(wf.spec)}-t{query_steps}-g{gver}.pt"
+                queries[(arch, bct, seed)] = wf.query(path, gallery_path, arch, bct, None, name=f"train_query_{name}",
+                                                      steps=query_steps, seed=seed)
     return gallery_path, queries
+
+
+def r1_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark row's Recall@1 fields from a :func:`edgequery.metrics.retrieval_metrics` result."""
+    return {"recall_at_1": metrics["recall@1"], "recall_at_1_ci95": metrics["recall@1_ci95"],
+            "map_at_r": metrics["map@r"]}
+
+
+def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
+    """Whether runs ``a`` beat runs ``b`` on Recall@1 beyond the noise: ``"higher"`` when every 95 % CI
+    of ``a`` (one per seed) lies above every CI of ``b``, ``"lower"`` for the reverse, else
+    ``"within the noise"``.  Rows as :func:`r1_row` makes them."""
+    a_lo, a_hi = min(r["recall_at_1_ci95"][0] for r in a), max(r["recall_at_1_ci95"][1] for r in a)
+    b_lo, b_hi = min(r["recall_at_1_ci95"][0] for r in b), max(r["recall_at_1_ci95"][1] for r in b)
+    return "higher" if a_lo > b_hi else "lower" if a_hi < b_lo else "within the noise"
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, min and max Recall@1 over the seeds of one setting, and the seeds' CIs."""
+    r1 = [r["recall_at_1"] for r in rows]
+    return {"seeds": [r["seed"] for r in rows], "recall_at_1_mean": sum(r1) / len(r1),
+            "recall_at_1_range": [min(r1), max(r1)], "recall_at_1_ci95": [r["recall_at_1_ci95"] for r in rows]}
 
 
 def train_seconds(ckpt: dict) -> float:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 import _bench
+from edgequery.artifacts.checkpoint import GALLERY_MODEL
 from edgequery.checkpoint import load_checkpoint
 from edgequery.data import DataSpec, load_splits, resize_images, to_model_input
 from edgequery.evaluate import embed
@@ -58,6 +59,7 @@ from edgequery.workflow import Workflow
 log = _bench.log
 BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet101")
 FORMATS = ("tflite", "onnx")
+SMALL_INPUT_MAX = 64  # px: up to this side the gallery model is the recipe's small-input ResNet-101
 QUICK = {**_bench.BCT_QUICK, "train": True, "nets": "mobilenet_v3_small,resnet101", "runs": 5, "warmup": 1,
          "quantize": "dynamic"}
 
@@ -114,11 +116,12 @@ def find_checkpoints(cache: Path, resolution: int, gallery: Path | None = None) 
         ok = ck.get("train", {}).get("complete", False) and ck["data"]["resolution"] == resolution
         return ck if ok else None
 
-    galleries = [gallery] if gallery else sorted((p for p in cache.glob("*.pt") if "gallery" in p.name),
+    galleries = [gallery] if gallery else sorted((p for p in cache.glob("*.pt")
+                                                  if "gallery" in p.name or "paragon" in p.name),
                                                  key=lambda p: p.stat().st_mtime)
     for gpath in reversed(galleries):
         g = done(gpath, "gallery")
-        if g is None or g["model"]["arch"] != "resnet101":
+        if g is None or not g["model"]["arch"].startswith("resnet101"):
             continue
         queries: dict[str, Path] = {}
         for qpath in sorted(cache.glob("*.pt"), key=lambda p: p.stat().st_mtime):
@@ -135,11 +138,11 @@ class Context:
     def __init__(self, args, res: int, stages: dict):
         self.args, self.res = args, res
         archs = [a for a in args.nets.split(",") if a != "resnet101"]
-        if args.train and res <= 64:
+        if args.train and res <= SMALL_INPUT_MAX:
             wf = Workflow(_bench.bct_spec(args, res), args.device, stages=stages)
-            self.gpath, trained = _bench.bct_checkpoints(wf, args.cache, args.gallery_epochs, args.query_epochs,
-                                                         archs, bcts=(True,))
-            self.queries = {a: p for (a, _), p in trained.items()}
+            self.gpath, trained = _bench.bct_checkpoints(wf, args.cache, args.gallery_steps, args.query_steps,
+                                                         archs, _bench.seeds(args.seeds)[:1], bcts=(True,))
+            self.queries = {a: p for (a, _, _), p in trained.items()}
         else:
             self.gpath, self.queries = find_checkpoints(args.cache, res, args.gallery)
         self.gallery = load_checkpoint(self.gpath, "gallery") if self.gpath else None
@@ -206,7 +209,7 @@ def random_row(ctx: Context, row: dict, arch: str, work: Path, real: torch.Tenso
     net = build_embedding_net(arch, 128, 10).eval()
     net_res = getattr(net.trunk, "resolution", ctx.res)
     row["weights"] = "random initialisation (no trained checkpoint at this resolution)"
-    x_real = to_model_input(resize_images(real, net_res), DataSpec()).numpy() if net_res <= 64 else None
+    x_real = to_model_input(resize_images(real, net_res), DataSpec()).numpy() if net_res <= SMALL_INPUT_MAX else None
     row.update(measure_files(net, net_res, work, slug(arch, 40), ctx.args, x_real))
     row["het_recall@1"] = None
     return net
@@ -214,7 +217,11 @@ def random_row(ctx: Context, row: dict, arch: str, work: Path, real: torch.Tenso
 
 def resolution_rows(args, res: int, work: Path, stages: dict, notes: list[str]) -> list[dict]:
     ctx = Context(args, res, stages)
-    nets = [(a, a, ctx.queries.get(a), False) for a in args.nets.split(",")]  # (label, arch, checkpoint, searched)
+    # (label, arch, checkpoint, searched); "resnet101" is the gallery model as a query encoder: the trained one
+    # where there is one, else randomly initialised: the gallery recipe's small-input stem at small inputs,
+    # the ImageNet stem at camera-sized ones
+    gallery_arch = GALLERY_MODEL["arch"] if res <= SMALL_INPUT_MAX else "resnet101"
+    nets = [(a, gallery_arch if a == "resnet101" else a, ctx.queries.get(a), False) for a in args.nets.split(",")]
     if args.searched_query:
         ck = load_checkpoint(args.searched_query, "query")
         nets.append((ck["model"]["arch"], ck["model"]["arch"], args.searched_query, True))
@@ -228,9 +235,9 @@ def resolution_rows(args, res: int, work: Path, stages: dict, notes: list[str]) 
                          "resolution; not measured here")
             continue
         log.info("%s @ %dpx", label, res)
-        row = {"net": label, "role": "query encoder", "resolution": res, "searched": searched}
+        row = {"net": label, "arch": arch, "role": "query encoder", "resolution": res, "searched": searched}
         with ctx.wf.stage(f"measure_{slug(label, 40)}_r{res}"):
-            if arch == "resnet101" and ctx.gallery is not None:
+            if label == "resnet101" and ctx.gallery is not None:
                 net = paragon_row(ctx, row, work)
             elif ck_path is not None and ctx.gallery is not None:
                 net = trained_row(ctx, row, ck_path, work)

@@ -53,7 +53,7 @@ import numpy as np
 import _bench
 
 log = _bench.log
-QUICK = {**{k: v for k, v in _bench.BCT_QUICK.items() if k != "query_epochs"}, "sizes": "20000",
+QUICK = {**{k: v for k, v in _bench.BCT_QUICK.items() if k not in ("query_steps", "seeds")}, "sizes": "20000",
          "clients": "1,4", "requests": 40, "image_requests": 10}
 DIM = 128
 N_QUERIES = 1000
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> Path:
     parts = set(args.parts.split(","))
     res = kept_sections(Path(args.out_dir) / "gallery_search.json", args.preset)
     measured, notes, stages = [], [], {}
-    wf = Workflow(_bench.bct_spec(args, 32), stages=stages)
+    wf = Workflow(_bench.bct_spec(args), stages=stages)
     if "random" in parts:
         for n in (int(s) for s in args.sizes.split(",")):
             name = f"random-{n // 1000}k" if n < 10**6 else f"random-{n // 10**6}M"
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> Path:
             measured.append(name)
             del base
     if parts & {"real", "server"}:
-        gallery = args.gallery or _bench.gallery_checkpoint(wf, args.cache, args.gallery_epochs)
+        gallery = args.gallery or _bench.paragon_checkpoint(wf, args.cache, steps=args.gallery_steps)
         emb, labels, info = real_embeddings(gallery, args.cache, args.real_pool)
     if "real" in parts:
         base_idx, query_idx = split_real(emb)

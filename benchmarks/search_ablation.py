@@ -17,7 +17,7 @@ MobileNetV3-large exported to the LUT's runtime).  Then:
 3. **Spearman rho(FLOPs, M_het)** over ``--n-random`` random archs (inherited supernet
    weights, BN recalibrated) - CMP-NAS found heterogeneous accuracy does not follow FLOPs.
 4. **The searched net vs MobileNetV3-small/large + BCT** on the measured-latency /
-   het-Recall@1 plane (all trained with the same data and epochs).
+   het-Recall@1 plane (all trained with the same data and steps).
 
 Candidates are scored on the validation split (its first fifth as queries, the rest as
 gallery); final figures come from the test query/gallery splits.  Every training run,
@@ -53,7 +53,7 @@ from edgequery.workflow import Workflow
 log = _bench.log
 BASELINES = ("mobilenet_v3_small", "mobilenet_v3_large")
 QUICK = {"lut": None, "space_option": ["widths=1.0", "kernels=3", "expands=3,6"], "n_train": 500, "n_val": 200,
-         "n_query": 100, "n_gallery": 300, "gallery_epochs": 1, "supernet_epochs": 1, "query_epochs": 1,
+         "n_query": 100, "n_gallery": 300, "gallery_steps": 20, "supernet_steps": 20, "query_steps": 20,
          "population": 4, "generations": 2, "n_random": 6, "recal_batches": 2}
 # the timing protocol of a LUT measured here for lack of --lut (a quick one: the full run passes a real LUT)
 QUICK_PROTOCOL = {"threads": 1, "warmup": 2, "runs": 10, "min_seconds": 0.01, "rounds": 1}
@@ -79,19 +79,20 @@ class Memo:
 
 
 def parse(argv: list[str] | None):
-    ap = _bench.parser(__doc__, {"quick": QUICK}, cache=_bench.CACHE / "ablation")
+    ap = _bench.parser(__doc__, {"quick": QUICK})
     add_space_args(ap)
     ap.add_argument("--lut", type=Path, default=_bench.RESULTS / "lut-local-litert-r32.json",
                     help="the LUT searched with; 'none': measure one here (--runtime, --resolution)")
     ap.add_argument("--runtime", default="onnxruntime", help="without --lut: the runtime to profile")
     ap.add_argument("--resolution", type=int, default=32, help="without --lut: the resolution to profile")
-    ap.add_argument("--n-train", type=int, default=5000)
+    ap.add_argument("--n-train", type=int, default=None, help="training images (default: all 59k, the paragon's)")
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--n-query", type=int, default=1000)
-    ap.add_argument("--n-gallery", type=int, default=5000)
-    ap.add_argument("--gallery-epochs", type=int, default=2)
-    ap.add_argument("--supernet-epochs", type=int, default=10)
-    ap.add_argument("--query-epochs", type=int, default=8)
+    ap.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: the test split's other 9k)")
+    ap.add_argument("--gallery-steps", type=int, default=None,
+                    help="the gallery model's steps (default: the gallery recipe's, the paragon benchmarks/paragon.py trains)")
+    ap.add_argument("--supernet-steps", type=int, default=4600)
+    ap.add_argument("--query-steps", type=int, default=2300)
     ap.add_argument("--budget", default="mobilenet_v3_large",
                     help="latency budget in ms, or a baseline name: its measured latency (default)")
     ap.add_argument("--population", type=int, default=16)
@@ -122,7 +123,7 @@ class Ablation:
         self.spec = DataSpec(resolution=self.res, n_train=args.n_train, n_val=args.n_val, n_query=args.n_query,
                              n_gallery=args.n_gallery)
         self.wf = Workflow(self.spec, args.device, stages=self.stages)
-        self.gallery_path = _bench.gallery_checkpoint(self.wf, args.cache, args.gallery_epochs)
+        self.gallery_path = _bench.paragon_checkpoint(self.wf, args.cache, steps=args.gallery_steps)
         self.gver = load_checkpoint(self.gallery_path, "gallery")["model_version"]
         self.tag = f"{_bench.data_tag(self.spec)}-g{self.gver}"
         self.protocol = Protocol.of(self.lut)
@@ -136,8 +137,8 @@ class Ablation:
         return path
 
     def query_net(self, arch: str, name: str) -> Path:
-        return self.wf.query(self.args.cache / f"query-{name}-bct-{self.tag}-e{self.args.query_epochs}.pt",
-                             self.gallery_path, arch, True, self.args.query_epochs, name=f"train_query_{name}",
+        return self.wf.query(self.args.cache / f"query-{name}-bct-{self.tag}-t{self.args.query_steps}.pt",
+                             self.gallery_path, arch, True, None, name=f"train_query_{name}", steps=self.args.query_steps,
                              space=self.space if ":" in arch else None)
 
     def measure(self, archs: list, name: str) -> list[float]:
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> Path:
     ab = Ablation(args)
     baselines = {name: ab.query_net(name, name) for name in BASELINES}
     sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
-                                          f"-e{args.supernet_epochs}.pt", ab.gallery_path, ab.base_space,
-                             args.supernet_epochs)
+                                          f"-t{args.supernet_steps}.pt", ab.gallery_path, ab.base_space,
+                             None, steps=args.supernet_steps)
     supernet, sck = load_supernet(sn_path)
     base_ms = dict(zip(BASELINES, ab.measure(list(BASELINES), "measure_baselines")))
     budget = base_ms[args.budget] if args.budget in base_ms else float(args.budget)
@@ -186,11 +187,12 @@ def main(argv: list[str] | None = None) -> Path:
     rows = retrained(ab, searches, baselines, sck["model_version"], budget)
     by = {r["net"]: r for r in rows}
     body = {"data": {**ab.spec.to_dict(), "sizes": ab.wf.splits.sizes(), "candidate_scoring": scorer.scorer.sizes()},
-            "gallery": {"arch": "resnet101", "epochs": args.gallery_epochs, "model_version": ab.gver},
+            "gallery": {"arch": load_checkpoint(ab.gallery_path, "gallery")["model"]["arch"],
+                        "checkpoint": ab.gallery_path.name, "model_version": ab.gver},
             "supernet": {"space": ab.base_space.config(), "searched_space": ab.space.config(),
-                         "epochs": args.supernet_epochs, "sampling": sck["sampling"]["rule"],
+                         "steps": args.supernet_steps, "sampling": sck["sampling"]["rule"],
                          "model_version": sck["model_version"]},
-            "query_epochs": args.query_epochs,
+            "query_steps": args.query_steps,
             "lut": {"file": ab.lut_path.name, "runtime": ab.lut.runtime, "runtime_version": ab.lut.runtime_version,
                     "threads": ab.lut.threads, "device": ab.lut.device,
                     "calibration": ab.lut.calibration and ab.lut.calibration.model_dump(mode="json"),

@@ -19,7 +19,8 @@ Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png``.
 
 The full run's recorded seconds (committed results): gallery 705 s, supernet 738 s, the
 ten archs 1252 s (stand-alone training and inherited evaluation).  Without ``--gallery``
-it trains (or reuses, in ``--cache``) its own ResNet-101 gallery.  The supernet and
+it takes the benchmarks' gallery model (``benchmarks/paragon.py``'s, shared through ``--cache``;
+trained if missing).  The supernet and
 stand-alone nets train on the first ``--n-train`` training images of the gallery's split
 (a subset of what the gallery saw); query / gallery images are the gallery's.  Every
 training run is a workflow stage: checkpointed into ``--cache``, resumed, reused.
@@ -43,7 +44,7 @@ from edgequery.train import TrainConfig
 from edgequery.workflow import Workflow
 
 log = _bench.log
-QUICK = {"n_archs": 3, "gallery_n_train": 1000, "gallery_epochs": 1, "n_train": 1000, "n_query": 200,
+QUICK = {"n_archs": 3, "gallery_n_train": 1000, "gallery_steps": 20, "n_train": 1000, "n_query": 200,
          "n_gallery": 500, "supernet_epochs": 1, "standalone_epochs": 1, "calib_batches": 2}
 
 
@@ -53,13 +54,15 @@ def metrics(report: dict) -> dict:
 
 
 def parse(argv: list[str] | None):
-    ap = _bench.parser(__doc__, {"quick": QUICK}, cache=_bench.CACHE / "supernet_rank")
+    ap = _bench.parser(__doc__, {"quick": QUICK})
     add_space_args(ap)
     ap.add_argument("--n-archs", type=int, default=10, help="archs to rank (sampled uniformly, --arch-seed)")
     ap.add_argument("--arch-seed", type=int, default=2024)
     ap.add_argument("--gallery", type=Path, default=None, help="a finished gallery.pt to reuse")
-    ap.add_argument("--gallery-epochs", type=int, default=2, help="when training our own gallery")
-    ap.add_argument("--gallery-n-train", type=int, default=6000, help="when training our own gallery")
+    ap.add_argument("--gallery-steps", type=int, default=None,
+                    help="without --gallery: the gallery model's steps (default: the gallery recipe's, the paragon)")
+    ap.add_argument("--gallery-n-train", type=int, default=None,
+                    help="without --gallery: its training images (default: all 59k, the paragon's)")
     ap.add_argument("--n-train", type=int, default=5000, help="training images for supernet and stand-alone nets")
     ap.add_argument("--n-query", type=int, default=1000)
     ap.add_argument("--n-gallery", type=int, default=5000)
@@ -89,9 +92,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     prov = _bench.start(args)
     torch.set_num_threads(args.threads)
-    gspec = DataSpec(n_train=args.gallery_n_train, n_val=0, n_query=args.n_query, n_gallery=args.n_gallery)
-    gallery_path = args.gallery or _bench.gallery_checkpoint(Workflow(gspec, args.device), args.cache,
-                                                             args.gallery_epochs)
+    gspec = _bench.paragon_spec(args.gallery_n_train)
+    gallery_path = args.gallery or _bench.paragon_checkpoint(Workflow(gspec, args.device), args.cache,
+                                                             steps=args.gallery_steps)
     gallery = load_checkpoint(gallery_path, "gallery")
     if not gallery["train"].get("complete"):
         raise EdgeQueryError(f"{gallery_path} is an unfinished gallery run", "finish it, or drop --gallery")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> Path:
         "space": space.config(),
         "data": {"dataset": spec.dataset, "resolution": spec.resolution, "sizes": wf.splits.sizes(),
                  "classes": wf.splits.num_classes},
-        "gallery": {"path": str(gallery_path), "arch": gallery["model"]["arch"],
+        "gallery": {"checkpoint": gallery_path.name, "arch": gallery["model"]["arch"],
                     "model_version": gallery["model_version"], "epochs": gallery["train"]["epochs"],
                     "n_train": gallery_spec.n_train, "embed_dim": gallery["model"]["embed_dim"],
                     "train_seconds": _bench.train_seconds(gallery),

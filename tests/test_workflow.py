@@ -182,6 +182,46 @@ def test_the_result_writer_stamps_the_whole_envelope(bench, tmp_path):
     assert result.notes[1:] == ["from code", "from a flag"] and "--preset quick" in result.notes[0]
 
 
+def test_a_claim_between_seeds_holds_only_outside_every_ci(bench):
+    def runs(*cis):
+        return [{"seed": i, "recall_at_1": (lo + hi) / 2, "recall_at_1_ci95": [lo, hi]} for i, (lo, hi) in enumerate(cis)]
+
+    strong, weak = runs((0.80, 0.84), (0.82, 0.86)), runs((0.70, 0.74), (0.75, 0.79))
+    assert bench.compare(strong, weak) == "higher" and bench.compare(weak, strong) == "lower"
+    assert bench.compare(strong, runs((0.70, 0.74), (0.78, 0.81))) == "within the noise", "one seed's CI overlaps"
+    assert bench.compare(strong, strong) == "within the noise"
+    summary = bench.seed_summary(strong)
+    assert summary["seeds"] == [0, 1] and summary["recall_at_1_mean"] == pytest.approx(0.83)
+    assert summary["recall_at_1_range"] == pytest.approx([0.82, 0.84])
+    assert bench.seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "a"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            bench.seeds(bad)
+
+
+def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path):
+    """paragon.py, bct_compat.py and the rest name the gallery recipe's checkpoint alike, so it trains once."""
+    from edgequery.artifacts.checkpoint import GALLERY_TRAIN
+
+    asked = []
+
+    class Recorder:
+        spec = bench.paragon_spec()
+
+        def gallery(self, path, **train):
+            asked.append((path, train))
+            return path
+
+    wf = Recorder()
+    recipe = bench.paragon_checkpoint(wf, tmp_path)
+    assert bench.paragon_checkpoint(wf, tmp_path, steps=None) == recipe, "None keeps the recipe's value"
+    assert bench.paragon_checkpoint(wf, tmp_path, steps=GALLERY_TRAIN["steps"]) == recipe
+    assert bench.paragon_checkpoint(wf, tmp_path, steps=7) != recipe and asked[-1][1] == {"steps": 7}
+    ap = bench.parser("doc", {})
+    bench.add_bct_args(ap)
+    assert bench.bct_spec(ap.parse_args([])) == bench.paragon_spec(), "bct_compat's full run is the paragon's data"
+
+
 @pytest.mark.slow
 def test_a_benchmark_writes_the_complete_provenance_envelope(tmp_path):
     """The cheapest benchmark's quick preset, end to end (random vectors only; ~30 s here, more when loaded)."""
