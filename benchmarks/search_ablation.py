@@ -26,11 +26,12 @@ reused when finished, resumed when not.  Latency is measured with the LUT's prot
 the ``local`` device through the same agent (random weights: float32 latency does not
 depend on them).
 
-    python benchmarks/search_ablation.py                  # the full run (see below)
+    python benchmarks/search_ablation.py                  # the full run (on the paragon: not yet timed here)
     python benchmarks/search_ablation.py --preset quick   # 8.4 min at load 4: tiny space, data, population
 
-The committed full run took 826 s with the gallery and supernet already cached; from an
-empty cache add their training (~10 and ~8 min here): about 30-35 min on 2 cores.
+The gallery model is the benchmarks' one (``benchmarks/paragon.py``'s, shared through ``--cache``;
+trained if missing: about 1.5 h on 2 cores); the supernet and the query nets train on the same
+59k images, in steps (``--supernet-steps``, ``--query-steps``).
 Writes ``<out-dir>/search_ablation.json`` and ``search_ablation.png``.
 """
 

@@ -13,14 +13,12 @@ sampled from a space it compares
 and reports Kendall's tau (``scipy.stats.kendalltau``, tau-b) between the two rankings.
 Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png``.
 
-    python benchmarks/supernet_rank.py                  # the full run: ~45 min on 2 cores from an empty cache
+    python benchmarks/supernet_rank.py                  # the full run (on the paragon: not yet timed here)
     python benchmarks/supernet_rank.py --preset quick   # 1 min at load 4: 3 archs, 1000 images, 1 epoch
     python benchmarks/supernet_rank.py --gallery PATH   # reuse a finished gallery checkpoint
 
-The full run's recorded seconds (committed results): gallery 705 s, supernet 738 s, the
-ten archs 1252 s (stand-alone training and inherited evaluation).  Without ``--gallery``
-it takes the benchmarks' gallery model (``benchmarks/paragon.py``'s, shared through ``--cache``;
-trained if missing).  The supernet and
+Without ``--gallery`` it takes the benchmarks' gallery model (``benchmarks/paragon.py``'s,
+shared through ``--cache``; trained if missing: about 1.5 h on 2 cores).  The supernet and
 stand-alone nets train on the first ``--n-train`` training images of the gallery's split
 (a subset of what the gallery saw); query / gallery images are the gallery's.  Every
 training run is a workflow stage: checkpointed into ``--cache``, resumed, reused.

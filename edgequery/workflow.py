@@ -132,7 +132,7 @@ class Workflow:
     def gallery(self, path: str | Path, epochs: int | None = None, name: str = "train_gallery",
                 model: dict[str, Any] | None = None, **train: Any) -> Path:
         """Train (or reuse, or resume) the gallery model at ``path``: the gallery recipe
-        (:data:`~edgequery.recipes.GALLERY_MODEL`, :data:`~edgequery.recipes.GALLERY_TRAIN`) with ``model``
+        (``GALLERY_MODEL`` / ``GALLERY_TRAIN`` of :mod:`edgequery.artifacts.checkpoint`) with ``model``
         (arch, embed_dim, scale, margin) and ``train`` (TrainConfig fields) changed; ``epochs``, when
         given, replaces the recipe's steps."""
         from .artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
