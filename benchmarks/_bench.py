@@ -214,7 +214,8 @@ def seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, min and max Recall@1 over the seeds of one setting, and the seeds' CIs."""
     r1 = [r["recall_at_1"] for r in rows]
     return {"seeds": [r["seed"] for r in rows], "recall_at_1_mean": sum(r1) / len(r1),
-            "recall_at_1_range": [min(r1), max(r1)], "recall_at_1_ci95": [r["recall_at_1_ci95"] for r in rows]}
+            "recall_at_1_range": [min(r1), max(r1)],
+            "recall_at_1_ci95_per_seed": [r["recall_at_1_ci95"] for r in rows]}
 
 
 def train_seconds(ckpt: dict) -> float:

@@ -130,8 +130,8 @@ def plot(results: list[dict], paragon_r1: float, raw_r1: float, path: Path) -> N
             s = _bench.seed_summary([r if setting == "heterogeneous" else {**r["homogeneous"], "seed": r["seed"]}
                                      for r in rows])
             means.append(100 * s["recall_at_1_mean"])
-            lo.append(means[-1] - 100 * min(c[0] for c in s["recall_at_1_ci95"]))
-            hi.append(100 * max(c[1] for c in s["recall_at_1_ci95"]) - means[-1])
+            lo.append(means[-1] - 100 * min(c[0] for c in s["recall_at_1_ci95_per_seed"]))
+            hi.append(100 * max(c[1] for c in s["recall_at_1_ci95_per_seed"]) - means[-1])
         ax.bar([x + (i - 0.5) * width for x in range(len(settings))], means, width, yerr=[lo, hi], capsize=3,
                label=setting, color=colour)
     labels = [name.replace("mobilenet_v3_", "MBv3-").replace("-nobct", "\nno BCT").replace("-bct", "\nBCT")
