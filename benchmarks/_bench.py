@@ -201,6 +201,11 @@ def r1_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "map_at_r": metrics["map@r"]}
 
 
+def baselines_of(report: dict[str, Any]) -> dict[str, Any]:
+    """A row's ``baselines``: raw-pixel kNN on the row's query/gallery split, as :func:`r1_row` fields."""
+    return {"raw_pixel_knn": r1_row(report["baselines"]["raw_pixel_knn"])}
+
+
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str:
     """Whether runs ``a`` beat runs ``b`` on Recall@1 beyond the noise: ``"higher"`` when every 95 % CI
     of ``a`` (one per seed) lies above every CI of ``b``, ``"lower"`` for the reverse, else

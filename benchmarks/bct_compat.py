@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> Path:
         results.append({"query_arch": arch, "bct": bct, "seed": seed, "checkpoint": path.name,
                         **_bench.r1_row(report["heterogeneous"]),
                         "homogeneous": _bench.r1_row(report["homogeneous"]),
+                        "baselines": _bench.baselines_of(report),
                         "metrics": {k: report[k] for k in ("homogeneous", "heterogeneous")},
                         "train_config": ckpt["train"]["config"], "train_seconds": _bench.train_seconds(ckpt)})
     first = next(iter(reports.values()))
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "embed_dim": gallery["model"]["embed_dim"], "model_version": gallery["model_version"],
                     "train_config": gallery["train"]["config"], "train_seconds": _bench.train_seconds(gallery),
                     **_bench.r1_row(first["paragon"])},
-        "baselines": first["baselines"],
+        "baselines": _bench.baselines_of(first),
         "query_steps": args.query_steps,
         "results": results,
         "summary": summary(results),

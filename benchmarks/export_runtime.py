@@ -48,7 +48,7 @@ import _bench
 from edgequery.artifacts.checkpoint import GALLERY_MODEL
 from edgequery.checkpoint import load_checkpoint
 from edgequery.data import DataSpec, load_splits, resize_images, to_model_input
-from edgequery.evaluate import embed
+from edgequery.evaluate import embed, raw_pixel_baseline
 from edgequery.export import ExportOptions, parity_figures, parity_passed, tool_versions
 from edgequery.metrics import retrieval_metrics
 from edgequery.models import build_embedding_net, model_from_checkpoint
@@ -146,12 +146,13 @@ class Context:
         else:
             self.gpath, self.queries = find_checkpoints(args.cache, res, args.gallery)
         self.gallery = load_checkpoint(self.gpath, "gallery") if self.gpath else None
-        self.spec = self.splits = self.g_emb = None
+        self.spec = self.splits = self.g_emb = self.baselines = None
         if self.gallery is not None:
             self.spec = DataSpec.from_dict(self.gallery["data"])
             self.splits = load_splits(self.spec)
             self.g_emb = embed(model_from_checkpoint(self.gallery), self.splits.gallery, self.spec,
                                desc="gallery model: gallery")
+            self.baselines = {"raw_pixel_knn": _bench.r1_row(raw_pixel_baseline(self.splits))}
         self.wf = Workflow(self.spec, args.device, stages=stages)
         log.info("resolution %d: gallery %s; trained query nets: %s", res, self.gpath or "none (latency/size only)",
                  ", ".join(self.queries) or "none")
@@ -164,7 +165,8 @@ def paragon_row(ctx: Context, row: dict, work: Path) -> torch.nn.Module:
     x_real = to_model_input(ctx.splits.query.images[:16], ctx.spec).numpy()
     row.update(measure_files(net, ctx.res, work, "resnet101", ctx.args, x_real))
     m = retrieval_metrics(embed(net, ctx.splits.query, ctx.spec, desc="paragon: queries"), ctx.splits.query.labels,
-                          ctx.g_emb, ctx.splits.gallery.labels)
+                          ctx.g_emb, ctx.splits.gallery.labels, ci=True)
+    row.update(_bench.r1_row(m), baselines=ctx.baselines)
     row["paragon_recall@1"] = m["recall@1"]
     row["het_recall@1"] = {"pytorch": m["recall@1"], "paragon": "the same model on both sides"}
     return net
@@ -200,7 +202,11 @@ def trained_row(ctx: Context, row: dict, ck_path: Path, work: Path) -> torch.nn.
                            **{e["format"]: e["retrieval"]["recall@1"] for e in card["files"]
                               if e["quantization"] == "none"}}
     shutil.rmtree(out_dir, ignore_errors=True)
-    return model_from_checkpoint(load_checkpoint(ck_path, "query"))
+    net = model_from_checkpoint(load_checkpoint(ck_path, "query"))
+    m = retrieval_metrics(embed(net, ctx.splits.query, ctx.spec, desc=f"{row['net']}: queries"),
+                          ctx.splits.query.labels, ctx.g_emb, ctx.splits.gallery.labels, ci=True)
+    row.update(_bench.r1_row(m), baselines=ctx.baselines)   # PyTorch's; the files' are in het_recall@1
+    return net
 
 
 def random_row(ctx: Context, row: dict, arch: str, work: Path, real: torch.Tensor) -> torch.nn.Module:

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
     body = {"data": {**ab.spec.to_dict(), "sizes": ab.wf.splits.sizes(), "candidate_scoring": scorer.scorer.sizes()},
             "gallery": {"arch": gallery_arch, "checkpoint": ab.gallery_path.name, "model_version": ab.gver,
                         "measured_ms_as_query_encoder": base_ms[gallery_arch], **_bench.r1_row(paragon)},
-            "baselines": {"raw_pixel_knn": _bench.r1_row(first["baselines"]["raw_pixel_knn"])},
+            "baselines": _bench.baselines_of(first),
             "supernet": {"space": ab.base_space.config(), "searched_space": ab.space.config(),
                          "steps": args.supernet_steps, "sampling": sck["sampling"]["rule"],
                          "model_version": sck["model_version"]},
@@ -342,7 +342,7 @@ def retrained(ab: Ablation, searches: dict, sn_version: str, budget: float, seed
                      "predicted_ms": round(ab.predicted(arch), 4) if searched else None,
                      "within_budget": ms[name] <= budget, "mflops": round(mflops / 1e6, 2),
                      **_bench.r1_row(report["heterogeneous"]), "homogeneous": _bench.r1_row(report["homogeneous"]),
-                     "baselines": {"raw_pixel_knn": {"recall_at_1": report["baselines"]["raw_pixel_knn"]["recall@1"]}}})
+                     "baselines": _bench.baselines_of(report)})
     return rows, next(iter(reports.values()))
 
 

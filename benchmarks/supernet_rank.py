@@ -48,7 +48,7 @@ QUICK = {"n_archs": 3, "gallery_n_train": 1000, "gallery_steps": 20, "n_train": 
 
 def metrics(report: dict) -> dict:
     het, hom = report["heterogeneous"], report["homogeneous"]
-    return {"het_r1": het["recall@1"], "het_map_r": het["map@r"], "hom_r1": hom["recall@1"]}
+    return {"het_r1": het["recall@1"], "het_map_r": het["map@r"], "hom_r1": hom["recall@1"], **_bench.r1_row(het)}
 
 
 def parse(argv: list[str] | None):
@@ -153,6 +153,8 @@ def rank_row(wf: Workflow, supernet, space, arch, i: int, args, gallery_path: Pa
                     args.standalone_epochs, name=f"train_standalone_{i}", space=space)
     report = wf.evaluate({"standalone": path}, gallery_path, name=f"eval_standalone_{i}")["standalone"]
     row["standalone"] = metrics(report)
+    # the row's headline figures: the stand-alone net's het Recall@1, beside raw pixels on the same split
+    row.update({k: row["standalone"][k] for k in ("recall_at_1", "recall_at_1_ci95")}, baselines=_bench.baselines_of(report))
     row["standalone_train_seconds"] = _bench.train_seconds(load_checkpoint(path, "query"))
     log.info("[%d/%d] %s  het R@1 inherited %.2f (no recal %.2f)  stand-alone %.2f  %.1f MFLOPs", i + 1,
              args.n_archs, arch, 100 * row["inherited"]["het_r1"], 100 * row["inherited_no_recal"]["het_r1"],
