@@ -177,6 +177,15 @@ class EvolutionSearch:
         smallest = self.space.smallest()
         if self.cost(smallest) > self.cfg.budget:
             self._within_budget(lambda: smallest, "arch")  # raises, naming the cheapest cost
+        slowest = self.cost(self.space.largest())
+        if slowest <= self.cfg.budget:
+            unit = self.cfg.cost_unit
+            note = (f"the {self.cfg.budget:g} {unit} budget does not bind: the largest arch of this space "
+                    f"{'predicts' if unit == 'ms' else 'costs'} {slowest:.4g} {unit}, so every arch is within it "
+                    f"and the search is by accuracy alone")
+            log.warning("%s (give a budget below %.4g %s to trade accuracy for %s)", note, slowest, unit,
+                        "latency" if unit == "ms" else "cost")
+            self.notes.append(note)
         population: list[str] = []
         seen: set[str] = set()
         repeats = 0  # within-budget draws in a row that found no new arch

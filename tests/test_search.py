@@ -155,6 +155,20 @@ def test_a_budget_admitting_fewer_archs_than_the_population_shrinks_it(tmp_path,
     assert res["state"]["population_size"] == 1 and res["chosen"]["arch"] == str(space.smallest())
 
 
+def test_a_budget_that_does_not_bind_is_said(tmp_path, caplog):
+    """--latency-budget 30ms on a table whose slowest arch predicts ~1 ms: a search by accuracy alone, said so."""
+    space = get_space("mbv3", resolutions=(24,), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2, 3))
+    slowest = depth_cost(space.largest())
+    cfg = SearchConfig(budget=30 * slowest, population=4, generations=1, seed=0)
+    with caplog.at_level("WARNING", logger="edgequery.search"):
+        res = EvolutionSearch(space, cfg, depth_cost, fake_scores, out=tmp_path / "loose.json").run(progress=False)
+    said = f"does not bind: the largest arch of this space predicts {slowest:.4g} ms"
+    assert any(said in n for n in res["notes"]) and said in caplog.text
+    binding = SearchConfig(budget=slowest - 1, population=4, generations=1, seed=0)
+    res = EvolutionSearch(space, binding, depth_cost, fake_scores).run(progress=False)
+    assert not any("does not bind" in n for n in res["notes"])
+
+
 def test_a_flops_constrained_search_names_its_cost(tmp_path):
     space = get_space("mbv3", resolutions=(24,), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2, 3))
     cfg = SearchConfig(budget=12, cost_unit="MFLOPs", population=4, generations=2, seed=3)
