@@ -67,6 +67,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--supernet-epochs", type=int, default=15)
     ap.add_argument("--standalone-epochs", type=int, default=4, help="the quick preset (edgequery demo's)")
     ap.add_argument("--sandwich", action="store_true", help="train the supernet with the sandwich rule")
+    ap.add_argument("--inplace-distill", type=float, default=0.0, metavar="W",
+                    help="with --sandwich: in-place distillation towards the largest arch's embedding, weight W")
     ap.add_argument("--calib-batches", type=int, default=20, help="BN recalibration: batches of 128 images")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the 2 cores are shared with other jobs; 2 threads then thrash)")
@@ -104,8 +106,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     space = space_from_args(args)
     tag = f"{args.space}-{_bench.data_tag(spec)}-g{gallery['model_version']}"
-    sn_path = wf.supernet(args.cache / f"supernet-{tag}-e{args.supernet_epochs}{'-sandwich' if args.sandwich else ''}.pt",
-                          gallery_path, space, args.supernet_epochs, sandwich=args.sandwich)
+    rule = ("-sandwich" if args.sandwich else "") + (f"-distill{args.inplace_distill:g}" if args.inplace_distill else "")
+    sn_path = wf.supernet(args.cache / f"supernet-{tag}-e{args.supernet_epochs}{rule}.pt", gallery_path, space,
+                          args.supernet_epochs, sandwich=args.sandwich, distill=args.inplace_distill)
     supernet, sn_ckpt = load_supernet(sn_path)
     rows, paragon = [], {}
     for i, arch in enumerate(distinct_archs(space, args.n_archs, args.arch_seed)):
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "train_seconds": _bench.train_seconds(gallery),
                     "paragon": {"r1": paragon["recall@1"], "map_r": paragon["map@r"]}},
         "supernet": {"epochs": args.supernet_epochs, "sampling": sn_ckpt["sampling"]["rule"],
+                     "distill": sn_ckpt["sampling"].get("distill", 0.0),
                      "n_train": len(wf.splits.train), "model_version": sn_ckpt["model_version"],
                      "final_loss": sn_ckpt["train"]["history"][-1]["loss"],
                      "train_seconds": _bench.train_seconds(sn_ckpt), "train_config": sn_ckpt["train"]["config"],

@@ -164,7 +164,7 @@ class Workflow:
                                                    spec=self.spec, splits=self.splits, space=space))
 
     def supernet(self, path: str | Path, gallery_path: str | Path, space: Any = "mbv3", epochs: int = 4,
-                 sandwich: bool = False, name: str = "train_supernet", **train: Any) -> Path:
+                 sandwich: bool = False, distill: float = 0.0, name: str = "train_supernet", **train: Any) -> Path:
         """Train (or reuse, or resume) the BCT supernet of ``space`` (a name or a SearchSpace)."""
         from .checkpoint import load_checkpoint
         from .spaces import get_space
@@ -173,10 +173,11 @@ class Workflow:
         space = get_space(space) if isinstance(space, str) else space
         version = load_checkpoint(gallery_path, "gallery")["model_version"]
         expect = {"space": space.config(), "sampling": "sandwich" if sandwich else "uniform",
+                  **({"distill": distill} if distill else {}),
                   "gallery_version": version, "data": self.spec.to_dict()}
         return self._train(name, "supernet", path, expect, self._train_config(epochs, train),
                            lambda cfg: train_supernet(gallery_path, cfg, path, space=space, sandwich=sandwich,
-                                                      spec=self.spec, splits=self.splits))
+                                                      distill=distill, spec=self.spec, splits=self.splits))
 
     # ------------------------------------------------------------------ latency and search
 

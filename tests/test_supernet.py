@@ -67,6 +67,15 @@ def test_extracted_subnets_equal_the_supernet(name):
     a, b = space.largest(), space.smallest()
     ya, yb = sn(x, [a, b])
     assert torch.equal(ya, sn(x, a)) and torch.equal(yb, sn(x, str(b)))
+    # in-place distillation: the later archs pulled towards the first one's (detached) embedding
+    def no_loss(model, e, y):
+        return 0.0 * e.sum()
+
+    sn.eval()
+    pulled = sn(x, [a, b], criterion=no_loss, labels=None, distill=2.0)
+    assert float(pulled) == pytest.approx(2.0 * float((1 - torch.nn.functional.cosine_similarity(yb, ya)).mean()),
+                                          rel=1e-5)
+    assert float(sn(x, [a, b], criterion=no_loss, labels=None)) == 0.0
 
 
 def test_mbv3_sharing_is_centre_kernel_first_channels_first_blocks():
@@ -157,6 +166,8 @@ def test_supernet_training_checkpoints_and_resumes(gallery, tmp_path, monkeypatc
     assert load_checkpoint(tmp_path / "b.pt", "supernet")["train"]["epoch"] == 1
     with pytest.raises(EdgeQueryError, match="different settings"):
         train_supernet(gallery_path, cfg, tmp_path / "b.pt", space="shufflenet", sandwich=True, splits=splits)
+    with pytest.raises(EdgeQueryError, match="needs the sandwich rule"):
+        train_supernet(gallery_path, cfg, tmp_path / "d.pt", space="shufflenet", distill=1.0, splits=splits)
     resumed = train_supernet(gallery_path, cfg, tmp_path / "b.pt", space="shufflenet", splits=splits)
     assert resumed["model_version"] == straight["model_version"]  # same archs, same batches, same weights
 

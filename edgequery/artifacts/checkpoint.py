@@ -154,6 +154,7 @@ class Sampling(Strict):
 
     rule: Literal["uniform", "sandwich"]
     seed: int
+    distill: float = 0.0      # in-place distillation weight (sandwich only): towards the largest arch's embedding
 
 
 class CheckpointMeta(Artifact):

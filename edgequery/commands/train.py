@@ -27,7 +27,9 @@ Spaces (default choices; --space-option changes any choice list, e.g. resolution
 
 The space's configuration is stored in the checkpoint: profile, search and retraining
 use that space.  Each step trains one uniformly sampled arch (single path); --sandwich
-trains the largest, the smallest and a random arch each step instead (losses summed).
+trains the largest, the smallest and a random arch each step instead (losses summed), and
+--inplace-distill W adds in-place distillation: the two smaller archs are also pulled towards
+the largest's embedding (BigNAS / once-for-all).
 Archs are drawn from (--seed, step), so torchrun ranks agree and a resumed run repeats them.
 
 examples:
@@ -100,6 +102,9 @@ def _register_supernet(tsub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="supernet.pt", help="checkpoint to write (default supernet.pt)")
     s.add_argument("--sandwich", action="store_true",
                    help="sandwich rule: largest + smallest + random arch per step (default: one uniform arch)")
+    s.add_argument("--inplace-distill", type=float, default=0.0, metavar="W",
+                   help="with --sandwich: in-place distillation, the smaller archs pulled towards the largest's "
+                        "embedding with weight W x (1 - cosine) (BigNAS / once-for-all; default 0: off)")
     s.add_argument("--bct-weight", type=float, default=1.0, help="lambda of the BCT influence loss (default 1)")
     add_space_args(s)
     add_data_args(s, inherit=True)
@@ -191,7 +196,7 @@ def run_supernet(args: argparse.Namespace) -> int:
 
     space = space_from_args(args)
     ck = train_supernet(args.gallery, train_config_from_args(args), args.out, space=space, sandwich=args.sandwich,
-                        bct_weight=args.bct_weight, spec=_gallery_spec(args), force=args.force)
+                        bct_weight=args.bct_weight, distill=args.inplace_distill, spec=_gallery_spec(args), force=args.force)
     log.info("wrote %s (%s supernet, %s, model_version %s, compatible with gallery %s)", args.out, space.name,
              space.describe(), ck["model_version"], ck["compatible_with"]["gallery_version"])
     return 0

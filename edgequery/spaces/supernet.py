@@ -100,7 +100,7 @@ class Supernet(EmbeddingNet):
         return F.normalize(self.head(self.features(x, arch)), dim=1)
 
     def forward(self, x: torch.Tensor, arch: Any, criterion: Callable | None = None,
-                labels: torch.Tensor | None = None):
+                labels: torch.Tensor | None = None, distill: float = 0.0):
         """Embeddings of ``x`` by ``arch`` (an arch, its string or JSON dict, or a list of them).
 
         With ``criterion`` (e.g. :class:`~edgequery.train.BCTLoss`) and ``labels`` it
@@ -108,11 +108,20 @@ class Supernet(EmbeddingNet):
         in here so the whole graph, classifier included, is built inside the forward
         call that DistributedDataParallel wraps: with ``find_unused_parameters`` (slots
         an arch skips get no gradient) DDP only tracks what the forward call used.
+        ``distill`` > 0 adds in-place distillation (BigNAS, once-for-all): every arch after
+        the first is also pulled towards the first one's embedding (detached: the teacher
+        learns from the labels only), weighted ``distill`` x (1 - cosine).
         """
         many = isinstance(arch, (list, tuple))
         archs = list(arch) if many else [arch]
         if criterion is not None:
-            return sum(criterion(self, self.embed(x, a), labels) for a in archs)
+            embeddings = [self.embed(x, a) for a in archs]
+            loss = sum(criterion(self, e, labels) for e in embeddings)
+            if distill > 0 and len(embeddings) > 1:
+                teacher = embeddings[0].detach()
+                loss = loss + distill * sum((1 - F.cosine_similarity(e, teacher, dim=1)).mean()
+                                            for e in embeddings[1:])
+            return loss
         out = [self.embed(x, a) for a in archs]
         return out if many else out[0]
 

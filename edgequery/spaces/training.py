@@ -2,7 +2,8 @@
 
 Each training step runs one arch on the batch - *single-path uniform sampling* (SPOS,
 and the CMP-NAS recipe) - or, with ``sandwich=True``, the largest, the smallest and one
-random arch, their losses summed (BigNAS's sandwich rule).  The arch of step ``t`` is
+random arch, their losses summed (BigNAS's sandwich rule), optionally with in-place
+distillation (``distill``: the smaller two pulled towards the largest's embedding).  The arch of step ``t`` is
 drawn from ``numpy.random.default_rng([seed, t])``: every DDP rank draws the same one,
 and a resumed run draws exactly the archs the interrupted run would have.
 
@@ -46,7 +47,7 @@ def archs_for_step(space: SearchSpace, seed: int, step: int, rule: str = "unifor
 
 def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
                    space: str | dict[str, Any] | SearchSpace = "mbv3",
-                   sandwich: bool = False, bct_weight: float = 1.0, spec: DataSpec | None = None,
+                   sandwich: bool = False, bct_weight: float = 1.0, distill: float = 0.0, spec: DataSpec | None = None,
                    force: bool = False, splits: Splits | None = None) -> dict[str, Any]:
     """Train ``space``'s supernet with BCT against the gallery at ``gallery_path``; write it to ``out``.
 
@@ -56,13 +57,18 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
     the same settings.
     """
     space = as_space(space)
+    if distill < 0 or (distill > 0 and not sandwich):
+        raise EdgeQueryError(f"in-place distillation weight {distill:g} needs the sandwich rule and a weight >= 0",
+                             "add --sandwich (the largest arch is the teacher), or drop --inplace-distill")
     gallery = load_trained_gallery(gallery_path)
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
     rule = "sandwich" if sandwich else "uniform"
-    cfg = cfg.model_copy(update={"extra": {**cfg.extra, "find_unused_parameters": True, "sampling": rule}})
+    extra = {**cfg.extra, "find_unused_parameters": True, "sampling": rule, **({"distill": distill} if distill else {})}
+    cfg = cfg.model_copy(update={"extra": extra})
     identity = {"space": space.config(), "embed_dim": gspec["embed_dim"], "data": spec.to_dict(),
-                "bct_weight": bct_weight, "sampling": rule, "gallery_version": gallery["model_version"]}
+                "bct_weight": bct_weight, "sampling": rule, "gallery_version": gallery["model_version"],
+                **({"distill": distill} if distill else {})}
     resume = prepare_output(out, "supernet", cfg, identity, force)
     splits = splits or load_splits(spec)
     require_gallery_classes(splits, gallery, gallery_path, "supernet")
@@ -72,7 +78,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
     loss = BCTLoss(model_from_checkpoint(gallery).classifier, bct_weight, cfg.label_smoothing)
 
     def step(m, x, y, global_step):
-        return m(x, archs_for_step(space, cfg.seed, global_step, rule), criterion=loss, labels=y)
+        return m(x, archs_for_step(space, cfg.seed, global_step, rule), criterion=loss, labels=y, distill=distill)
 
     def payload(m):
         return {"kind": "supernet",
@@ -81,11 +87,11 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
                 "state_dict": m.state_dict(), "data": spec.to_dict(), "classes": list(splits.classes),
                 "identity": identity,
                 "compatible_with": {"gallery_version": gallery["model_version"], "gallery_arch": gspec["arch"]},
-                "bct": {"enabled": True, "weight": bct_weight}, "sampling": {"rule": rule, "seed": cfg.seed},
+                "bct": {"enabled": True, "weight": bct_weight}, "sampling": {"rule": rule, "seed": cfg.seed, "distill": distill},
                 "reference_gallery": gallery["model_version"]}
 
     return fit(model, step, splits, cfg, out, payload, resume=resume, extra_modules=loss,
-               desc=f"supernet {space.name}{' sandwich' if sandwich else ''}")
+               desc=f"supernet {space.name}{' sandwich' if sandwich else ''}{' + distillation' if distill else ''}")
 
 
 def supernet_from_checkpoint(ckpt: dict[str, Any]) -> Supernet:
