@@ -139,7 +139,7 @@ def paragon_checkpoint(wf, cache: Path, **train) -> Path:
     from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 
     train = {k: v for k, v in train.items() if v is not None}
-    settings = {**GALLERY_MODEL, **GALLERY_TRAIN, **train}
+    settings = {**GALLERY_MODEL, **GALLERY_TRAIN, "seed": 0, **train}  # seed: TrainConfig's default, named
     return wf.gallery(cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt", **train)
 
 

@@ -8,7 +8,7 @@ baseline, with 95 % bootstrap intervals.  Writes ``<out-dir>/paragon.json``: the
 actually used, the per-epoch history (loss, seconds, precision), the wall time, and the
 figures.
 
-    python benchmarks/paragon.py                  # the full run: ~55 min on 2 cores with bf16 (AMX)
+    python benchmarks/paragon.py                  # the full run: ~100 min on 2 cores with bf16
     python benchmarks/paragon.py --preset quick   # 2000 images, 20 steps: checks the script end to end
     python benchmarks/paragon.py --device cuda    # the same recipe on a GPU
 

@@ -34,7 +34,7 @@ depend on them).
     python benchmarks/search_ablation.py --preset quick   # 8.4 min at load 4: tiny space, data, population
 
 The gallery model is the benchmarks' one (``benchmarks/paragon.py``'s, shared through ``--cache``;
-trained if missing: about 1.5 h on 2 cores); the supernet and the query nets train on the same
+trained if missing: about 1.7 h on 2 cores); the supernet and the query nets train on the same
 59k images, in steps (``--supernet-steps``, ``--query-steps``).
 Writes ``<out-dir>/search_ablation.json`` and ``search_ablation.png``.
 """

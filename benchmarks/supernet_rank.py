@@ -18,7 +18,7 @@ Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png``.
     python benchmarks/supernet_rank.py --gallery PATH   # reuse a finished gallery checkpoint
 
 Without ``--gallery`` it takes the benchmarks' gallery model (``benchmarks/paragon.py``'s,
-shared through ``--cache``; trained if missing: about 1.5 h on 2 cores).  The supernet and
+shared through ``--cache``; trained if missing: about 1.7 h on 2 cores).  The supernet and
 stand-alone nets train on the first ``--n-train`` training images of the gallery's split
 (a subset of what the gallery saw); query / gallery images are the gallery's.  Every
 training run is a workflow stage: checkpointed into ``--cache``, resumed, reused.

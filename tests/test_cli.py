@@ -191,7 +191,9 @@ def test_eval_reports_the_raw_pixel_baseline_and_intervals(tiny_query, tiny_gall
 def test_a_small_image_folder_gets_a_compatible_query_net(tmp_path):
     """A user's small ImageFolder (scikit-learn's 1797 digits written as PNGs, 10 classes): BCT must lift
     heterogeneous Recall@1 far above chance, and without BCT it stays near it.  Short schedules in steps
-    (``--steps``) keep it to a minute or two here; the gallery is MobileNetV3-large for the same reason."""
+    (``--steps``) keep it to about two minutes here; the gallery is MobileNetV3-large for the same reason (a
+    gallery of the query net's own arch and seed would start from the same weights, which lifts no-BCT
+    heterogeneous retrieval above chance)."""
     from PIL import Image
 
     from edgequery.data import load_digits

@@ -216,6 +216,7 @@ def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path):
     recipe = bench.paragon_checkpoint(wf, tmp_path)
     assert bench.paragon_checkpoint(wf, tmp_path, steps=None) == recipe, "None keeps the recipe's value"
     assert bench.paragon_checkpoint(wf, tmp_path, steps=GALLERY_TRAIN["steps"]) == recipe
+    assert bench.paragon_checkpoint(wf, tmp_path, seed=0) == recipe, "paragon.py names its seed; the others don't"
     assert bench.paragon_checkpoint(wf, tmp_path, steps=7) != recipe and asked[-1][1] == {"steps": 7}
     ap = bench.parser("doc", {})
     bench.add_bct_args(ap)

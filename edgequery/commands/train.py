@@ -55,7 +55,7 @@ def _register_gallery(tsub: argparse._SubParsersAction) -> None:
                                     "linear embedding head (L2-normalised) and a cosine classifier. The defaults "
                                     "are the gallery recipe (README, 'The gallery model'): on Fashion-MNIST's 59k "
                                     "training images about an hour on 2 CPU cores with bf16, minutes on a GPU; "
-                                    "on a small data set the same 2300 steps are more epochs.",
+                                    f"on a small data set the same {GALLERY_TRAIN['steps']} steps are more epochs.",
                         formatter_class=HelpFormatter)
     g.add_argument("--out", default="gallery.pt", help="checkpoint to write")
     g.add_argument("--arch", default=GALLERY_MODEL["arch"],
