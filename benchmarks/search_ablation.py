@@ -357,8 +357,8 @@ def per_net(rows: list[dict]) -> dict[str, dict]:
         if r["net"] not in out:
             seeds = _seeds_of(rows, r["net"])
             static = {k: r[k] for k in ("net", "arch", "measured_ms", "predicted_ms", "within_budget", "mflops")}
-            out[r["net"]] = {**static, **_bench.seed_summary(seeds),
-                             "het_r1": _bench.seed_summary(seeds)["recall_at_1_mean"],
+            summary = _bench.seed_summary(seeds)
+            out[r["net"]] = {**static, **summary, "het_r1": summary["recall_at_1_mean"],
                              "hom_r1": float(np.mean([s["homogeneous"]["recall_at_1"] for s in seeds]))}
     return out
 
