@@ -43,7 +43,7 @@ from .models.heads import CosineClassifier, EmbeddingNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BCTLoss", "ClassifierLoss", "Dist", "TrainConfig", "augment", "epoch_batches", "fit", "make_optimizer",
+__all__ = ["BCTLoss", "ClassifierLoss", "Dist", "TrainConfig", "augment", "epoch_batches", "random_erase", "fit", "make_optimizer",
            "prepare_output", "resolve_device", "resolve_precision", "warmup_cosine"]
 
 
@@ -162,6 +162,28 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_erase(x: torch.Tensor, p: float, gen: torch.Generator, area: tuple[float, float] = (0.02, 0.25),
+                 log_aspect: tuple[float, float] = (math.log(0.3), math.log(3.3))) -> torch.Tensor:
+    """Random erasing (Zhong et al., AAAI 2020) per sample: with probability ``p`` one rectangle of
+    ``area`` of the image, of random aspect ratio and place, is replaced by standard-normal noise
+    (``x`` is normalised, so that is noise at the data's own scale).  Vectorised over the batch
+    (torchvision's ``RandomErasing`` erases the same rectangle in every image of a batch)."""
+    n, c, h, w = x.shape
+    u = torch.rand(n, 5, generator=gen)
+    s = (area[0] + u[:, 0] * (area[1] - area[0])) * h * w
+    r = torch.exp(log_aspect[0] + u[:, 1] * (log_aspect[1] - log_aspect[0]))
+    eh = (s * r).sqrt().round().clamp(1, h)
+    ew = (s / r).sqrt().round().clamp(1, w)
+    top = (u[:, 2] * (h - eh + 1)).floor()
+    left = (u[:, 3] * (w - ew + 1)).floor()
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 4] < p)[:, None, None]
+    noise = torch.randn(x.shape, generator=gen)
+    return torch.where(mask[:, None].to(x.device), noise.to(x.device, x.dtype), x)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -215,6 +237,8 @@ def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: Trai
         y = splits.train.labels[idx].to(device)
         if cfg.augment:
             x = augment(x, gen)
+        if cfg.random_erasing > 0:
+            x = random_erase(x, cfg.random_erasing, gen)
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

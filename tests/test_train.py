@@ -216,3 +216,28 @@ def test_label_smoothing_reaches_the_loss():
     logits = net.classifier(emb, y)
     assert torch.allclose(smooth, torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
     assert not torch.allclose(plain, smooth)
+
+
+def test_random_erasing_erases_one_rectangle_of_the_asked_area_in_the_asked_share():
+    from edgequery.train import random_erase
+
+    x = torch.full((2000, 1, 32, 32), 7.0)  # noise never equals 7 exactly: erased pixels are the changed ones
+    out = random_erase(x, 0.5, torch.Generator().manual_seed(0))
+    changed = out != x
+    erased = changed.flatten(1).any(1)
+    assert 0.45 < erased.float().mean() < 0.55
+    share = changed[erased].flatten(1).float().mean(1)
+    assert share.min() >= 0.5 / 1024 and share.max() <= 0.25 * 1.3  # rounding to whole pixels
+    for m in changed[erased][:50, 0]:  # one axis-aligned rectangle: its bounding box is all erased
+        rows, cols = m.any(1).nonzero(), m.any(0).nonzero()
+        assert m[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    same = random_erase(x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)  # drawn from the generator only: resumed runs see the same erasing
+    assert torch.equal(random_erase(x, 0.0, torch.Generator().manual_seed(0)), x)
+
+
+def test_a_different_random_erasing_setting_does_not_resume_an_unfinished_run():
+    cfg = TrainConfig(steps=10, random_erasing=0.5)
+    assert cfg.differs_from(TrainConfig(steps=10).to_dict()) == ["random_erasing"]
+    with pytest.raises(ValueError):
+        TrainConfig(random_erasing=1.5)

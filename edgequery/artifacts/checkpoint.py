@@ -60,6 +60,7 @@ class TrainConfig(Strict):
     optimizer: str = "sgd"          # sgd (momentum 0.9, nesterov) | adamw
     warmup_epochs: float = 0.3
     augment: bool = True            # random horizontal flip + translation by up to 1/8
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # share of images with one random rectangle erased
     label_smoothing: float = 0.0    # of the classifier cross-entropy
     precision: Literal["auto", "fp32", "bf16"] = "fp32"       # fp32 | bf16 (autocast, channels-last) | auto: bf16 where the device is fast at it
     seed: int = 0
@@ -73,7 +74,8 @@ class TrainConfig(Strict):
         """The settings of a stored ``train.config`` that must equal these to resume or reuse its run,
         and do not.  With ``steps`` the epochs follow from the data, so steps are compared instead."""
         length = ("steps",) if self.steps is not None else ("steps", "epochs")
-        keys = ("batch_size", "lr", "weight_decay", "optimizer", "seed", *length, "label_smoothing", "extra")
+        keys = ("batch_size", "lr", "weight_decay", "optimizer", "seed", *length, "label_smoothing", "augment",
+                "random_erasing", "extra")
         mine = self.to_dict()
         return [k for k in keys if stored.get(k, type(self).model_fields[k].default) != mine[k]]
 

@@ -44,7 +44,7 @@ def spec_from_args(args: argparse.Namespace, base=None):
 
 
 def add_train_args(p: argparse.ArgumentParser, steps: int, lr: float, weight_decay: float = 5e-5,
-                   label_smoothing: float = 0.0) -> None:
+                   label_smoothing: float = 0.0, random_erasing: float = 0.0) -> None:
     g = p.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=steps,
@@ -59,7 +59,11 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, lr: float, weight_dec
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16: autocast + channels-last, about 2x faster on CPUs with AMX / AVX-512 BF16 and on "
                         "recent GPUs; auto picks bf16 where the device is fast at it")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no flip/translation augmentation")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no flip/translation augmentation (flips are wrong for text and digits)")
+    g.add_argument("--random-erasing", type=float, default=random_erasing, metavar="P",
+                   help="erase one random rectangle (2-25 %% of the image, filled with noise) in this share of the "
+                        "training images (Zhong et al. 2017); 0 turns it off")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order and augmentation")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument("--force", action="store_true", help="retrain over a finished checkpoint at --out")
@@ -71,7 +75,7 @@ def train_config_from_args(args: argparse.Namespace, **extra):
     length = {"epochs": args.epochs} if args.epochs is not None else {"steps": args.steps}
     return TrainConfig(**length, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        label_smoothing=args.label_smoothing, optimizer=args.optimizer, precision=args.precision,
-                       augment=args.augment, seed=args.seed, device=args.device, extra=extra)
+                       augment=args.augment, random_erasing=args.random_erasing, seed=args.seed, device=args.device, extra=extra)
 
 
 def add_space_args(p: argparse.ArgumentParser, default: str | None = "mbv3", required: bool = False) -> None:

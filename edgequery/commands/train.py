@@ -69,7 +69,8 @@ def _register_gallery(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--margin", type=float, default=GALLERY_MODEL["margin"],
                    help="cosine margin m (CosFace); 0 = normalised softmax")
     add_data_args(g)
-    add_train_args(g, **{k: GALLERY_TRAIN[k] for k in ("steps", "lr", "weight_decay", "label_smoothing")})
+    add_train_args(g, **{k: GALLERY_TRAIN[k] for k in ("steps", "lr", "weight_decay", "label_smoothing",
+                                                            "random_erasing") if k in GALLERY_TRAIN})
     g.set_defaults(handler=run_gallery)
 
 
