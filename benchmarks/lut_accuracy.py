@@ -4,8 +4,11 @@ For each runtime (and resolution): build the LUT of the ``mbv3`` space with the
 workflow's profile stage on the ``local`` device (wall time recorded: the goal is
 <= 10 minutes per runtime per resolution here), then measure N random whole nets end to
 end with ``validate`` and compare: share predicted within ±5 % / ±10 %, mean absolute %
-error, Spearman rho - uncalibrated, and calibrated out of sample (5-fold: each net
-predicted by a line fitted on the other folds).  The calibration fitted on all N is
+error, Spearman rho - uncalibrated, calibrated out of sample (5-fold: each net predicted
+by a line fitted on the other folds) and calibrated on only 10 nets (the curve over 0, 5,
+10, 20 calibration nets, each scored on the nets it was not fitted on).  Every net is
+timed twice, in two separate passes: how often the passes agree is the *noise ceiling*,
+the best any table can do on this machine; the goal counts as met within 2 points of it.  The calibration fitted on all N is
 stored in the LUT, which is written to ``--out-dir`` for the search to use
 (``search_ablation.py`` reads ``lut-local-litert-r32.json`` there).
 
@@ -69,13 +72,32 @@ def run_one(runtime: str, res: int, args, wf: Workflow) -> dict:
     lut = load_lut(out, space=space)
     with wf.stage(f"validate_{runtime}_r{res}"):
         report = validate(lut, space, parse_device(args.device), n=args.n, seed=args.seed, calibrate=True,
-                          protocol=protocol, workdir=workdir, jobs=args.jobs)
+                          protocol=protocol, workdir=workdir, jobs=args.jobs, noise_rounds=True)
     report.pop("lut", None)
+    report["goal"] = goal_verdict(report)
     return {"runtime": runtime, "resolution": res, "lut_file": out.name, "space": space.config(),
             "blocks": len(lut.blocks), "overhead_ms": lut.overhead_ms, "lut_build_seconds": round(lut.build_seconds, 1),
             "lut_build_wall_seconds_this_run": wf.stages[f"profile_{runtime}_r{res}"]["seconds"],
             "load_average": {"before_profile": load0, "after_profile": load1, "after_validate": os.getloadavg()},
             **report}
+
+
+GOAL = {"within_10pct": 0.99, "within_5pct": 0.90}
+
+
+def goal_verdict(result: dict) -> dict:
+    """Whether the table calibrated on 10 nets meets the goal - or, where this machine's noise ceiling is
+    below the goal, comes within 2 points of the ceiling (no table can predict timings better than they repeat)."""
+    cal, ceiling = result.get("calibrated_10_nets"), result.get("noise_ceiling")
+    if cal is None:
+        return {"met": None, "why": "fewer than 15 nets: no 10-net calibration to score"}
+    checks = {}
+    for key, want in GOAL.items():
+        bar = want if ceiling is None else min(want, ceiling[key] - 0.02)
+        checks[key] = {"calibrated_10_nets": cal[key], "goal": want,
+                       "noise_ceiling": None if ceiling is None else ceiling[key], "bar": round(bar, 4),
+                       "met": cal[key] >= bar}
+    return {"met": all(c["met"] for c in checks.values()), "checks": checks}
 
 
 def refit(result: dict, out_dir: Path) -> dict:
@@ -84,7 +106,8 @@ def refit(result: dict, out_dir: Path) -> dict:
     lut.calibration = None
     raw = [n["raw_ms"] for n in result["nets"]]
     scores = score_calibration(lut, raw, [n["measured_ms"] for n in result["nets"]], calibrate=True)
-    return {**{k: v for k, v in result.items() if k not in scores}, **scores}
+    out = {**{k: v for k, v in result.items() if k not in scores}, **scores}
+    return {**out, "goal": goal_verdict(out)}
 
 
 def kept_results(path: Path, preset: str) -> list[dict]:
@@ -138,8 +161,10 @@ def main(argv: list[str] | None = None) -> Path:
                          + " (each with that run's provenance)")
         results = sorted(others + fresh, key=lambda r: (r["resolution"], r["runtime"]))
     body = {"space": args.space,
-            "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 %; LUT build <= 10 min per runtime and "
-                    "resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU)",
+            "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 % with a calibration fitted on at most 10 "
+                    "measured nets (or within 2 points of the noise ceiling where that is lower); LUT build <= 10 min "
+                    "per runtime and resolution (nn-Meter: 99.0 % within ±10 % on a Pixel 4 CPU; LitePred 99.2 % / "
+                    "79.6 %)",
             "results": results, "stages": wf.stages}
     out = _bench.write(args, "lut_accuracy", body, prov, notes)
     plot(results, out.with_suffix(".png"))
@@ -149,6 +174,11 @@ def main(argv: list[str] | None = None) -> Path:
                  f"uncalibrated: {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%, MAPE {u['mape_pct']:.1f}%, "
                  f"rho {u['spearman_rho']:.3f} | calibrated CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
                  f"{c.get('within_10pct', float('nan')):.0%} ±10%, MAPE {c.get('mape_pct', float('nan')):.1f}%")
+        for label, key in (("calibrated on 10 nets", "calibrated_10_nets"), ("noise ceiling", "noise_ceiling")):
+            if key in r:
+                log.info(f"{'':17s} {label}: {r[key]['within_5pct']:.0%} ±5%, {r[key]['within_10pct']:.0%} ±10%, "
+                         f"MAPE {r[key]['mape_pct']:.1f}%")
+        log.info(f"{'':17s} goal met: {r.get('goal', {}).get('met')}")
     return out
 
 
@@ -174,6 +204,11 @@ def plot(results: list[dict], path: Path) -> None:
             c = r["calibrated_cross_validated"]
             ax.scatter(meas, c["predicted_ms"], s=12, c="tab:blue", alpha=0.7,
                        label=f"calibrated (5-fold CV): {c['within_5pct']:.0%} in ±5 %, {c['within_10pct']:.0%} in ±10 %")
+        if "measured_again_ms" in r["nets"][0]:
+            again = np.array([n["measured_again_ms"] for n in r["nets"]])
+            c = r["noise_ceiling"]
+            ax.scatter(meas, again, s=8, c="0.3", marker="x", alpha=0.6,
+                       label=f"timed again (noise ceiling): {c['within_5pct']:.0%} in ±5 %, {c['within_10pct']:.0%} in ±10 %")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_xlabel("measured end to end (ms)")

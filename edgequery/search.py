@@ -356,7 +356,14 @@ def search_from_files(supernet_path: str | Path, gallery_path: str | Path, lut_p
                     "threads": lut.threads, "calibrated": bool(lut.calibration)},
             "validation": scorer.sizes()}
     log.info("searching %s (%s) under %.4g ms predicted by %s", space.name, space.describe(), cfg.budget, lut_path)
-    return EvolutionSearch(space, cfg, lambda arch: lut.predict(arch, space), scorer, out, meta).run(progress)
+    search = EvolutionSearch(space, cfg, lambda arch: lut.predict(arch, space), scorer, out, meta)
+    emulated = lut.fingerprint.emulated if lut.fingerprint else None
+    if emulated:
+        note = (f"{lut_path} was measured under emulation ({emulated} on a {lut.fingerprint.cpu}): its latencies "
+                "are the emulator's, not an ARM CPU's, so the budget is not a phone's milliseconds")
+        log.warning("%s (profile the real board: --device ssh://user@board or adb)", note)
+        search.notes.append(note)
+    return search.run(progress)
 
 
 def load_search(path: str | Path) -> SearchResult:

@@ -160,12 +160,13 @@ def test_local_profile_and_validate_other_runtimes(tmp_path, runtime):
 def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
     path = copy_lut(onnx_lut, tmp_path / "lut.json")
     rc = main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--runs", "5",
-               "--min-seconds", "0", "--rounds", "1", "--jobs", "1"])
+               "--min-seconds", "0", "--rounds", "1", "--jobs", "1", "--noise-ceiling"])
     assert rc == 0
     report = json.loads((tmp_path / "lut.validation.json").read_text())
     assert report["n"] == 3 and {"within_5pct", "within_10pct", "mape_pct", "spearman_rho"} <= set(
         report["uncalibrated"])
     assert report["calibrated_in_sample"]["n"] == 3 and "calibrated_cross_validated" not in report  # from 10 on
+    assert report["noise_ceiling"]["n"] == 3 and all(n["measured_again_ms"] > 0 for n in report["nets"])
     assert report["allow_other_device"] is False and report["device_notes"] == [] and report["fingerprint"]["cpu"]
     cal = load_lut(path).calibration
     assert cal.fitted_on == 3 and cal.device == "local" and cal.notes == []
@@ -183,6 +184,30 @@ def test_calibration_scores_cross_validate_from_ten_nets(onnx_lut):
     assert lut.calibration.scale == pytest.approx(1.3, abs=0.02) and report["calibrated_in_sample"]["n"] == 12
     assert "with_stored_calibration" not in report
     assert "with_stored_calibration" in score_calibration(lut, raw, measured, calibrate=False)
+
+
+def test_calibration_curve_scores_each_size_on_the_nets_it_was_not_fitted_on():
+    from edgequery.latency.validation import calibration_curve, noise_ceiling
+
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0.2, 2.0, 40)
+    measured = 1.2 * raw + 0.1
+    measured[:4] *= 1.5  # four outliers: whichever draws fit on them predict the rest worse
+    curve = calibration_curve(raw, measured, sizes=(0, 5, 10, 20, 38))
+    assert list(curve) == ["0", "5", "10", "20"]  # 38 would leave 2 nets to score
+    assert curve["0"]["draws"] == 1 and curve["0"]["within_10pct"] == 0.0  # the raw sum is 20-30 % low
+    assert curve["10"]["draws"] == 50 and curve["10"]["scored_on"] == 30
+    assert curve["20"]["mape_pct"] < curve["10"]["mape_pct"] < curve["5"]["mape_pct"] < curve["0"]["mape_pct"]
+    assert curve["10"]["within_10pct_p5"] < curve["10"]["within_10pct"] < 36 / 40  # a draw with outliers fits worse
+    same = noise_ceiling([1.0, 2.0, 3.0], [1.0, 2.1, 3.6])
+    assert same["within_5pct"] == same["within_10pct"] == pytest.approx(2 / 3, abs=1e-4)  # 3.6 vs 3.0: 17 %
+
+
+def test_an_emulated_device_that_is_not_set_up_says_how_to_set_it_up(tmp_path):
+    device = parse_device(f"qemu-aarch64:{tmp_path}")
+    assert device.describe() == f"qemu-aarch64:{tmp_path}" and device.name == "qemu-aarch64"
+    with pytest.raises(EdgeQueryError, match="setup_aarch64_emulation.sh"):
+        device.fingerprint("onnxruntime")
 
 
 def test_nets_of_a_space_at_another_resolution_are_measured(tmp_path):

@@ -27,9 +27,11 @@ class Fingerprint(Strict):
     runtime: str | None = None
     runtime_version: str | None = None
     threads: int | None = None
+    emulated: str | None = None          # the emulator the target ran under ("qemu-aarch64 10.0.7"), else None:
+                                         # its timings are the emulator's on the host CPU, not the target's
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("cpu", "cores", "machine", "isa", "caches", "os", "kernel",
-                                           "device_model", "runtime", "runtime_version", "threads")
+                                           "device_model", "runtime", "runtime_version", "threads", "emulated")
 
     def differences(self, other: "Fingerprint") -> list[str]:
         """``["cpu: 'A' vs 'B'", ...]`` for every identity field that differs (empty: the same device)."""

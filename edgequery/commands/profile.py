@@ -23,6 +23,10 @@ devices (a device is a string, not code):
   local                       this machine (optionally ?cpus=1 to pin with taskset)
   ssh://user@host[:port]      a Linux board via ssh/scp; it needs python3 and the runtime
                               (options: ?python=PATH&identity=KEY&config=SSH_CONFIG&cpus=LIST)
+  qemu-aarch64[:DIR]          an aarch64 Linux board emulated here (qemu user mode, arm64 Python
+                              and runtimes from DIR: bash scripts/setup_aarch64_emulation.sh DIR;
+                              default ~/.cache/edgequery/aarch64). Runs the runtimes' ARM code;
+                              timings are the emulator's, not a phone's (recorded: emulated)
   adb[:serial]                an Android phone via adb, timed by LiteRT's benchmark_model
                               (--benchmark-binary PATH; ?cpumask=f0 pins to CPUs with taskset)
 
@@ -88,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--n", type=int, default=100, help="random archs to measure")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--calibrate", action="store_true", help="fit and store a linear correction in the LUT")
+    v.add_argument("--noise-ceiling", action="store_true",
+                   help="time every net a second time, in a separate pass, and report how often the two passes "
+                        "agree within +-5%% / +-10%%: no table can predict this device better than it repeats")
     _add_device(v, None)
     v.add_argument("--report", help="write the report JSON here (default <lut>.validation.json)")
     v.add_argument("--jobs", type=int, default=2, help="processes converting the nets (timing is sequential)")
@@ -150,6 +157,14 @@ def _print_validation(report: dict, lut_path: str) -> None:
         c = report["calibrated_cross_validated"]
         print(f"  calibrated, 5-fold cross-validated: {c['within_5pct']:.0%} within +-5%, "
               f"{c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%")
+    if "calibrated_10_nets" in report:
+        c = report["calibrated_10_nets"]
+        print(f"  calibrated on 10 nets (mean of {c['draws']} draws, scored on the other {c['scored_on']}): "
+              f"{c['within_5pct']:.0%} within +-5%, {c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%")
+    if "noise_ceiling" in report:
+        c = report["noise_ceiling"]
+        print(f"  noise ceiling (the same nets timed twice): {c['within_5pct']:.0%} agree within +-5%, "
+              f"{c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%")
     if "calibrated_in_sample" in report:
         c, cal = report["calibrated_in_sample"], report["calibration"]
         print(f"  calibrated (in-sample, scale {cal['scale']:.4f}, offset {cal['offset_ms']:+.4f} ms): "
@@ -172,7 +187,7 @@ def run_validate(args: argparse.Namespace) -> int:
     protocol = Protocol.of(lut, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, rounds=args.rounds)
     report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
-                      jobs=args.jobs, allow_other_device=args.allow_other_device)
+                      jobs=args.jobs, allow_other_device=args.allow_other_device, noise_rounds=args.noise_ceiling)
     path = args.report or str(Path(args.lut).with_suffix("")) + ".validation.json"
     write_json(path, report)
     _print_validation(report, args.lut)
@@ -187,7 +202,8 @@ def _describe_device(lut) -> str:
     isa = ", ".join(fp.isa) or "-"
     caches = ", ".join(f"{k} {v}" for k, v in fp.caches.items()) or "-"
     return (f"{lut.device}: {fp.device_model + ', ' if fp.device_model else ''}{fp.cpu}, {fp.cores} cores, "
-            f"{fp.machine}, {fp.os} {fp.kernel}\n             ISA {isa}; caches {caches}")
+            f"{fp.machine}, {fp.os} {fp.kernel}" + (f", EMULATED by {fp.emulated}" if fp.emulated else "")
+            + f"\n             ISA {isa}; caches {caches}")
 
 
 def summary(lut, top: int = 10) -> str:

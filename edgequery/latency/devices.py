@@ -10,12 +10,18 @@ profiling logic)::
         ?python=/usr/bin/python3       the remote interpreter (default python3)
         &identity=~/.ssh/id_ed25519    an ssh key; &config=FILE an ssh_config file
         &cpus=4-7                      taskset on the remote (big cores of a big.LITTLE SoC)
+    qemu-aarch64[:DIR]                 an aarch64 Linux board emulated here: the agent runs on an arm64
+                                       Python under qemu user mode, from DIR as
+                                       ``scripts/setup_aarch64_emulation.sh DIR`` prepares it (default
+                                       ~/.cache/edgequery/aarch64).  It runs the ARM builds of the runtimes
+                                       (their aarch64 kernels), but its timings are the emulator's on this
+                                       CPU, not an ARM CPU's: the fingerprint says ``emulated``
     adb[:serial]                       an Android phone over adb, timed by LiteRT's own
         ?binary=PATH&cpumask=f0        ``benchmark_model`` binary (a file *you* provide: built
                                        from LiteRT or downloaded from its releases); cpumask is
                                        taskset's hex mask on the phone
 
-``local`` and ``ssh`` run :mod:`edgequery.runtimes.agent` (one self-contained script)
+``local``, ``qemu-aarch64`` and ``ssh`` run :mod:`edgequery.runtimes.agent` (one self-contained script)
 and read its JSON lines; ``adb`` runs ``benchmark_model`` per file and parses its log
 (:func:`parse_benchmark_model`).  Every device yields the same records, one per model::
 
@@ -53,7 +59,10 @@ from ..files import sha256_file
 from ..runtimes.agent import isa_flags, parse_cpuinfo
 
 AGENT = Path(__file__).parent.parent / "runtimes" / "agent.py"
-DEVICE_HELP = "local, local?cpus=1, ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], adb[:serial]"
+DEVICE_HELP = ("local, local?cpus=1, qemu-aarch64[:DIR], ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], "
+               "adb[:serial]")
+EMULATION_DIR = Path("~/.cache/edgequery/aarch64")
+EMULATION_SETUP = Path(__file__).parent.parent.parent / "scripts" / "setup_aarch64_emulation.sh"
 
 
 def _options(query: str, allowed: Sequence[str], spec: str) -> dict[str, str]:
@@ -71,6 +80,8 @@ def parse_device(spec: str, *, benchmark_binary: str | None = None) -> "Device":
     if spec == "local" or spec.startswith("local?"):
         opts = _options(spec.partition("?")[2], ["cpus"], spec)
         return LocalDevice(cpus=opts.get("cpus"))
+    if spec == "qemu-aarch64" or spec.startswith("qemu-aarch64:"):
+        return EmulatedDevice(root=Path(spec.partition(":")[2] or EMULATION_DIR).expanduser())
     if spec.startswith("ssh://"):
         url = urlsplit(spec)
         if not url.hostname:
@@ -185,17 +196,56 @@ class LocalDevice(Device):
     def describe(self) -> str:
         return "local" + (f"?cpus={self.cpus}" if self.cpus else "")
 
+    def _python(self) -> list[str]:
+        """The command that runs a Python script on the target."""
+        return [sys.executable]
+
     def fingerprint(self, runtime, threads=1):
-        cmd = [*_taskset(self.cpus), sys.executable, str(AGENT), "--check", runtime, str(int(threads))]
+        cmd = [*_taskset(self.cpus), *self._python(), str(AGENT), "--check", runtime, str(int(threads))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        return _check_record(proc, "this machine", sys.executable)
+        return _check_record(proc, self.describe(), self._python()[-1])
 
     def time_models(self, folder, models, runtime, protocol):
         req = _request(folder, models, runtime, protocol)
-        cmd = [*_taskset(self.cpus), sys.executable, str(AGENT), str(req)]
+        cmd = [*_taskset(self.cpus), *self._python(), str(AGENT), str(req)]
         env = {**os.environ, "OMP_NUM_THREADS": str(protocol["threads"])}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        yield from _agent_records(proc, "this machine")
+        yield from _agent_records(proc, self.describe())
+
+
+@dataclass
+class EmulatedDevice(LocalDevice):
+    """An aarch64 Linux board emulated on this machine: the agent on an arm64 Python under ``qemu-aarch64``.
+
+    ``root`` holds ``qemu-aarch64`` (a static qemu user-mode binary) and ``rootfs/`` (arm64 Debian with
+    Python 3 and the aarch64 wheels of the runtimes), as ``scripts/setup_aarch64_emulation.sh`` makes them.
+    The runtimes run their ARM kernels (NEON/XNNPACK paths, ARM graph optimisations), so this tests the
+    whole ARM path; the timings are the emulator's, which is why the fingerprint records ``emulated``.
+    """
+
+    root: Path = EMULATION_DIR
+
+    @property
+    def name(self) -> str:
+        return "qemu-aarch64"
+
+    def describe(self) -> str:
+        return f"qemu-aarch64:{self.root}"
+
+    def _python(self) -> list[str]:
+        qemu, rootfs = self.root / "qemu-aarch64", self.root / "rootfs"
+        python = rootfs / "usr" / "bin" / "python3"
+        if not (qemu.is_file() and python.exists()):
+            raise EdgeQueryError(f"{self.root} holds no aarch64 emulation (looked for {qemu} and {python})",
+                                 f"prepare it with: bash {EMULATION_SETUP} {self.root}   (downloads arm64 Debian "
+                                 "packages and wheels; a real ARM board needs none of it: use ssh://user@board)")
+        return [str(qemu), "-L", str(rootfs), str(python)]
+
+    def fingerprint(self, runtime, threads=1):
+        fp = super().fingerprint(runtime, threads)
+        version = subprocess.run([self._python()[0], "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"version (\S+)", version)
+        return fp.model_copy(update={"emulated": f"qemu-aarch64 {found.group(1) if found else '?'}"})
 
 
 @dataclass

@@ -6,6 +6,14 @@ the same device/runtime/threads and compares with the LUT's prediction: share wi
 ±5 % and ±10 %, mean absolute percentage error, Spearman rho.  With ``calibrate`` it
 fits ``measured = scale * raw + offset`` by least squares and stores it in the LUT.
 
+Two figures put those numbers in context.  The *noise ceiling* (``noise_rounds=True``):
+the same nets timed a second time, in a separate pass after the first, and scored as if
+the first pass predicted the second - no table can predict this machine's timings better
+than they repeat.  The *calibration curve* (:func:`calibration_curve`): how accurate the
+table is after a calibration fitted on only k measured nets (k = 0, 5, 10, 20; a user
+should not have to time 100 nets on a phone), each k scored on the nets it was not
+fitted on, over many random draws of the k.
+
 The device must have the LUT's fingerprint (the same CPU, ISA, caches, OS/kernel,
 runtime version and threads); ``allow_other_device`` validates on another one anyway,
 and says so in the report (and, with ``calibrate``, in the LUT).
@@ -74,6 +82,41 @@ def cross_validated(raw: Sequence[float], measured: Sequence[float], folds: int 
     return {**accuracy(pred, m), "folds": folds, "predicted_ms": [round(float(p), 5) for p in pred]}
 
 
+def calibration_curve(raw: Sequence[float], measured: Sequence[float], sizes: Sequence[int] = (0, 5, 10, 20),
+                      draws: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Accuracy after a calibration fitted on ``k`` nets, for each ``k`` in ``sizes``, out of sample.
+
+    For each k: ``draws`` random sets of k nets, a line fitted on each, every other net predicted
+    by it; the accuracy figures are the mean over the draws, with the worst draw's (the 5th
+    percentile of within ±5 % / ±10 %) beside them.  k = 0 is the uncalibrated table.  Sizes
+    that leave fewer than 5 nets to score are skipped.
+    """
+    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
+    rng = np.random.default_rng(seed)
+    curve: dict[str, Any] = {}
+    for k in sizes:
+        if len(m) - k < 5 or (0 < k < 3):
+            continue
+        runs = []
+        for _ in range(1 if k == 0 else draws):
+            fit = rng.choice(len(m), size=k, replace=False)
+            rest = np.setdiff1d(np.arange(len(m)), fit)
+            scale, offset = _fit_line(raw_a[fit], m[fit]) if k else (1.0, 0.0)
+            runs.append(accuracy(scale * raw_a[rest] + offset, m[rest]))
+        keys = ("within_5pct", "within_10pct", "mape_pct", "mean_error_pct")
+        curve[str(k)] = {**{key: round(float(np.mean([r[key] for r in runs])), 4) for key in keys},
+                         "within_5pct_p5": round(float(np.percentile([r["within_5pct"] for r in runs], 5)), 4),
+                         "within_10pct_p5": round(float(np.percentile([r["within_10pct"] for r in runs], 5)), 4),
+                         "draws": len(runs), "scored_on": len(m) - k}
+    return curve
+
+
+def noise_ceiling(first: Sequence[float], second: Sequence[float]) -> dict[str, Any]:
+    """How well a second timing pass of the same nets agrees with the first (the first 'predicting' the second)."""
+    figures = accuracy(first, second)
+    return {k: figures[k] for k in ("n", "within_5pct", "within_10pct", "mape_pct", "mean_error_pct")}
+
+
 def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float], calibrate: bool,
                       device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The calibration figures of a validation from its raw predictions and measurements (no timing here).
@@ -86,6 +129,9 @@ def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float],
         report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], measured)
     if len(raw) >= 10:
         report["calibrated_cross_validated"] = cross_validated(raw, measured)
+        report["calibration_curve"] = calibration_curve(raw, measured)
+        if "10" in report["calibration_curve"]:
+            report["calibrated_10_nets"] = report["calibration_curve"]["10"]
     if calibrate:
         lut.calibration = fit_calibration(raw, measured, device, notes)
         if lut.path:
@@ -131,8 +177,12 @@ def _check_device(lut: LUT, device: Device, protocol: Protocol, allow_other_devi
 
 def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
              protocol: Protocol | None = None, workdir: str | Path | None = None, jobs: int = 1,
-             allow_other_device: bool = False) -> dict[str, Any]:
+             allow_other_device: bool = False, noise_rounds: bool = False) -> dict[str, Any]:
     """Measure ``n`` random whole nets and compare with ``lut``'s predictions (see the module docstring).
+
+    With ``noise_rounds`` every net is timed twice, in two separate passes over all of them, and
+    the report's ``noise_ceiling`` says how often the passes agree; the nets' figures are the
+    first pass's.
 
     With ``calibrate`` the fitted correction is stored in ``lut`` (and saved to its file);
     the report then holds the figures before *and* after it.  Fitting and scoring on the
@@ -155,6 +205,7 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         fingerprint, notes = _check_device(lut, device, protocol, allow_other_device, calibrate)
         names = export_nets(archs, lut.runtime, folder, lut.embed_dim, jobs, space=sub)
         timed = time_files(device, folder, names, lut.runtime, protocol, desc="time nets")
+        again = time_files(device, folder, names, lut.runtime, protocol, desc="time nets again") if noise_rounds else None
     finally:
         device.close()
     measured = [timed[name] for name in names]
@@ -171,5 +222,10 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         "nets": [{"arch": str(a), "flops": f, "raw_ms": round(r, 5), "measured_ms": m.median_ms,
                   "measured_p10_ms": m.p10_ms, "measured_p90_ms": m.p90_ms}
                  for a, f, r, m in zip(archs, flops, raw, measured)]}
+    if again is not None:
+        second = [again[name].median_ms for name in names]
+        report["noise_ceiling"] = noise_ceiling(meas, second)
+        for net, ms in zip(report["nets"], second):
+            net["measured_again_ms"] = ms
     report.update(score_calibration(lut, raw, meas, calibrate, device.describe(), notes))
     return report
