@@ -2,7 +2,7 @@
 torch), resume, validation, the device fingerprint (a LUT of another device is refused
 unless --allow-other-device, and that is recorded), the LUT file format (version 1
 migrates), a non-default space from the CLI, the ssh device against a real sshd on
-127.0.0.1, and the adb device's command sequence, fingerprint and ``benchmark_model`` parsing.
+127.0.0.1, an emulated aarch64 board (qemu user mode, the arm64 builds of the runtimes), and the adb device's command sequence, fingerprint and ``benchmark_model`` parsing.
 
 No phone is attached here: the adb tests run a fake ``adb`` executable that records its
 arguments and answers with real ``benchmark_model`` output formats.  Everything else runs
@@ -205,7 +205,9 @@ def test_calibration_curve_scores_each_size_on_the_nets_it_was_not_fitted_on():
 
 def test_an_emulated_device_that_is_not_set_up_says_how_to_set_it_up(tmp_path):
     device = parse_device(f"qemu-aarch64:{tmp_path}")
-    assert device.describe() == f"qemu-aarch64:{tmp_path}" and device.name == "qemu-aarch64"
+    assert device.describe() == f"qemu-aarch64:{tmp_path}?cpu=cortex-a76" and device.name == "qemu-aarch64-cortex-a76"
+    with pytest.raises(EdgeQueryError, match="qemu CPU model"):
+        parse_device("qemu-aarch64?cpu=a76;rm")
     with pytest.raises(EdgeQueryError, match="setup_aarch64_emulation.sh"):
         device.fingerprint("onnxruntime")
 
@@ -387,6 +389,32 @@ def test_cli_show_and_help(onnx_lut, capsys):
     with pytest.raises(SystemExit):
         main(["profile", "--help"])
     assert "ssh://user@host" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- aarch64 under qemu user mode
+
+
+@pytest.mark.slow
+def test_an_emulated_aarch64_board_profiles_blocks_and_validates_nets(tmp_path):
+    """scripts/setup_aarch64_emulation.sh (idempotent: ~30 s and 160 MB of downloads the first time)
+    makes the board; both runtimes' aarch64 builds time every block of a space and two whole nets."""
+    root = Path(os.environ.get("EDGEQUERY_AARCH64_DIR", "~/.cache/edgequery/aarch64")).expanduser()
+    script = Path(__file__).parent.parent / "scripts" / "setup_aarch64_emulation.sh"
+    setup = subprocess.run(["bash", str(script), str(root)], capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stdout[-1500:] + setup.stderr[-1500:]
+    device = parse_device(f"qemu-aarch64:{root}")
+    space = get_space("mbv3", resolutions=(24,), widths=(0.5,), kernels=(3,), expands=(3,), depths=(2,))
+    for runtime in ("onnxruntime", "litert"):
+        out = tmp_path / f"lut-{runtime}.json"
+        lut = profile(space, [24], device, runtime, FAST, out, jobs=2)
+        fp = lut.fingerprint
+        assert lut.complete and fp.machine == "aarch64" and "asimd" in fp.isa and fp.runtime == runtime
+        assert fp.emulated.startswith("qemu-aarch64 ") and "cortex-a76" in fp.emulated
+        assert fp.differences(Fingerprint.local(runtime, 1))  # not this machine's table
+        report = validate(load_lut(out), space, device, n=2, jobs=2)
+        assert report["fingerprint"]["emulated"] == fp.emulated and all(n["measured_ms"] > 0 for n in report["nets"])
+    with pytest.raises(EdgeQueryError, match="another device|fingerprint"):  # an emulated table is not the host's
+        validate(load_lut(out), space, parse_device("local"), n=1)
 
 
 # --------------------------------------------------------------------------- ssh: a real sshd on loopback

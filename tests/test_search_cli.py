@@ -133,3 +133,16 @@ def test_train_query_reads_a_search_space_arch_in_the_space_the_flags_configure(
                            (["--arch", arch, "--space", "shufflenet"], "is of space 'mbv3'")]:
         assert main([*base, *flags, "--out", str(d / "never.pt")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_table_measured_under_emulation_is_searched_with_a_warning(files, tmp_path, capsys):
+    d, lut, budget = files
+    data = lut.to_data()
+    data["fingerprint"] = {**data["fingerprint"], "machine": "aarch64", "emulated": "qemu-aarch64 10.0.13 -cpu cortex-a76"}
+    (tmp_path / "lut.json").write_text(json.dumps(data))
+    assert main(["search", "--supernet", str(d / "supernet.pt"), "--gallery", str(d / "gallery.pt"),
+                 "--lut", str(tmp_path / "lut.json"), "--latency-budget", f"{budget}ms", "--population", "4",
+                 "--generations", "1", "--recal-batches", "1", "--out", str(tmp_path / "search.json")]) == 0
+    assert "measured under emulation (qemu-aarch64 10.0.13" in capsys.readouterr().err
+    notes = json.loads((tmp_path / "search.json").read_text())["notes"]
+    assert any("not an ARM CPU's" in n for n in notes)

@@ -11,11 +11,14 @@ profiling logic)::
         &identity=~/.ssh/id_ed25519    an ssh key; &config=FILE an ssh_config file
         &cpus=4-7                      taskset on the remote (big cores of a big.LITTLE SoC)
     qemu-aarch64[:DIR]                 an aarch64 Linux board emulated here: the agent runs on an arm64
-                                       Python under qemu user mode, from DIR as
+        ?cpu=cortex-a76                Python under qemu user mode, from DIR as
                                        ``scripts/setup_aarch64_emulation.sh DIR`` prepares it (default
-                                       ~/.cache/edgequery/aarch64).  It runs the ARM builds of the runtimes
-                                       (their aarch64 kernels), but its timings are the emulator's on this
-                                       CPU, not an ARM CPU's: the fingerprint says ``emulated``
+                                       ~/.cache/edgequery/aarch64), emulating ``cpu`` (default cortex-a76,
+                                       a Raspberry Pi 5 core: NEON + dot product; qemu's ``max`` has
+                                       SVE2/SME, whose kernels run ~8x slower under emulation).  It runs
+                                       the ARM builds of the runtimes (their aarch64 kernels), but its
+                                       timings are the emulator's on this CPU, not an ARM CPU's: the
+                                       fingerprint says ``emulated``
     adb[:serial]                       an Android phone over adb, timed by LiteRT's own
         ?binary=PATH&cpumask=f0        ``benchmark_model`` binary (a file *you* provide: built
                                        from LiteRT or downloaded from its releases); cpumask is
@@ -59,7 +62,7 @@ from ..files import sha256_file
 from ..runtimes.agent import isa_flags, parse_cpuinfo
 
 AGENT = Path(__file__).parent.parent / "runtimes" / "agent.py"
-DEVICE_HELP = ("local, local?cpus=1, qemu-aarch64[:DIR], ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], "
+DEVICE_HELP = ("local, local?cpus=1, qemu-aarch64[:DIR][?cpu=cortex-a76], ssh://user@host[:port][?python=...&identity=...&config=...&cpus=...], "
                "adb[:serial]")
 EMULATION_DIR = Path("~/.cache/edgequery/aarch64")
 EMULATION_SETUP = Path(__file__).parent.parent.parent / "scripts" / "setup_aarch64_emulation.sh"
@@ -80,8 +83,14 @@ def parse_device(spec: str, *, benchmark_binary: str | None = None) -> "Device":
     if spec == "local" or spec.startswith("local?"):
         opts = _options(spec.partition("?")[2], ["cpus"], spec)
         return LocalDevice(cpus=opts.get("cpus"))
-    if spec == "qemu-aarch64" or spec.startswith("qemu-aarch64:"):
-        return EmulatedDevice(root=Path(spec.partition(":")[2] or EMULATION_DIR).expanduser())
+    if spec == "qemu-aarch64" or spec.startswith(("qemu-aarch64:", "qemu-aarch64?")):
+        head, _, query = spec.partition("?")
+        opts = _options(query, ["cpu"], spec)
+        cpu = opts.get("cpu", "cortex-a76")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", cpu):
+            raise EdgeQueryError(f"device {spec!r}: cpu={cpu!r} is not a qemu CPU model",
+                                 "write e.g. cpu=cortex-a76, cpu=cortex-a53 or cpu=neoverse-n1 (qemu-aarch64 -cpu help)")
+        return EmulatedDevice(root=Path(head.partition(":")[2] or EMULATION_DIR).expanduser(), cpu=cpu)
     if spec.startswith("ssh://"):
         url = urlsplit(spec)
         if not url.hostname:
@@ -224,13 +233,14 @@ class EmulatedDevice(LocalDevice):
     """
 
     root: Path = EMULATION_DIR
+    cpu: str = "cortex-a76"
 
     @property
     def name(self) -> str:
-        return "qemu-aarch64"
+        return f"qemu-aarch64-{self.cpu}"
 
     def describe(self) -> str:
-        return f"qemu-aarch64:{self.root}"
+        return f"qemu-aarch64:{self.root}?cpu={self.cpu}"
 
     def _python(self) -> list[str]:
         qemu, rootfs = self.root / "qemu-aarch64", self.root / "rootfs"
@@ -239,13 +249,13 @@ class EmulatedDevice(LocalDevice):
             raise EdgeQueryError(f"{self.root} holds no aarch64 emulation (looked for {qemu} and {python})",
                                  f"prepare it with: bash {EMULATION_SETUP} {self.root}   (downloads arm64 Debian "
                                  "packages and wheels; a real ARM board needs none of it: use ssh://user@board)")
-        return [str(qemu), "-L", str(rootfs), str(python)]
+        return [str(qemu), "-cpu", self.cpu, "-L", str(rootfs), str(python)]
 
     def fingerprint(self, runtime, threads=1):
         fp = super().fingerprint(runtime, threads)
         version = subprocess.run([self._python()[0], "--version"], capture_output=True, text=True).stdout
         found = re.search(r"version (\S+)", version)
-        return fp.model_copy(update={"emulated": f"qemu-aarch64 {found.group(1) if found else '?'}"})
+        return fp.model_copy(update={"emulated": f"qemu-aarch64 {found.group(1) if found else '?'} -cpu {self.cpu}"})
 
 
 @dataclass

@@ -292,6 +292,9 @@ def check(runtime, threads=1):
 def main(argv):
     if len(argv) in (3, 4) and argv[1] == "--check":
         return check(argv[2], int(argv[3]) if len(argv) == 4 else 1)
+    if len(argv) == 2 and argv[1] in ("-h", "--help"):
+        sys.stdout.write(__doc__)
+        return 0
     if len(argv) != 2:
         sys.stderr.write(__doc__)
         return 2
