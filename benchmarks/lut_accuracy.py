@@ -17,8 +17,10 @@ stored in the LUT, which is written to ``--out-dir`` for the search to use
     python benchmarks/lut_accuracy.py --preset quick                   # 4 min at load 4: small space, 12 nets
     python benchmarks/lut_accuracy.py --refit    # re-fit the calibration on the stored measurements
 
-Full-run wall times recorded in the committed results: 32 px - litert 578 s, onnxruntime
-399 s (LUT builds 328 s and 229 s); 224 px - litert 1958 s, onnxruntime 1112 s.
+Wall times of the committed 32 px run (2-core Intel Xeon VM): litert 1617 s, onnxruntime 969 s
+(LUT builds 484 s and 338 s; validation with both timing passes of 100 nets the rest, most of it
+converting the nets).  An earlier 224 px run (another VM, before the second pass) took litert
+1958 s, onnxruntime 1112 s.
 ``--refit`` times nothing: it re-scores the nets already measured in
 ``lut_accuracy.json`` with the current calibration fit and stores the new line in the
 LUT files.  Results of other (runtime, resolution) pairs already in the file, from a run
