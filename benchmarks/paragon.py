@@ -39,12 +39,15 @@ def main(argv: list[str] | None = None) -> Path:
     g.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: the other 9k test images)")
     g.add_argument("--steps", type=int, default=GALLERY_TRAIN["steps"])
     g.add_argument("--seed", type=int, default=0, help="training seed")
+    g.add_argument("--random-erasing", type=float, default=None, metavar="P",
+                   help="share of training images given a random-erasing rectangle (default: the recipe's)")
     g.add_argument("--device", default="cpu")
     args = _bench.parse(ap, argv)
     prov = _bench.start(args)
 
     wf = Workflow(_bench.paragon_spec(args.n_train, args.n_query, args.n_gallery), args.device)
-    path = _bench.paragon_checkpoint(wf, args.cache, steps=args.steps, seed=args.seed)
+    path = _bench.paragon_checkpoint(wf, args.cache, steps=args.steps, seed=args.seed,
+                                     random_erasing=args.random_erasing)
     ckpt = load_checkpoint(path, "gallery")
     report = gallery_report(model_from_checkpoint(ckpt), wf.splits, args.device)
     print(format_report(report, "gallery model (paragon) vs raw pixels"), flush=True)
