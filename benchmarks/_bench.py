@@ -24,6 +24,7 @@ from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
+STORED_PARAGON = HERE / "assets" / "paragon-stored.pt"  # paragon.py writes it; committed (a few MB)
 
 log = logging.getLogger("edgequery.benchmarks")
 
@@ -132,15 +133,40 @@ def paragon_spec(n_train: int | None = None, n_query: int = 1000, n_gallery: int
     return DataSpec(resolution=resolution, n_train=n_train, n_query=n_query, n_gallery=n_gallery)
 
 
-def paragon_checkpoint(wf, cache: Path, **train) -> Path:
+def paragon_checkpoint(wf, cache: Path, stored: bool = True, **train) -> Path:
     """The gallery recipe trained on ``wf``'s data (``train``: TrainConfig fields changed from the
     recipe; ``None`` values keep the recipe's), trained, resumed or reused through the workflow in
-    ``cache`` (``paragon.py`` makes the full one; every benchmark asking for it shares the file)."""
+    ``cache`` (``paragon.py`` makes the full one; every benchmark asking for it shares the file).
+
+    With ``stored`` and no such file in ``cache``, the committed stored paragon
+    (:data:`STORED_PARAGON`: that model's embeddings of the validation and test images and its
+    classifier, see :mod:`edgequery.models.stored`) is used when it was made from exactly this
+    model - so a benchmark on a new machine does not retrain ResNet-101 for two hours first."""
     from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 
     train = {k: v for k, v in train.items() if v is not None}
     settings = {**GALLERY_MODEL, **GALLERY_TRAIN, "seed": 0, **train}  # seed: TrainConfig's default, named
-    return wf.gallery(cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt", **train)
+    path = cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt"
+    if stored and not path.exists() and stored_paragon_of(path.name):
+        return STORED_PARAGON
+    return wf.gallery(path, **train)
+
+
+def stored_paragon_of(name: str) -> bool:
+    """Whether the committed stored paragon was made from the trained checkpoint called ``name``."""
+    from edgequery.checkpoint import load_checkpoint
+
+    if not STORED_PARAGON.is_file():
+        return False
+    info = load_checkpoint(STORED_PARAGON, "gallery")["stored"]
+    if info["source"] != name:
+        log.info("not using %s: it was made from %s, this run's gallery model is %s (trained here instead)",
+                 STORED_PARAGON.name, info["source"], name)
+        return False
+    log.info("gallery model: the committed stored paragon %s (%s's embeddings of %s, and its classifier); "
+             "`python benchmarks/paragon.py` trains the model itself", STORED_PARAGON,
+             info["source"], ", ".join(f"{n} {k} images" for k, n in info["sets"].items()))
+    return True
 
 
 def seeds(text: str) -> list[int]:

@@ -12,8 +12,12 @@ figures.
     python benchmarks/paragon.py --preset quick   # 2000 images, 20 steps: checks the script end to end
     python benchmarks/paragon.py --device cuda    # the same recipe on a GPU
 
-The other benchmarks take their gallery model from :func:`_bench.paragon_checkpoint`, the
-same cache file, so this training runs once per machine.  A killed run resumes from its
+It also writes the *stored paragon* (``benchmarks/assets/paragon-stored.pt``, committed, a
+few MB): the model's embeddings of every validation, query and gallery image and its
+classifier - all the heterogeneous benchmarks need of it (:mod:`edgequery.models.stored`).
+The other benchmarks take their gallery model from :func:`_bench.paragon_checkpoint`: the
+same cache file, or, on a machine that has not trained it, the stored paragon, so this
+training runs once, not once per machine.  A killed run resumes from its
 last epoch; the checkpoint records every epoch's seconds, so the wall time survives it.
 """
 
@@ -25,7 +29,7 @@ import _bench
 from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 from edgequery.checkpoint import load_checkpoint
 from edgequery.evaluate import format_report, gallery_report
-from edgequery.models import model_from_checkpoint
+from edgequery.models import model_from_checkpoint, store_gallery
 from edgequery.workflow import Workflow
 
 QUICK = {"n_train": 2000, "n_query": 200, "n_gallery": 1000, "steps": 20}
@@ -42,14 +46,21 @@ def main(argv: list[str] | None = None) -> Path:
     g.add_argument("--random-erasing", type=float, default=None, metavar="P",
                    help="share of training images given a random-erasing rectangle (default: the recipe's)")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--store", type=Path, default=None,
+                   help="where the stored paragon goes: its embeddings of the val, query and gallery images and "
+                        f"its classifier (default: {_bench.STORED_PARAGON.relative_to(_bench.HERE.parent)} for the "
+                        "full run, the --out-dir otherwise)")
     args = _bench.parse(ap, argv)
     prov = _bench.start(args)
 
     wf = Workflow(_bench.paragon_spec(args.n_train, args.n_query, args.n_gallery), args.device)
-    path = _bench.paragon_checkpoint(wf, args.cache, steps=args.steps, seed=args.seed,
+    path = _bench.paragon_checkpoint(wf, args.cache, stored=False, steps=args.steps, seed=args.seed,
                                      random_erasing=args.random_erasing)
     ckpt = load_checkpoint(path, "gallery")
-    report = gallery_report(model_from_checkpoint(ckpt), wf.splits, args.device)
+    store = args.store or (_bench.STORED_PARAGON if args.preset == "full" else Path(args.out_dir) / "paragon-stored.pt")
+    stored = write_stored(path, wf.splits, store, args.device)
+    # the figures from the stored embeddings: the model's, computed once (write_stored checked them)
+    report = gallery_report(model_from_checkpoint(load_checkpoint(store, "gallery")), wf.splits)
     print(format_report(report, "gallery model (paragon) vs raw pixels"), flush=True)
     history = ckpt["train"]["history"]
     body = {
@@ -63,10 +74,30 @@ def main(argv: list[str] | None = None) -> Path:
         "recall_at_1": report["paragon"]["recall@1"],
         "recall_at_1_ci95": report["paragon"]["recall@1_ci95"],
         **{k: report[k] for k in ("paragon", "baselines", "sizes", "warnings")},
+        "stored": stored,
         "goal": {"recall_at_1_ge": 0.90, "met": report["paragon"]["recall@1"] >= 0.90},
         "stages": wf.stages,
     }
     return _bench.write(args, "paragon", body, prov, notes=report["warnings"])
+
+
+def write_stored(path: Path, splits, out: Path, device: str, check: int = 256) -> dict:
+    """Write the stored paragon (the model's embeddings of every val, query and gallery image, and its
+    classifier), check ``check`` of its rows against the model run again; its entry in paragon.json."""
+    import torch
+
+    from edgequery.evaluate import embed
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ck = store_gallery(path, {"val": splits.val, "query": splits.query, "gallery": splits.gallery}, out, device)
+    sample = splits.gallery.subset(torch.randperm(len(splits.gallery), generator=torch.Generator().manual_seed(0))[:check])
+    model, stored = (model_from_checkpoint(load_checkpoint(p, "gallery")) for p in (path, out))
+    if not torch.equal(embed(model, sample, splits.spec, device=device), embed(stored, sample, splits.spec)):
+        raise SystemExit(f"the stored paragon {out} does not hold what the model computes (a bug)")
+    where = out.relative_to(_bench.HERE.parent) if out.is_relative_to(_bench.HERE.parent) else out
+    return {"path": str(where), "bytes": out.stat().st_size, "images": ck["stored"]["images"],
+            "sets": ck["stored"]["sets"], "source": ck["stored"]["source"],
+            "checked": f"{len(sample)} gallery images re-embedded by the model: identical"}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ format rule - is :class:`edgequery.artifacts.checkpoint.CheckpointMeta`; both
                     they were trained against (``None`` when trained without BCT)
 ``data``            the :class:`~edgequery.data.DataSpec` the model was trained on
 ``train``           progress (epoch, complete), config, history, optimizer/scheduler state
+``stored``          only in a *stored gallery* (:mod:`edgequery.models.stored`): which images'
+                    embeddings it holds instead of a trunk; its ``model_version`` is that of
+                    the model they were computed with
 
 Writes are atomic (temporary file + rename), so a killed run leaves either the previous
 checkpoint or the new one, never half a file.  Whether a query checkpoint belongs with a
@@ -69,7 +72,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> dict[st
     payload = dict(payload)
     payload.update(format=FORMAT, format_version=FORMAT_VERSION, edgequery_version=__version__,
                    saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    payload["model_version"] = state_hash(payload["state_dict"])
+    stored = payload.get("stored")  # a stored gallery keeps the version of the model it was computed with
+    payload["model_version"] = stored["source_state_hash"] if stored else state_hash(payload["state_dict"])
     data = checkpoint_meta(payload, f"the checkpoint to write to {path}").to_payload()
     atomic_write(path, lambda tmp: torch.save(data, tmp))
     return data

@@ -16,6 +16,7 @@ from torch import nn
 from .data import DataSpec, ImageSet, Splits, to_model_input
 from .log import progress
 from .metrics import compatibility_report, retrieval_metrics
+from .models.stored import StoredGallery
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ def embed(model: nn.Module, images: ImageSet | torch.Tensor, spec: DataSpec, bat
     """Embeddings (float32, CPU) of uint8 images, in batches, model in eval mode.
 
     ``show_progress=False`` for the many small embeddings of a search (no bar, no log line).
+    A :class:`~edgequery.models.StoredGallery` returns its stored rows.
     """
     raw = images.images if isinstance(images, ImageSet) else images
+    if isinstance(model, StoredGallery):  # its outputs are stored: looked up, not computed
+        return model.lookup(raw)
     was_training = model.training
     model.eval().to(device)
     out = []

@@ -199,10 +199,11 @@ def test_a_claim_between_seeds_holds_only_outside_every_ci(bench):
             bench.seeds(bad)
 
 
-def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path):
+def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatch):
     """paragon.py, bct_compat.py and the rest name the gallery recipe's checkpoint alike, so it trains once."""
     from edgequery.artifacts.checkpoint import GALLERY_TRAIN
 
+    monkeypatch.setattr(bench, "STORED_PARAGON", tmp_path / "no-stored-paragon.pt")
     asked = []
 
     class Recorder:
@@ -221,6 +222,39 @@ def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path):
     ap = bench.parser("doc", {})
     bench.add_bct_args(ap)
     assert bench.bct_spec(ap.parse_args([])) == bench.paragon_spec(), "bct_compat's full run is the paragon's data"
+
+
+def test_the_benchmarks_take_the_stored_paragon_only_when_it_is_this_model(bench, tmp_path, monkeypatch,
+                                                                           tiny_gallery, tiny_splits):
+    """Without the trained model in the cache, a benchmark takes the committed stored paragon - if it was
+    made from the very checkpoint the benchmark asks for (its file name holds the data and recipe)."""
+    import shutil
+
+    from edgequery.models import store_gallery
+
+    asked = []
+
+    class Recorder:
+        spec = bench.paragon_spec()
+
+        def gallery(self, path, **train):
+            asked.append(path)
+            return path
+
+    monkeypatch.setattr(bench, "STORED_PARAGON", tmp_path / "assets" / "paragon-stored.pt")
+    cache, made = tmp_path / "cache", tmp_path / "made"
+    made.mkdir()
+    name = bench.paragon_checkpoint(Recorder(), cache).name  # nothing stored yet: the workflow is asked
+    assert asked == [cache / name]
+    bench.STORED_PARAGON.parent.mkdir()
+    store_gallery(shutil.copy(tiny_gallery, made / name), {"query": tiny_splits.query}, bench.STORED_PARAGON)
+    assert bench.paragon_checkpoint(Recorder(), cache) == bench.STORED_PARAGON and len(asked) == 1
+    assert bench.paragon_checkpoint(Recorder(), cache, steps=7) != bench.STORED_PARAGON, "another recipe"
+    assert bench.paragon_checkpoint(Recorder(), cache, stored=False) == cache / name, "paragon.py trains"
+    cache.mkdir()
+    shutil.copy(tiny_gallery, cache / name)
+    assert bench.paragon_checkpoint(Recorder(), cache) == cache / name, "the trained model, where there is one"
+    assert len(asked) == 4
 
 
 @pytest.mark.slow

@@ -159,6 +159,18 @@ class Sampling(Strict):
     distill: float = 0.0      # in-place distillation weight (sandwich only): towards the largest arch's embedding
 
 
+class StoredInfo(Strict):
+    """A *stored gallery*: a gallery model's embeddings of known images and its classifier, without
+    its trunk (:mod:`edgequery.models.stored`).  Its ``model_version`` is the model's it came from;
+    the embeddings (``stored.embeddings``) and image keys (``stored.keys``) ride in ``state_dict``."""
+
+    images: int = Field(ge=1)                # distinct images with a stored embedding
+    sets: dict[str, int]                     # the image sets stored, and their sizes (e.g. val, test)
+    source: str                              # the checkpoint (file name) the embeddings were computed with
+    source_state_hash: str                   # its state_dict's hash (= its model_version)
+    stored_at: str
+
+
 class CheckpointMeta(Artifact):
     """Everything a checkpoint holds but its tensors (which ride along as opaque fields)."""
 
@@ -178,6 +190,7 @@ class CheckpointMeta(Artifact):
     sampling: Sampling | None = None
     reference_gallery: str | None = None  # the gallery trained against (with or without BCT)
     train: TrainState | None = None
+    stored: StoredInfo | None = None      # a stored gallery (embeddings + classifier, no trunk)
     edgequery_version: str | None = None
     saved_at: str | None = None
     state_dict: Any = Field(exclude=True, repr=False)   # opaque: the weights

@@ -43,6 +43,10 @@ class GalleryService:
         self.gallery_info = {"arch": gallery["model"]["arch"], "model_version": gallery["model_version"],
                              "embed_dim": gallery["model"]["embed_dim"], "checkpoint": public_name(gallery_path)}
         self.classes: list[str] = list(store.meta("classes", gallery.get("classes") or []))
+        if gallery.get("stored"):
+            raise EdgeQueryError(f"{gallery_path} is a stored gallery (embeddings of known images, no trunk): "
+                                 "the server could not embed uploaded images with it",
+                                 "serve with the trained gallery checkpoint it was made from")
         self.model = model_from_checkpoint(gallery).to(device)
 
     def embed(self, images: list[torch.Tensor]) -> np.ndarray:

@@ -9,7 +9,8 @@ space, so every stage builds nets the same way.
 from .heads import CosineClassifier, EmbeddingNet
 from .zoo import (BASELINE_ARCHS, build_embedding_net, build_trunk, load_pretrained_trunk, model_from_checkpoint,
                   model_spec)
+from .stored import StoredGallery, store_gallery
 
 __all__ = ["CosineClassifier", "EmbeddingNet", "BASELINE_ARCHS", "build_embedding_net", "build_trunk",
            "load_pretrained_trunk",
-           "model_from_checkpoint", "model_spec"]
+           "model_from_checkpoint", "model_spec", "StoredGallery", "store_gallery"]

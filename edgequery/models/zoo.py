@@ -161,12 +161,17 @@ def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0,
 
 
 def model_from_checkpoint(ckpt: dict) -> EmbeddingNet:
-    """Rebuild the embedding net a gallery or query checkpoint holds (eval mode).
+    """Rebuild the embedding net a gallery or query checkpoint holds (eval mode); a stored gallery
+    (:mod:`.stored`) gives its :class:`~.stored.StoredGallery`.
 
     A search-space arch is rebuilt in the space stored with it (``model.space``); only a
     checkpoint dict without one (format 1, not read through ``load_checkpoint``) falls
     back to the default space.
     """
+    if ckpt.get("stored"):  # a stored gallery: its embeddings of known images and its classifier, no trunk
+        from .stored import StoredGallery
+
+        return StoredGallery.from_checkpoint(ckpt)
     spec = ckpt["model"]
     net = build_embedding_net(spec["arch"], spec["embed_dim"], spec["num_classes"],
                               scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0), space=spec.get("space"))
