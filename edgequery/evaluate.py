@@ -49,11 +49,15 @@ def raw_pixel_baseline(splits: Splits) -> dict[str, Any]:
     The floor every trained model must clear on this split: a gallery model below it has
     learnt less than the pixels already say.
     """
+    return raw_pixel_knn(splits.query, splits.gallery)
+
+
+def raw_pixel_knn(queries: ImageSet, gallery: ImageSet) -> dict[str, Any]:
+    """:func:`raw_pixel_baseline` for any query and gallery images."""
     def flat(images: ImageSet) -> torch.Tensor:
         return torch.nn.functional.normalize(images.images.flatten(1).float(), dim=1)
 
-    return retrieval_metrics(flat(splits.query), splits.query.labels, flat(splits.gallery), splits.gallery.labels,
-                             ci=True)
+    return retrieval_metrics(flat(queries), queries.labels, flat(gallery), gallery.labels, ci=True)
 
 
 def baseline_warnings(report: dict[str, Any]) -> list[str]:

@@ -297,6 +297,11 @@ def test_export_writes_checked_files_and_a_card(trained, exported):
             assert e["parity"]["centred_cosine_min"] >= 0.999
             # and so they retrieve what PyTorch retrieves (one query of 50 may flip on a near-tie)
             assert abs(e["retrieval"]["recall@1"] - card["retrieval"]["pytorch"]["recall@1"]) <= 0.02 + 1e-9
+    r = card["retrieval"]  # every Recall@1 with its interval, beside the paragon's and raw pixels' on the same split
+    for fig in (r["pytorch"], r["paragon"], r["baselines"]["raw_pixel_knn"], *(e["retrieval"] for e in card["files"])):
+        lo, hi = fig["recall@1_ci95"]
+        assert 0.0 <= lo <= fig["recall@1"] <= hi <= 1.0 and len(fig["map@r_ci95"]) == 2
+    assert r["paragon"]["recall@1"] != r["baselines"]["raw_pixel_knn"]["recall@1"] or r["queries"] < 10
     by = {e["file"]: e for e in card["files"]}
     assert by["query_encoder_nhwc.tflite"]["io"]["input"]["shape"] == [1, 32, 32, 3]
     assert by["query_encoder.tflite"]["io"]["input"]["shape"] == [1, 3, 32, 32]

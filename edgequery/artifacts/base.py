@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
 from ..errors import EdgeQueryError
 from ..files import read_json, write_json
@@ -28,9 +28,22 @@ A = TypeVar("A", bound="Artifact")
 
 
 class Strict(BaseModel):
-    """A schema part that refuses unknown keys."""
+    """A schema part that refuses unknown keys.
+
+    Fields named in ``WRITTEN_WHEN_SET`` are left out of the written data while they are
+    ``None``: a field added later keeps files written before it reading back key for key.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_later_fields(self, handler):
+        data = handler(self)
+        for name in self.WRITTEN_WHEN_SET:
+            if isinstance(data, dict) and name in data and data[name] is None:
+                del data[name]
+        return data
 
 
 class Compat(Strict):

@@ -127,7 +127,11 @@ class RetrievalProtocol(Strict):
     gallery: GalleryInfo
     queries: int
     gallery_images: int
-    pytorch: dict[str, float]                  # recall@1, recall@10, map@r of the PyTorch checkpoint
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("paragon", "baselines")
+
+    pytorch: dict[str, Any]                    # recall@1 (+ _ci95), recall@10, map@r (+ _ci95) of the PyTorch checkpoint
+    paragon: dict[str, Any] | None = None      # the same figures of the gallery model on both sides
+    baselines: dict[str, Any] | None = None    # raw_pixel_knn: the same figures of cosine kNN on raw pixels
 
 
 class ParityProtocol(Strict):

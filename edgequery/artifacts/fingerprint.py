@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import model_serializer
-
 from .base import Strict
 
 
@@ -34,14 +32,7 @@ class Fingerprint(Strict):
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("cpu", "cores", "machine", "isa", "caches", "os", "kernel",
                                            "device_model", "runtime", "runtime_version", "threads", "emulated")
-
-    @model_serializer(mode="wrap")
-    def _drop_unemulated(self, handler):
-        """``emulated`` is written only when set: a real device's fingerprint reads as it did before the field."""
-        data = handler(self)
-        if data.get("emulated", "") is None:
-            del data["emulated"]
-        return data
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("emulated",)  # a real device's reads as before the field
 
     def differences(self, other: "Fingerprint") -> list[str]:
         """``["cpu: 'A' vs 'B'", ...]`` for every identity field that differs (empty: the same device)."""
