@@ -8,7 +8,10 @@ error, Spearman rho - uncalibrated, calibrated out of sample (5-fold: each net p
 by a line fitted on the other folds) and calibrated on only 10 nets (the curve over 0, 5,
 10, 20 calibration nets, each scored on the nets it was not fitted on).  Every net is
 timed twice, in two separate passes: how often the passes agree is the *noise ceiling*,
-the best any table can do on this machine; the goal counts as met within 2 points of it.  The calibration fitted on all N is
+the best any table can do on this machine; the goal counts as met within 2 points of it.
+With ``--interleave`` (the default) the nets' blocks are timed again in the same passes, each
+net followed by its blocks: ``same_session`` scores the table made of those timings, so drift
+between building the table and timing the nets is told apart from the table's own error.  The calibration fitted on all N is
 stored in the LUT, which is written to ``--out-dir`` for the search to use
 (``search_ablation.py`` reads ``lut-local-litert-r32.json`` there).
 
@@ -31,6 +34,7 @@ average before and after each phase.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -56,13 +60,14 @@ def space_at(args, res: int):
 
 def lut_name(args, runtime: str, res: int) -> str:
     options = parse_space_options(args.space_option)
-    return f"lut-{args.device}-{runtime}-r{res}" + (f"-{_bench.digest(options)}" if options else "") + ".json"
+    return (f"lut-{args.device}-{runtime}-r{res}" + (f"-flush{args.flush_kb}k" if args.flush_kb else "")
+            + (f"-{_bench.digest(options)}" if options else "") + ".json")
 
 
 def run_one(runtime: str, res: int, args, wf: Workflow) -> dict:
     space = space_at(args, res)
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
-                        rounds=args.rounds)
+                        rounds=args.rounds, flush_kb=args.flush_kb)
     out = Path(args.out_dir) / lut_name(args, runtime, res)
     workdir = Path(args.cache) / out.stem
     if args.force and out.exists():
@@ -74,7 +79,8 @@ def run_one(runtime: str, res: int, args, wf: Workflow) -> dict:
     lut = load_lut(out, space=space)
     with wf.stage(f"validate_{runtime}_r{res}"):
         report = validate(lut, space, parse_device(args.device), n=args.n, seed=args.seed, calibrate=True,
-                          protocol=protocol, workdir=workdir, jobs=args.jobs, noise_rounds=True)
+                          protocol=protocol, workdir=workdir, jobs=args.jobs, noise_rounds=True,
+                          interleave=args.interleave)
     report.pop("lut", None)
     report["goal"] = goal_verdict(report)
     return {"runtime": runtime, "resolution": res, "lut_file": out.name, "space": space.config(),
@@ -134,8 +140,13 @@ def parse(argv: list[str] | None):
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--min-seconds", type=float, default=0.1)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--flush-kb", type=int, default=0, metavar="KIB",
+                   help="cold-cache protocol: write over this many KiB before each timed run (0: off)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-measure the LUTs")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the nets' blocks again beside the nets, in the same passes, and score the table made "
+                        "of those timings too (same_session; default on)")
     p.add_argument("--refit", action="store_true",
                    help="time nothing: re-fit the calibration on the measurements stored in lut_accuracy.json")
     return _bench.parse(p, argv)
@@ -176,10 +187,15 @@ def main(argv: list[str] | None = None) -> Path:
                  f"uncalibrated: {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%, MAPE {u['mape_pct']:.1f}%, "
                  f"rho {u['spearman_rho']:.3f} | calibrated CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
                  f"{c.get('within_10pct', float('nan')):.0%} ±10%, MAPE {c.get('mape_pct', float('nan')):.1f}%")
-        for label, key in (("calibrated on 10 nets", "calibrated_10_nets"), ("noise ceiling", "noise_ceiling")):
-            if key in r:
-                log.info(f"{'':17s} {label}: {r[key]['within_5pct']:.0%} ±5%, {r[key]['within_10pct']:.0%} ±10%, "
-                         f"MAPE {r[key]['mape_pct']:.1f}%")
+        session = r.get("same_session", {})
+        for label, key, part in (("calibrated on 10 nets", "calibrated_10_nets", r),
+                                 ("noise ceiling", "noise_ceiling", r),
+                                 ("same-session blocks, uncalibrated", "uncalibrated", session),
+                                 ("same-session blocks, 10 nets", "calibrated_10_nets", session)):
+            if key in part:
+                fig = part[key]
+                log.info(f"{'':17s} {label}: {fig['within_5pct']:.0%} ±5%, {fig['within_10pct']:.0%} ±10%, "
+                         f"MAPE {fig['mape_pct']:.1f}%")
         log.info(f"{'':17s} goal met: {r.get('goal', {}).get('met')}")
     return out
 

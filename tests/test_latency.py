@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +161,13 @@ def test_local_profile_and_validate_other_runtimes(tmp_path, runtime):
 def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
     path = copy_lut(onnx_lut, tmp_path / "lut.json")
     rc = main(["profile", "validate", "--lut", str(path), "--n", "3", "--calibrate", "--runs", "5",
-               "--min-seconds", "0", "--rounds", "1", "--jobs", "1", "--noise-ceiling"])
+               "--min-seconds", "0", "--rounds", "1", "--jobs", "1", "--noise-ceiling", "--interleave"])
     assert rc == 0
     report = json.loads((tmp_path / "lut.validation.json").read_text())
+    session = report["same_session"]  # the nets' blocks timed again beside them
+    distinct = {b.key for a in report["nets"] for b in tiny_space().blocks(tiny_space().parse(a["arch"]))}
+    assert session["blocks_timed"] == len(distinct) and len(session["raw_ms"]) == 3 and session["overhead_ms"] > 0
+    assert 0.3 < session["table_over_session_block_median"] < 3 and session["uncalibrated"]["n"] == 3
     assert report["n"] == 3 and {"within_5pct", "within_10pct", "mape_pct", "spearman_rho"} <= set(
         report["uncalibrated"])
     assert report["calibrated_in_sample"]["n"] == 3 and "calibrated_cross_validated" not in report  # from 10 on
@@ -171,6 +176,32 @@ def test_validate_reports_accuracy_and_stores_calibration(onnx_lut, tmp_path):
     cal = load_lut(path).calibration
     assert cal.fitted_on == 3 and cal.device == "local" and cal.notes == []
     assert cal.model_dump(mode="json") == report["calibration"]
+
+
+def test_interleaving_puts_each_net_next_to_its_blocks():
+    from edgequery.latency.validation import interleaved_order
+
+    order = interleaved_order(["n1", "n2", "n3"], [["a", "b"], ["b", "c", "c"], ["a"]], first=["identity"])
+    assert order == ["identity", "n1", "a", "b", "n2", "c", "n3"]  # every file once, each net before its new blocks
+
+
+@pytest.mark.slow
+def test_the_cold_cache_protocol_flushes_before_every_timed_run_and_is_recorded(onnx_lut, tmp_path):
+    from edgequery.runtimes import agent
+
+    order = []
+    times = agent.time_call(lambda: order.append("call"), runs=3, min_seconds=0, flush=lambda: order.append("flush"))
+    assert len(times) == 3 and order == ["flush", "call"] * 3
+    assert agent.cache_flusher(0) is None
+    out = tmp_path / "lut-cold.json"
+    shutil.copytree(work_of(onnx_lut.path), work_of(out))  # the same block files, timed again
+    cold = profile(tiny_space(), [24], parse_device("local"), "onnxruntime", replace(FAST, flush_kb=2048), out)
+    assert cold.complete and cold.protocol.flush_kb == 2048 and Protocol.of(load_lut(out)).flush_kb == 2048
+    assert "flush_kb" not in json.loads(onnx_lut.path.read_text())["protocol"]  # a warm table reads as before
+    assert Protocol.of(onnx_lut).flush_kb == 0
+    warm = copy_lut(onnx_lut, tmp_path / "warm.json")
+    with pytest.raises(EdgeQueryError, match="other settings .*flush_kb: None vs 2048"):
+        profile(tiny_space(), [24], parse_device("local"), "onnxruntime", replace(FAST, flush_kb=2048), warm)
 
 
 def test_calibration_scores_cross_validate_from_ten_nets(onnx_lut):

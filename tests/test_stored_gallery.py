@@ -48,6 +48,7 @@ def test_a_stored_gallery_refuses_what_it_cannot_do(stored, tiny_gallery, tiny_s
         store_gallery(tiny_gallery, {"query": tiny_splits.query.subset(torch.arange(0))}, tmp_path / "none.pt")
 
 
+@pytest.mark.slow
 def test_bct_against_a_stored_gallery_trains_and_scores_as_against_the_model(stored, tiny_gallery, tiny_splits,
                                                                               tmp_path):
     from edgequery.recipes import train_query
@@ -66,6 +67,7 @@ def test_bct_against_a_stored_gallery_trains_and_scores_as_against_the_model(sto
     assert ra == rb
 
 
+@pytest.mark.slow
 def test_the_server_refuses_a_stored_gallery(stored, tiny_index, tmp_path):
     import shutil
 

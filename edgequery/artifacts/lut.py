@@ -46,12 +46,15 @@ class TimingStats(Strict):
 class TimingProtocol(Strict):
     """How every file of the table was timed."""
 
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("flush_kb",)
+
     batch: int = 1
     threads: int
     warmup: int
     runs: int
     min_seconds: float
     rounds: int = 1
+    flush_kb: int | None = None   # KiB written over before each timed run (cold caches); unset: none
     statistic: str
     spread: str
     timed: str

@@ -52,6 +52,9 @@ def _add_protocol(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     g.add_argument("--min-seconds", type=float, default=d(0.1), help="and at least this long of timed runs")
     g.add_argument("--rounds", type=int, default=d(3),
                    help="rounds over all files (the lowest round median is kept: load only adds time)")
+    g.add_argument("--flush-kb", type=int, default=d(0), metavar="KIB",
+                   help="write over this many KiB before each timed run, so every run starts with cold caches "
+                        "as a single query on a phone does (e.g. 2x the L2 size; 0: off; not on adb)")
 
 
 def _add_device(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -95,6 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--noise-ceiling", action="store_true",
                    help="time every net a second time, in a separate pass, and report how often the two passes "
                         "agree within +-5%% / +-10%%: no table can predict this device better than it repeats")
+    v.add_argument("--interleave", action="store_true",
+                   help="time the nets' blocks again in the same passes, each net followed by its blocks, and "
+                        "score the table rebuilt from them too (same_session): tells drift since the table was "
+                        "built from what the table itself gets wrong")
     _add_device(v, None)
     v.add_argument("--report", help="write the report JSON here (default <lut>.validation.json)")
     v.add_argument("--jobs", type=int, default=2, help="processes converting the nets (timing is sequential)")
@@ -141,7 +148,7 @@ def run_profile(args: argparse.Namespace) -> int:
     space = _space(args)
     out = args.out or f"lut-{device.name}-{args.runtime}.json"
     lut = profile(space, _resolutions(args.resolution, space), device, args.runtime,
-                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds), out,
+                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds, args.flush_kb), out,
                   embed_dim=args.embed_dim, jobs=args.jobs, force=args.force,
                   allow_other_device=args.allow_other_device)
     print(summary(lut, top=5))
@@ -165,6 +172,12 @@ def _print_validation(report: dict, lut_path: str) -> None:
         c = report["noise_ceiling"]
         print(f"  noise ceiling (the same nets timed twice): {c['within_5pct']:.0%} agree within +-5%, "
               f"{c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%")
+    if "same_session" in report:
+        c = report["same_session"]
+        u = c["uncalibrated"]
+        print(f"  blocks timed in the same session ({c['blocks_timed']} blocks; stored table / session median "
+              f"{c['table_over_session_block_median']:.3f}): uncalibrated {u['within_5pct']:.0%} within +-5%, "
+              f"{u['within_10pct']:.0%} within +-10%, MAPE {u['mape_pct']:.2f}%")
     if "calibrated_in_sample" in report:
         c, cal = report["calibrated_in_sample"], report["calibration"]
         print(f"  calibrated (in-sample, scale {cal['scale']:.4f}, offset {cal['offset_ms']:+.4f} ms): "
@@ -185,9 +198,10 @@ def run_validate(args: argparse.Namespace) -> int:
     space = space_from_config(lut.space_config)
     device = parse_device(args.device or lut.device, benchmark_binary=args.benchmark_binary)
     protocol = Protocol.of(lut, threads=args.threads, warmup=args.warmup, runs=args.runs,
-                           min_seconds=args.min_seconds, rounds=args.rounds)
+                           min_seconds=args.min_seconds, rounds=args.rounds, flush_kb=args.flush_kb)
     report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
-                      jobs=args.jobs, allow_other_device=args.allow_other_device, noise_rounds=args.noise_ceiling)
+                      jobs=args.jobs, allow_other_device=args.allow_other_device, noise_rounds=args.noise_ceiling,
+                      interleave=args.interleave)
     path = args.report or str(Path(args.lut).with_suffix("")) + ".validation.json"
     write_json(path, report)
     _print_validation(report, args.lut)

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 16
 IDENTITY = "identity"
-KNOBS = ("threads", "warmup", "runs", "min_seconds", "rounds")
+KNOBS = ("threads", "warmup", "runs", "min_seconds", "rounds", "flush_kb")
 
 
 @dataclass
@@ -58,11 +58,14 @@ class Protocol:
     runs: int = 50
     min_seconds: float = 0.1
     rounds: int = 3
+    flush_kb: int = 0   # > 0: the agent writes over this many KiB before each timed run (cold caches)
 
     def check(self) -> "Protocol":
-        if self.threads < 1 or self.warmup < 0 or self.runs < 1 or self.min_seconds < 0 or self.rounds < 1:
+        if (self.threads < 1 or self.warmup < 0 or self.runs < 1 or self.min_seconds < 0 or self.rounds < 1
+                or self.flush_kb < 0):
             raise EdgeQueryError(f"bad timing protocol {self}", "threads >= 1, warmup >= 0, runs >= 1 (50 or more "
-                                                               "recommended), min-seconds >= 0, rounds >= 1")
+                                                               "recommended), min-seconds >= 0, rounds >= 1, "
+                                                               "flush-kb >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,12 +74,14 @@ class Protocol:
     @classmethod
     def of(cls, lut: LUT, **changes: Any) -> "Protocol":
         """The protocol ``lut`` was measured with; ``changes`` that are not None override it."""
-        return cls(**{**{k: getattr(lut.protocol, k) for k in KNOBS},
+        return cls(**{**{k: getattr(lut.protocol, k) or 0 if k == "flush_kb" else getattr(lut.protocol, k)
+                         for k in KNOBS},
                       **{k: v for k, v in changes.items() if v is not None}}).check()
 
     def record(self, device: Device) -> TimingProtocol:
         """The protocol as the LUT file states it (with what ``device``'s statistics are)."""
-        return TimingProtocol(batch=1, **self.to_dict(), statistic=device.statistic, spread=device.spread,
+        return TimingProtocol(batch=1, **{**self.to_dict(), "flush_kb": self.flush_kb or None},
+                              statistic=device.statistic, spread=device.spread,
                               timed="invoke only, input bound once; per-invocation overhead from an identity model",
                               clock=device.clock)
 

@@ -188,7 +188,8 @@ def _request(folder: Path, models: Sequence[str], runtime: str, protocol: dict) 
     req = folder / "request.json"
     req.write_text(json.dumps({"runtime": runtime, "threads": protocol["threads"], "warmup": protocol["warmup"],
                                "runs": protocol["runs"], "min_seconds": protocol["min_seconds"],
-                               "rounds": protocol.get("rounds", 1), "models": list(models)}))
+                               "rounds": protocol.get("rounds", 1), "flush_kb": protocol.get("flush_kb", 0),
+                               "models": list(models)}))
     return req
 
 
@@ -492,6 +493,9 @@ class AdbDevice(Device):
                            threads=int(threads))
 
     def time_models(self, folder, models, runtime, protocol):
+        if protocol.get("flush_kb"):
+            raise EdgeQueryError("benchmark_model (the adb device's timer) cannot flush caches between runs",
+                                 "profile the phone without --flush-kb")
         self._prepare(runtime)
         pin = f"taskset {self.cpumask} " if self.cpumask else ""
         remote = {m: self._push(folder / m, m.replace("/", "_")) for m in models}

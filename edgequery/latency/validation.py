@@ -31,7 +31,8 @@ import numpy as np
 from ..artifacts.compat import check_compatible
 from ..artifacts.lut import Calibration, OtherDeviceUse
 from ..errors import EdgeQueryError
-from .build import Protocol, export_nets, time_files, work_folder
+from .blocks import RUNTIME_SUFFIX
+from .build import IDENTITY, Protocol, export_blocks, export_nets, file_name, time_files, work_folder
 from .devices import Device
 from .lut import LUT, now, restricted_space
 
@@ -175,14 +176,49 @@ def _check_device(lut: LUT, device: Device, protocol: Protocol, allow_other_devi
     return fingerprint.model_dump(mode="json"), notes
 
 
+def interleaved_order(nets: Sequence[str], blocks_of: Sequence[Sequence[str]], first: Sequence[str] = ()) -> list[str]:
+    """``first``, then each net followed by those of its block files not listed yet: timed in this
+    order, in chunks, every net and its blocks share an agent session or sit next to each other."""
+    order, seen = list(first), set(first)
+    for net, blocks in zip(nets, blocks_of):
+        for name in (net, *blocks):
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+    return order
+
+
+def same_session(lut: LUT, sub, archs: Sequence, timed: dict, measured: Sequence[float]) -> dict[str, Any]:
+    """The table rebuilt from the block timings of the validation's own session, scored on its nets."""
+    ident = timed[IDENTITY + RUNTIME_SUFFIX[lut.runtime]].median_ms
+    block = {b.key: timed[file_name(b.key, lut.runtime)].median_ms for a in archs for b in sub.blocks(a, lut.embed_dim)}
+    raw = [ident + sum(block[b.key] - ident for b in sub.blocks(a, lut.embed_dim)) for a in archs]
+    ratio = [lut.block_ms(k) / ms for k, ms in block.items() if ms > 0]
+    out = {"blocks_timed": len(block), "overhead_ms": ident, "raw_ms": [round(r, 5) for r in raw],
+           "table_over_session_block_median": round(float(np.median(ratio)), 4), "uncalibrated": accuracy(raw, measured)}
+    if len(raw) >= 10:
+        out["calibrated_cross_validated"] = cross_validated(raw, measured)
+        curve = calibration_curve(raw, measured)
+        out["calibration_curve"] = curve
+        if "10" in curve:
+            out["calibrated_10_nets"] = curve["10"]
+    return out
+
+
 def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
              protocol: Protocol | None = None, workdir: str | Path | None = None, jobs: int = 1,
-             allow_other_device: bool = False, noise_rounds: bool = False) -> dict[str, Any]:
+             allow_other_device: bool = False, noise_rounds: bool = False,
+             interleave: bool = False) -> dict[str, Any]:
     """Measure ``n`` random whole nets and compare with ``lut``'s predictions (see the module docstring).
 
     With ``noise_rounds`` every net is timed twice, in two separate passes over all of them, and
     the report's ``noise_ceiling`` says how often the passes agree; the nets' figures are the
     first pass's.
+
+    With ``interleave`` the blocks of those nets (and the identity model) are timed again, in the
+    same passes, each net followed by its blocks (:func:`interleaved_order`): whatever the machine
+    does during the validation hits both alike.  The report's ``same_session`` scores the table
+    rebuilt from those block timings, beside the stored table's figures.
 
     With ``calibrate`` the fitted correction is stored in ``lut`` (and saved to its file);
     the report then holds the figures before *and* after it.  Fitting and scoring on the
@@ -204,8 +240,15 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
     try:
         fingerprint, notes = _check_device(lut, device, protocol, allow_other_device, calibrate)
         names = export_nets(archs, lut.runtime, folder, lut.embed_dim, jobs, space=sub)
-        timed = time_files(device, folder, names, lut.runtime, protocol, desc="time nets")
-        again = time_files(device, folder, names, lut.runtime, protocol, desc="time nets again") if noise_rounds else None
+        order = names
+        if interleave:
+            used = list({b.key: b for a in archs for b in sub.blocks(a, lut.embed_dim)}.values())
+            export_blocks(sub, used, lut.runtime, folder, jobs=jobs)
+            order = interleaved_order(names, [[file_name(b.key, lut.runtime) for b in sub.blocks(a, lut.embed_dim)]
+                                              for a in archs], first=[IDENTITY + RUNTIME_SUFFIX[lut.runtime]])
+        what = "nets and their blocks" if interleave else "nets"
+        timed = time_files(device, folder, order, lut.runtime, protocol, desc=f"time {what}")
+        again = time_files(device, folder, order, lut.runtime, protocol, desc=f"time {what} again") if noise_rounds else None
     finally:
         device.close()
     measured = [timed[name] for name in names]
@@ -227,5 +270,7 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         report["noise_ceiling"] = noise_ceiling(meas, second)
         for net, ms in zip(report["nets"], second):
             net["measured_again_ms"] = ms
+    if interleave:
+        report["same_session"] = same_session(lut, sub, archs, timed, meas)
     report.update(score_calibration(lut, raw, meas, calibrate, device.describe(), notes))
     return report

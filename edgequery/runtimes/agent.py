@@ -14,6 +14,7 @@ The profiler copies it next to the model files and runs::
 
     {"runtime": "litert" | "onnxruntime" | "torch", "threads": 1,
      "warmup": 10, "runs": 50, "min_seconds": 0.1, "rounds": 3,
+     "flush_kb": 0,                                  # > 0: evict caches of that size before each timed run
      "models": ["blocks/0001.tflite", ...]}          # relative to the request file
 
 Output, one JSON object per line, flushed as soon as it is known (so the host can show
@@ -223,16 +224,35 @@ def random_input(shape, dtype, rng):
 # --------------------------------------------------------------------------- the protocol
 
 
-def time_call(call, runs, min_seconds):
-    """Milliseconds of each of >= ``runs`` calls of ``call()`` lasting >= ``min_seconds`` in all."""
+def time_call(call, runs, min_seconds, flush=None):
+    """Milliseconds of each of >= ``runs`` calls of ``call()`` lasting >= ``min_seconds`` in all.
+
+    ``flush`` (untimed) runs before each call: see :func:`cache_flusher`."""
     times = []
     clock = time.perf_counter
     start = clock()
     while len(times) < runs or clock() - start < min_seconds:
+        if flush is not None:
+            flush()
         t0 = clock()
         call()
         times.append((clock() - t0) * 1e3)
     return times
+
+
+def cache_flusher(kib):
+    """A function that writes over ``kib`` KiB of memory (every cache line), or None for 0: called before
+    each timed invocation, it evicts what the model left in caches of that size, so each invocation
+    starts with its weights and input where a cold start finds them, not hot from the previous run."""
+    if not kib:
+        return None
+    import numpy as np
+
+    buf = np.zeros(int(kib) * 1024 // 8)
+
+    def flush():
+        np.add(buf, 1.0, out=buf)
+    return flush
 
 
 def summarise(rounds_ms):
@@ -262,6 +282,7 @@ def run_request(path):
     base = os.path.dirname(os.path.abspath(path))
     warmup, runs = int(req.get("warmup", 10)), int(req.get("runs", 50))
     min_seconds, rounds = float(req.get("min_seconds", 0.1)), max(1, int(req.get("rounds", 1)))
+    flush = cache_flusher(int(req.get("flush_kb") or 0))
     calls, timings = {}, {}
     for model in req["models"]:
         try:
@@ -273,7 +294,7 @@ def run_request(path):
             emit({"type": "error", "model": model, "error": "%s: %s" % (type(exc).__name__, exc)})
     for _ in range(rounds):
         for model, call in calls.items():
-            timings[model].append(time_call(call, runs, min_seconds))
+            timings[model].append(time_call(call, runs, min_seconds, flush))
     for model in calls:
         emit({"type": "result", "model": model, **summarise(timings[model])})
     return 0
