@@ -118,6 +118,17 @@ def noise_ceiling(first: Sequence[float], second: Sequence[float]) -> dict[str, 
     return {k: figures[k] for k in ("n", "within_5pct", "within_10pct", "mape_pct", "mean_error_pct")}
 
 
+def out_of_sample(raw: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """From 10 nets on: the 5-fold cross-validated calibration, the calibration curve and its 10-net point."""
+    if len(raw) < 10:
+        return {}
+    out = {"calibrated_cross_validated": cross_validated(raw, measured),
+           "calibration_curve": calibration_curve(raw, measured)}
+    if "10" in out["calibration_curve"]:
+        out["calibrated_10_nets"] = out["calibration_curve"]["10"]
+    return out
+
+
 def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float], calibrate: bool,
                       device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The calibration figures of a validation from its raw predictions and measurements (no timing here).
@@ -128,11 +139,7 @@ def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float],
     report: dict[str, Any] = {}
     if lut.calibration:
         report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], measured)
-    if len(raw) >= 10:
-        report["calibrated_cross_validated"] = cross_validated(raw, measured)
-        report["calibration_curve"] = calibration_curve(raw, measured)
-        if "10" in report["calibration_curve"]:
-            report["calibrated_10_nets"] = report["calibration_curve"]["10"]
+    report.update(out_of_sample(raw, measured))
     if calibrate:
         lut.calibration = fit_calibration(raw, measured, device, notes)
         if lut.path:
@@ -196,13 +203,7 @@ def same_session(lut: LUT, sub, archs: Sequence, timed: dict, measured: Sequence
     ratio = [lut.block_ms(k) / ms for k, ms in block.items() if ms > 0]
     out = {"blocks_timed": len(block), "overhead_ms": ident, "raw_ms": [round(r, 5) for r in raw],
            "table_over_session_block_median": round(float(np.median(ratio)), 4), "uncalibrated": accuracy(raw, measured)}
-    if len(raw) >= 10:
-        out["calibrated_cross_validated"] = cross_validated(raw, measured)
-        curve = calibration_curve(raw, measured)
-        out["calibration_curve"] = curve
-        if "10" in curve:
-            out["calibrated_10_nets"] = curve["10"]
-    return out
+    return {**out, **out_of_sample(raw, measured)}
 
 
 def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
