@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from torch import nn
 
 from ..errors import EdgeQueryError
 from .heads import CosineClassifier
+
+if TYPE_CHECKING:
+    from ..data import ImageSet
 
 KEY_BYTES = 20  # SHA-1
 
@@ -88,7 +91,7 @@ class StoredGallery(nn.Module):
         return cls(classifier, state["stored.keys"], state["stored.embeddings"], ckpt["stored"]["source"]).eval()
 
 
-def store_gallery(gallery_path: str | Path, sets: Mapping[str, "ImageSet"], out: str | Path,  # noqa: F821
+def store_gallery(gallery_path: str | Path, sets: Mapping[str, ImageSet], out: str | Path,
                   device: str = "cpu") -> dict:
     """Embed ``sets`` (name -> ImageSet) with the trained gallery at ``gallery_path``; write the stored gallery.
 
@@ -108,7 +111,11 @@ def store_gallery(gallery_path: str | Path, sets: Mapping[str, "ImageSet"], out:
     keys, embeddings, seen = [], [], set()
     for name, images in sets.items():
         k = image_keys(images.images)
-        fresh = [i for i, key in enumerate(map(bytes, k)) if key not in seen and not seen.add(key)]
+        fresh = []  # rows of images no earlier set had
+        for i, key in enumerate(map(bytes, k)):
+            if key not in seen:
+                seen.add(key)
+                fresh.append(i)
         if fresh:
             keys.append(k[fresh])
             embeddings.append(embed(model, images.images[fresh], spec, device=device,
