@@ -75,7 +75,8 @@ class StoredGallery(nn.Module):
                 f"the stored gallery ({self.source}) holds: it has no trunk to embed others",
                 "use the trained gallery checkpoint itself (benchmarks/paragon.py trains the benchmarks' one), "
                 "or the data split the stored gallery was made for (its `stored.sets`)")
-        return self.embeddings[torch.as_tensor(rows, dtype=torch.long)].clone()
+        return self.embeddings[torch.as_tensor(rows, dtype=torch.long, device=self.embeddings.device)].to(
+            "cpu", copy=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise EdgeQueryError(f"the stored gallery {self.source} holds embeddings of known images, not a trunk: "
