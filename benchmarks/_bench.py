@@ -25,6 +25,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
 STORED_PARAGON = HERE / "assets" / "paragon-stored.pt"  # paragon.py writes it; committed (a few MB)
+# What the benchmarks' paragon adds to the gallery recipe: random erasing, measured on the full data
+# (paragon.json); `edgequery train gallery` keeps the recipe without it until it is measured on small sets.
+PARAGON_EXTRA = {"random_erasing": 0.5}
 
 log = logging.getLogger("edgequery.benchmarks")
 
@@ -134,8 +137,8 @@ def paragon_spec(n_train: int | None = None, n_query: int = 1000, n_gallery: int
 
 
 def paragon_checkpoint(wf, cache: Path, stored: bool = True, **train) -> Path:
-    """The gallery recipe trained on ``wf``'s data (``train``: TrainConfig fields changed from the
-    recipe; ``None`` values keep the recipe's), trained, resumed or reused through the workflow in
+    """The gallery recipe with :data:`PARAGON_EXTRA` trained on ``wf``'s data (``train``: TrainConfig
+    fields changed from those; ``None`` values keep them), trained, resumed or reused through the workflow in
     ``cache`` (``paragon.py`` makes the full one; every benchmark asking for it shares the file).
 
     With ``stored`` and no such file in ``cache``, the committed stored paragon
@@ -144,7 +147,7 @@ def paragon_checkpoint(wf, cache: Path, stored: bool = True, **train) -> Path:
     model - so a benchmark on a new machine does not retrain ResNet-101 for two hours first."""
     from edgequery.artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 
-    train = {k: v for k, v in train.items() if v is not None}
+    train = {**PARAGON_EXTRA, **{k: v for k, v in train.items() if v is not None}}
     settings = {**GALLERY_MODEL, **GALLERY_TRAIN, "seed": 0, **train}  # seed: TrainConfig's default, named
     path = cache / f"paragon-{data_tag(wf.spec)}-{digest(settings)}.pt"
     if stored and not path.exists() and stored_paragon_of(path.name):

@@ -3,7 +3,7 @@
 Trains (or reuses, or resumes, from ``--cache``) the gallery recipe - ResNet-101 with the
 small-input stem on all of Fashion-MNIST's training images, the defaults of ``edgequery
 train gallery`` (``GALLERY_MODEL`` / ``GALLERY_TRAIN`` in :mod:`edgequery.artifacts.checkpoint`)
-- then evaluates it on the test split's query/gallery split beside the raw-pixel kNN
+plus random erasing of half the training images (``_bench.PARAGON_EXTRA``) - then evaluates it on the test split's query/gallery split beside the raw-pixel kNN
 baseline, with 95 % bootstrap intervals.  Writes ``<out-dir>/paragon.json``: the recipe
 actually used, the per-epoch history (loss, seconds, precision), the wall time, and the
 figures.
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
     g.add_argument("--steps", type=int, default=GALLERY_TRAIN["steps"])
     g.add_argument("--seed", type=int, default=0, help="training seed")
     g.add_argument("--random-erasing", type=float, default=None, metavar="P",
-                   help="share of training images given a random-erasing rectangle (default: the recipe's)")
+                   help="share of training images given a random-erasing rectangle (default: "
+                        f"{_bench.PARAGON_EXTRA['random_erasing']}, the benchmarks' paragon's)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--store", type=Path, default=None,
                    help="where the stored paragon goes: its embeddings of the val, query and gallery images and "

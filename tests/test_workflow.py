@@ -218,7 +218,8 @@ def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatc
     assert bench.paragon_checkpoint(wf, tmp_path, steps=None) == recipe, "None keeps the recipe's value"
     assert bench.paragon_checkpoint(wf, tmp_path, steps=GALLERY_TRAIN["steps"]) == recipe
     assert bench.paragon_checkpoint(wf, tmp_path, seed=0) == recipe, "paragon.py names its seed; the others don't"
-    assert bench.paragon_checkpoint(wf, tmp_path, steps=7) != recipe and asked[-1][1] == {"steps": 7}
+    assert bench.paragon_checkpoint(wf, tmp_path, steps=7) != recipe
+    assert asked[-1][1] == {**bench.PARAGON_EXTRA, "steps": 7}, "the benchmarks' additions, then the change"
     ap = bench.parser("doc", {})
     bench.add_bct_args(ap)
     assert bench.bct_spec(ap.parse_args([])) == bench.paragon_spec(), "bct_compat's full run is the paragon's data"
