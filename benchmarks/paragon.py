@@ -93,12 +93,13 @@ def write_stored(path: Path, splits, out: Path, device: str, check: int = 256) -
     ck = store_gallery(path, {"val": splits.val, "query": splits.query, "gallery": splits.gallery}, out, device)
     sample = splits.gallery.subset(torch.randperm(len(splits.gallery), generator=torch.Generator().manual_seed(0))[:check])
     model, stored = (model_from_checkpoint(load_checkpoint(p, "gallery")) for p in (path, out))
-    if not torch.equal(embed(model, sample, splits.spec, device=device), embed(stored, sample, splits.spec)):
-        raise SystemExit(f"the stored paragon {out} does not hold what the model computes (a bug)")
+    gap = (embed(model, sample, splits.spec, device=device) - embed(stored, sample, splits.spec)).abs().max().item()
+    if gap > 1e-5:  # batches of another size round differently, by far less than this
+        raise SystemExit(f"the stored paragon {out} does not hold what the model computes (max difference {gap:.2g})")
     where = out.relative_to(_bench.HERE.parent) if out.is_relative_to(_bench.HERE.parent) else out
     return {"path": str(where), "bytes": out.stat().st_size, "images": ck["stored"]["images"],
             "sets": ck["stored"]["sets"], "source": ck["stored"]["source"],
-            "checked": f"{len(sample)} gallery images re-embedded by the model: identical"}
+            "checked": f"{len(sample)} gallery images re-embedded by the model: max difference {gap:.2g}"}
 
 
 if __name__ == "__main__":

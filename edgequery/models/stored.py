@@ -8,7 +8,7 @@ the benchmarks can match a ResNet-101 trained once (``benchmarks/paragon.py``, ~
 
     >>> path = store_gallery("paragon.pt", {"val": splits.val, "test": test_images}, "paragon-stored.pt")
     >>> g = model_from_checkpoint(load_checkpoint(path, "gallery"))    # a StoredGallery
-    >>> embed(g, splits.gallery, spec)       # the stored rows, bit for bit what the model gave
+    >>> embed(g, splits.gallery, spec)       # the stored rows: what the model gave
     >>> g.classifier                         # the model's CosFace classifier (BCT trains against it)
 
 Images are found by the SHA-1 of their uint8 pixels (channels, side and bytes), so the
