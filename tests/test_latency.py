@@ -698,6 +698,14 @@ def test_adb_profile_records_the_phone_and_refuses_another(fake_adb, tmp_path):
         profile(space, [24], parse_device("adb:SERIAL1", benchmark_binary=str(other)), "litert", ADB_PROTOCOL, out)
 
 
+def test_adb_refuses_the_cold_cache_protocol_and_a_negative_flush(fake_adb, tmp_path):
+    device = parse_device("adb", benchmark_binary=fake_adb["binary"])
+    with pytest.raises(EdgeQueryError, match="cannot flush caches"):
+        list(device.time_models(tmp_path, ["blocks/x.tflite"], "litert", {**FAST.to_dict(), "flush_kb": 1024}))
+    with pytest.raises(EdgeQueryError, match="flush-kb >= 0"):
+        replace(FAST, flush_kb=-1).check()
+
+
 def test_adb_device_without_binary_or_adb_says_how(tmp_path, monkeypatch):
     with pytest.raises(EdgeQueryError, match="--benchmark-binary"):
         parse_device("adb").fingerprint("litert")
