@@ -218,10 +218,16 @@ def bct_checkpoints(wf, cache: Path, gallery_steps: int | None, query_steps: int
         for bct in bcts:
             for seed in seeds:
                 name = f"{arch}-{'bct' if bct else 'nobct'}-s{seed}"
-                path = cache / f"query-{name}-{data_tag(wf.spec)}-t{query_steps}-g{gver}.pt"
+                path = query_checkpoint_path(cache, name, wf.spec, query_steps, gver)
                 queries[(arch, bct, seed)] = wf.query(path, gallery_path, arch, bct, None, name=f"train_query_{name}",
                                                       steps=query_steps, seed=seed)
     return gallery_path, queries
+
+
+def query_checkpoint_path(cache: Path, name: str, spec, steps: int, gallery_version: str) -> Path:
+    """Where a benchmark keeps the query net ``name`` (e.g. ``mobilenet_v3_small-bct-s0``) trained ``steps``
+    on ``spec`` against the gallery ``gallery_version``: one name, so every script reuses the same net."""
+    return cache / f"query-{name}-{data_tag(spec)}-t{steps}-g{gallery_version}.pt"
 
 
 def r1_row(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -143,7 +143,9 @@ class Ablation:
         return path
 
     def query_net(self, arch: str, name: str, seed: int) -> Path:
-        return self.wf.query(self.args.cache / f"query-{name}-bct-s{seed}-{self.tag}-t{self.args.query_steps}.pt",
+        path = _bench.query_checkpoint_path(self.args.cache, f"{name}-bct-s{seed}", self.spec, self.args.query_steps,
+                                            self.gver)
+        return self.wf.query(path,
                              self.gallery_path, arch, True, None, name=f"train_query_{name}_s{seed}",
                              steps=self.args.query_steps, seed=seed,
                              space=self.space if ":" in arch else None)
