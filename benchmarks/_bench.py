@@ -85,14 +85,15 @@ def start(args: argparse.Namespace) -> Provenance:
 
 
 def write(args: argparse.Namespace, benchmark: str, results: dict[str, Any], provenance: Provenance,
-          notes: Iterable[str] = ()) -> Path:
-    """Write ``<out-dir>/<benchmark>.json``: the envelope, code notes, ``--note`` notes, the results."""
+          notes: Iterable[str] = (), variant: str = "") -> Path:
+    """Write ``<out-dir>/<benchmark><variant>.json``: the envelope, code notes, ``--note`` notes, the results
+    (``variant``, e.g. ``-sandwich``, names a run of the script whose settings differ from its default's)."""
     notes = list(notes)
     if args.preset != "full":
         notes.insert(0, f"--preset {args.preset}: a small run (little data, short training, few nets) that checks "
                         "the script end to end; its figures are not a measurement of the method (a gallery model "
                         "trained this briefly loses to raw pixels): the full preset is")
-    path = write_result(Path(args.out_dir) / f"{benchmark}.json", benchmark, results, provenance,
+    path = write_result(Path(args.out_dir) / f"{benchmark}{variant}.json", benchmark, results, provenance,
                         notes=[*notes, *args.note])
     log.info("wrote %s", path)
     return path

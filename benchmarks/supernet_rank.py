@@ -11,7 +11,9 @@ sampled from a space it compares
   gallery (the workflow's query stage, ``--standalone-epochs``),
 
 and reports Kendall's tau (``scipy.stats.kendalltau``, tau-b) between the two rankings.
-Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png``.
+Writes ``<out-dir>/supernet_rank.json`` and ``supernet_rank.png`` (with ``--sandwich`` /
+``--inplace-distill W``: ``supernet_rank-sandwich-distillW.json``, so both rules' runs are kept;
+the stand-alone nets are the same files, trained once).
 
     python benchmarks/supernet_rank.py                  # the full run (on the paragon: not yet timed here)
     python benchmarks/supernet_rank.py --preset quick   # 1 min at load 4: 3 archs, 1000 images, 1 epoch
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     notes = [f"Kendall tau over {len(rows)} archs has a wide confidence interval: read p_value",
              "seconds are wall-clock on a machine whose cores may be shared (see provenance.load_average)"]
-    path = _bench.write(args, "supernet_rank", body, prov, notes)
+    path = _bench.write(args, "supernet_rank", body, prov, notes, variant=rule)
     plot(rows, correlations, path.with_suffix(".png"), args.space)
     return path
 
