@@ -18,7 +18,7 @@ Modules, in the order data flows through them:
   token and size checks made before a request body is parsed;
 * :mod:`.connections` — the HTTP/1.1 connection layer: header/body timeouts, the
   connection limit;
-* :mod:`.app` — the FastAPI routes (``edgequery serve``), with :mod:`.demo_page`.
+* :mod:`.app` — the FastAPI routes (``edgequery serve``), with :mod:`.web` (the on-device page).
 
 An index directory holds ``gallery.sqlite`` (+ its WAL), ``index.<factory>.faiss`` (a
 snapshot; a cache that can always be rebuilt from SQLite) and ``.lock``.

@@ -9,7 +9,10 @@
 ``POST /v1/gallery``        token   multipart ``images`` (+ ``labels``, ``sources``): add items
 ``DELETE /v1/gallery/{id}`` token   delete an item
 ``GET  /v1/gallery/{id}``           one item's metadata; ``/thumbnail`` its small PNG
-``GET  /``                          a demo page: upload a photo, see the nearest gallery items
+``GET  /v1/encoders``               the query encoders served to on-device clients (``--export``)
+``GET  /v1/encoders/{v}/{file}``    an encoder's model card or file (:mod:`.web`)
+``GET  /``                          the page: embed a photo on the device (LiteRT.js or
+                                    onnxruntime-web) or on the server, see the nearest items
 ==========================  ======  ==========================================================
 
 Every refusal, from any layer, is JSON ``{"problem": ..., "fix": ...}`` (:mod:`.problems`),
@@ -47,7 +50,7 @@ from typing import Annotated, Any, Callable
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, File, Form, Path, Request, UploadFile
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import StringConstraints
 
@@ -59,10 +62,8 @@ from .images import ImageRejected, decode_upload, png_thumbnail
 from .metadata import NewItem
 from .problems import documented
 from .service import GalleryService
+from .web import add_web_routes
 
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                           "style-src 'unsafe-inline'; script-src 'unsafe-inline'",
-                "X-Content-Type-Options": "nosniff"}
 BEARER = (f"the server's API token (${TOKEN_ENV}), sent as `Authorization: Bearer <token>`: the scheme name is "
           "case-insensitive (RFC 7235), then one or more spaces, then the token exactly")
 CLASS_INDEX = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "¹".isdigit() is True, int("¹") fails
@@ -88,7 +89,7 @@ def create_app(service: GalleryService) -> FastAPI:
     _add_search_routes(app, service)
     _add_write_routes(app, service, _token_dependency(service))
     _add_item_routes(app, service)
-    _add_demo_page(app)
+    add_web_routes(app, service.encoders)
     return app
 
 
@@ -279,11 +280,3 @@ def _add_item_routes(app: FastAPI, service: GalleryService) -> None:
         if png is None:
             raise APIError(404, f"no thumbnail for item {item_id}", "the item does not exist or has no thumbnail")
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
-
-
-def _add_demo_page(app: FastAPI) -> None:
-    from .demo_page import PAGE
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def demo_page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=PAGE_HEADERS)

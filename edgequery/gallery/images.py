@@ -15,10 +15,11 @@ done.  The HTTP layer caps the request size (:class:`~.guard.RequestGuard`); the
   what the data pipeline would have made of it).
 
 The resize itself never materialises the upscaled image: :func:`crop_resize` resizes
-only the centre square's source region straight to ``R x R`` (PIL's ``box``: the same
-sampling positions and filter), which gives the pixels :func:`edgequery.data.square_resize`
-(resize, then crop) gives to within one level of rounding, at a cost bounded by ``R x R``
-whatever the input's shape.  JPEGs are decoded at a reduced scale
+only the centre square's source region to ``R x R`` (PIL's ``box``: the same sampling
+positions and filter; a horizontal pass, then a vertical one), which gives the pixels
+:func:`edgequery.data.square_resize` (resize, then crop) gives to within one level of
+rounding, at a cost bounded by ``R x max(R, h)`` whatever the input's shape (the pixel
+limits bound ``h``).  JPEGs are decoded at a reduced scale
 (``draft``) when they are much larger than the model's input anyway.
 
 Pre-processing is the gallery data's: grey data sets (Fashion-MNIST, digits) convert the
@@ -65,8 +66,12 @@ def crop_resize(im, resolution: int):
     rw, rh = resized_size(w, h, resolution)
     left, top = (rw - resolution) // 2, (rh - resolution) // 2
     sx, sy = w / rw, h / rh  # source pixels per resized pixel
-    box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
-    return im.resize((resolution, resolution), Image.BILINEAR, box=box)
+    x0, y0, x1, y1 = left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy
+    # Two one-axis resamples, horizontal first: Pillow's own two-pass order, which Pillow >= 13 may
+    # swap for some shapes (a level of difference in some pixels); fixed here, so the page's
+    # pre-processing (static/preprocess.js) and app code can reproduce it exactly.
+    wide = im.resize((resolution, h), Image.BILINEAR, box=(x0, 0, x1, h))
+    return wide.resize((resolution, resolution), Image.BILINEAR, box=(0, y0, resolution, y1))
 
 
 def check_size(name: str, w: int, h: int, spec: DataSpec, max_pixels: int, max_aspect: float) -> None:

@@ -32,10 +32,11 @@ class GalleryService:
 
     def __init__(self, store: GalleryStore, gallery: dict, gallery_path: str, spec: DataSpec,
                  accepted: dict[str, AcceptedVersion], token: str | None = None, limits: Limits | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", encoders: dict | None = None):
         from ..models import model_from_checkpoint
 
         self.store, self.spec, self.accepted = store, spec, accepted
+        self.encoders = encoders or {}  # model_version -> web.Encoder: what the page may run on the device
         self.limits = limits or Limits()
         self.token = token
         self.device = device
@@ -109,6 +110,7 @@ def open_service(index_dir: str | Path, gallery_path: str | None = None, exports
     """Open an index directory for serving, checking it against the gallery model and exports."""
     from .compat import accepted_versions
     from .store import FaissGalleryStore
+    from .web import encoders_of
 
     store = FaissGalleryStore(index_dir, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
                               snapshot_every=snapshot_every, progress=progress)
@@ -116,7 +118,8 @@ def open_service(index_dir: str | Path, gallery_path: str | None = None, exports
         path, gallery = _gallery_of(store, index_dir, gallery_path)
         accepted = accepted_versions(gallery, str(path), list(exports), list(queries))
         spec = DataSpec.from_dict(store.meta("data"))
-        return GalleryService(store, gallery, str(path), spec, accepted, token, limits, device)
+        encoders = encoders_of(list(exports), accepted, spec.dataset)
+        return GalleryService(store, gallery, str(path), spec, accepted, token, limits, device, encoders)
     except BaseException:
         store.close()
         raise
