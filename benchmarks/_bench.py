@@ -14,7 +14,13 @@ from editing a file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -262,3 +268,35 @@ def seed_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def train_seconds(ckpt: dict) -> float:
     """Wall-clock training time recorded in a checkpoint (sum over epochs; survives reuse and resume)."""
     return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)
+
+
+@contextlib.contextmanager
+def serving(index: Path, *flags: str):
+    """``edgequery serve`` over ``index`` (and ``flags``) in a subprocess on a free loopback port; yields its
+    URL once healthy, stops it after.  Its output goes to ``server.log`` beside the index."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log_path = index.parent / "server.log"
+    with open(log_path, "w") as server_log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index),
+                                 "--port", str(port), "--log-level", "warning", *flags],
+                                stdout=server_log, stderr=server_log)
+        try:
+            deadline = time.time() + 300
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)

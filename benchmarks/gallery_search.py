@@ -37,12 +37,7 @@ Quote ratios from one run.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -190,12 +185,6 @@ def split_real(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_clients(url: str, n_clients: int, n_requests: int, make_request) -> dict:
     """``n_clients`` threads share ``n_requests`` requests; per-request latency and throughput."""
     import httpx
@@ -228,34 +217,6 @@ def load_clients(url: str, n_clients: int, n_requests: int, make_request) -> dic
             "mean_ms": round(float(np.mean(lat)), 2), "throughput_rps": round(n_requests / wall, 1)}
 
 
-@contextlib.contextmanager
-def serving(index: Path):
-    """``edgequery serve`` over ``index`` in a subprocess on a free loopback port; yields its URL once healthy."""
-    import httpx
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = index.parent / "server.log"
-    with open(log_path, "w") as server_log:
-        proc = subprocess.Popen([sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index), "--port", str(port),
-                                 "--log-level", "warning"], stdout=server_log, stderr=server_log)
-        try:
-            deadline = time.time() + 300
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-
-
 def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: dict, clients: list[int],
                  requests: int, image_requests: int) -> dict:
     from edgequery.data import load_fashion_mnist, resize_images, DataSpec
@@ -279,7 +240,7 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
             create_index(Path(tmp) / "index", emb[base_idx], items, factory, info["model_version"],
                          gallery_path=gallery_path, data=info["data"], classes=classes)
             build_s = time.perf_counter() - t0
-            with serving(Path(tmp) / "index") as url:
+            with _bench.serving(Path(tmp) / "index") as url:
                 queries = emb[query_idx].tolist()
 
                 def by_embedding(c, i):

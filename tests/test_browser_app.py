@@ -54,18 +54,13 @@ def app_server(tiny_index, web_export, serve, tmp_path_factory):
     s.stop()
 
 
-def _choose(browser, node, path, choice, k=5):
-    browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(path)]})
+def _choose(browser, path, choice, k=5):
+    browser.set_files("#file", [path])
     browser.evaluate(f"window.edgequery.results = null; document.getElementById('runtime').value = {json.dumps(choice)};"
                      f"document.getElementById('k').value = '{k}'; document.getElementById('search').click()")
     return browser.wait_for("(window.edgequery.results && window.edgequery.results.map(h => h.id)) || "
                             "(document.getElementById('status').className === 'error' && "
                             "'ERROR ' + document.getElementById('status').textContent)", timeout=120)
-
-
-def _file_input(browser):
-    root = browser.send("DOM.getDocument")["root"]["nodeId"]
-    return browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
 
 
 def test_the_page_embeds_on_the_device_with_both_browser_runtimes(app_server, web_export, chromium):
@@ -82,11 +77,10 @@ def test_the_page_embeds_on_the_device_with_both_browser_runtimes(app_server, we
     chromium.open(app_server.url + "/")
     assert chromium.wait_for("window.edgequery && window.edgequery.ready")
     assert chromium.evaluate("crossOriginIsolated") is True  # COOP + COEP: threaded wasm builds may run
-    node = _file_input(chromium)
     image = web_export / "test_image.png"
     expected_input = np.asarray(vector["input"]["values"], dtype=np.float32).reshape(vector["input"]["shape"])
     for name, entry in files.items():
-        ids = _choose(chromium, node, image, f"{version}/{name}")
+        ids = _choose(chromium, image, f"{version}/{name}")
         assert not isinstance(ids, str), ids
         last = chromium.evaluate("window.edgequery.last")
         x = np.asarray(last["input"], dtype=np.float32)
@@ -132,11 +126,10 @@ def test_the_pages_resize_gives_the_servers_pixels(app_server, tmp_path, chromiu
               "noise.png": rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)}
     chromium.open(app_server.url + "/")
     assert chromium.wait_for("window.edgequery && window.edgequery.ready")
-    node = _file_input(chromium)
     spec = DataSpec(resolution=32)
     for name, pixels in photos.items():
         path = _photo(tmp_path, name, pixels)
-        chromium.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(path)]})
+        chromium.set_files("#file", [path])
         got = chromium.evaluate(
             "(async () => { const m = await import('/static/preprocess.js');"
             " const f = document.getElementById('file').files[0];"
@@ -153,11 +146,10 @@ def test_the_page_refuses_what_it_cannot_embed(app_server, tmp_path, chromium):
     _need_vendor()
     chromium.open(app_server.url + "/")
     assert chromium.wait_for("window.edgequery && window.edgequery.ready")
-    node = _file_input(chromium)
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not an image")
     choice = chromium.evaluate("window.edgequery.choices()[0]")
-    error = _choose(chromium, node, bad, choice)
+    error = _choose(chromium, bad, choice)
     assert error.startswith("ERROR could not search:"), error
 
 
@@ -201,8 +193,7 @@ def test_without_an_export_the_page_uploads_to_the_server(demo_server, chromium)
     assert "200 items" in header and "Flat" in header
     assert chromium.wait_for("window.edgequery.ready && document.getElementById('runtime').value") == "server"
     assert "--export" in chromium.evaluate("document.getElementById('runtimes').textContent")
-    node = _file_input(chromium)
-    hits = _choose(chromium, node, query_png, "server")
+    hits = _choose(chromium, query_png, "server")
     assert hits[0] == 43  # the image itself (id 43) first
     first = chromium.evaluate("document.querySelector('.hit').textContent")
     assert first.startswith(classes[label]) and "#43 ·" in first
@@ -213,5 +204,5 @@ def test_without_an_export_the_page_uploads_to_the_server(demo_server, chromium)
     # a refusal is shown with the server's problem and fix
     bad = query_png.with_name("notes.png")
     bad.write_bytes(b"not an image")
-    error = _choose(chromium, node, bad, "server")
+    error = _choose(chromium, bad, "server")
     assert error.startswith("ERROR 422:") and "not an image format" in error

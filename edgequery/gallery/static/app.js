@@ -205,20 +205,21 @@ async function onSubmit(ev) {
   }
 }
 
-/** Latency of a choice on the current photo: ``n`` timed runs (benchmarks/browser_demo.py calls it). */
-async function time(choiceValue, n) {
-  const e = await embedOnDevice($("file").files[0], state.choices.get(choiceValue));
-  const run = await runner(state.choices.get(choiceValue));
-  const x = Float32Array.from(e.input), ms = [];
+/** The current photo embedded by a choice, then ``n`` more timed runs of its input
+ *  (benchmarks/browser_demo.py calls it): the embedding, the runtime's name and each run's ms. */
+async function bench(choiceValue, n) {
+  const choice = state.choices.get(choiceValue);
+  const e = await embedOnDevice($("file").files[0], choice);
+  const run = await runner(choice), ms = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
-    await run.run(x);
+    await run.run(e.input);
     ms.push(performance.now() - t0);
   }
-  return { runtime: run.name, ms };
+  return { runtime: run.name, embedding: Array.from(e.embedding), ms };
 }
 
-window.edgequery = { ready: false, last: null, results: null, time, choices: () => [...state.choices.keys()] };
+window.edgequery = { ready: false, last: null, results: null, bench, choices: () => [...state.choices.keys()] };
 
 $("file").addEventListener("change", () => {
   const f = $("file").files[0];

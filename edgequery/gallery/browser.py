@@ -1,0 +1,124 @@
+"""A headless Chromium driven over the DevTools protocol: the page's tests and ``benchmarks/browser_demo.py``.
+
+Commands go over ``--remote-debugging-pipe`` (JSON messages separated by NUL on file
+descriptors 3 and 4), so no websocket or browser-automation package is needed, and the
+browser is Debian's ``chromium`` (nothing is downloaded).  Only what driving the page
+needs: open a URL, evaluate JavaScript (awaiting promises), wait for a condition, set a
+file input's files, take a screenshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+class BrowserError(RuntimeError):
+    """Chromium closed, answered a command with an error, or did not answer in time."""
+
+
+class Chromium:
+    """A headless Chromium and a minimal DevTools-protocol client over its debugging pipe.
+
+    Commands go over ``--remote-debugging-pipe`` (JSON messages separated by NUL on file
+    descriptors 3 and 4), so no websocket or browser-automation package is needed."""
+
+    def __init__(self):
+        if CHROMIUM is None:
+            raise BrowserError("no Chromium on PATH: apt-get install chromium (Debian's; nothing is downloaded)")
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        def wire_fds():  # in the child: fd 3 = commands in, fd 4 = replies out
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={self.profile}",
+             "--remote-debugging-pipe", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=wire_fds, pass_fds=(3, 4))
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._next_id, self._buffer, self.session = 0, b"", None
+
+    def send(self, method, params=None, timeout=60):
+        self._next_id += 1
+        msg = {"id": self._next_id, "method": method, "params": params or {}}
+        if self.session:
+            msg["sessionId"] = self.session
+        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._from_chrome, 1 << 16)
+                if not chunk:
+                    raise BrowserError("chromium closed the debugging pipe")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise BrowserError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+        raise BrowserError(f"no reply to {method} within {timeout} s")
+
+    def evaluate(self, expression):
+        r = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        return r["result"].get("value")
+
+    def wait_for(self, expression, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise BrowserError(f"timed out waiting for: {expression}")
+
+    def open(self, url):
+        target = self.send("Target.createTarget", {"url": url})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.send("Runtime.enable")
+
+    def screenshot(self, path):
+        """A PNG of the page as it is now, written to ``path`` (for a person to look at)."""
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self):
+        try:
+            self.session = None
+            self.send("Browser.close", timeout=10)
+        except (BrowserError, OSError):
+            pass
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        os.close(self._from_chrome)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def set_files(self, selector: str, paths) -> None:
+        """Give the file input ``selector`` these files (as a person picking them would)."""
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(p) for p in paths]})
+
+    def __enter__(self) -> "Chromium":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
