@@ -56,6 +56,7 @@ from .options import DEFAULT_EXPORT_ROOT, RUNTIME, ExportOptions, file_name
 from .parity import FP32_MIN_COSINE, float_parity, quantized_parity
 from .retrieval import measure_retrieval
 from .timing import lut_prediction, measure_files
+from .tflite_metadata import image_embedder_metadata, read_tflite_metadata, write_tflite_metadata
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ def convert_float_files(folder: Path, inputs: Inputs, identity: dict[str, Any],
         if fmt == "onnx":
             entry["opset"] = ONNX_OPSET
             write_onnx_metadata(folder / fname, onnx_metadata(identity, entry))
+        elif layout == "NHWC":  # the app-facing file: loads in MediaPipe's ImageEmbedder
+            write_tflite_metadata(folder / fname, image_embedder_metadata(identity))
+            entry["tflite_metadata"] = read_tflite_metadata(folder / fname)
         runner = open_runner(folder / fname, fmt, threads=1, layout=layout)
         outputs[fname], par = float_parity(runner, fname, inputs.x_par, inputs.ref_par, identity["arch"], fmt,
                                            opts.progress)
