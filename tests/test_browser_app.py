@@ -86,6 +86,9 @@ def test_the_page_embeds_on_the_device_with_both_browser_runtimes(app_server, we
         x = np.asarray(last["input"], dtype=np.float32)
         x = x.reshape(1, *expected_input.shape[2:], 3).transpose(0, 3, 1, 2) if entry["layout"] == "NHWC" \
             else x.reshape(expected_input.shape)
+        if entry["pixel_input"]:  # the app-facing .tflite takes 0-255 pixels and normalises them itself
+            assert entry["layout"] == "NHWC" and x.max() > 100
+            x = pixel_to_input(x, entry["pixel_input"])
         assert np.abs(x - expected_input).max() <= 1e-6, name  # the card's pre-processing, in the browser
         browser_emb = np.asarray(last["embedding"])
         python_emb = np.asarray(vector["expected_embedding"][name])  # the Python runtime's, same file
@@ -101,6 +104,11 @@ def test_the_page_embeds_on_the_device_with_both_browser_runtimes(app_server, we
     ARTIFACTS.mkdir(exist_ok=True)
     shot = chromium.screenshot(ARTIFACTS / "browser-app-results.png")
     assert shot.stat().st_size > 5000
+
+
+def pixel_to_input(x, pixel_input):
+    mean, std = (np.asarray(pixel_input[k], np.float32).reshape(1, 3, 1, 1) for k in ("mean", "std"))
+    return (x / 255 - mean) / std
 
 
 def _photo(tmp_path, name, pixels: np.ndarray) -> Path:

@@ -24,6 +24,7 @@ from edgequery.errors import EdgeQueryError
 from edgequery.export import ExportOptions, export_query, file_name, parity_figures, parity_passed, verify_export
 from edgequery.export.card import read_onnx_metadata
 from edgequery.export.fixtures import read_png
+from edgequery.export.options import file_runner
 from edgequery.files import sha256_file
 from edgequery.runtimes.run import measure_latency, open_runner
 from edgequery.train import TrainConfig
@@ -87,6 +88,7 @@ def test_options_are_validated():
         ExportOptions(formats=("coreml",))
     with pytest.raises(EdgeQueryError, match="--nhwc"):
         ExportOptions(formats=("onnx",), nhwc=True)
+    assert ExportOptions().nhwc is True and ExportOptions(formats=("onnx",)).nhwc is False  # app file by default
     with pytest.raises(EdgeQueryError, match="quantization mode"):
         ExportOptions(quantize=("int4",))
     with pytest.raises(EdgeQueryError, match="thread"):
@@ -347,11 +349,37 @@ def test_test_vector_lets_an_app_check_itself(exported):
     x = ((rgb - mean[:, None, None]) / std[:, None, None])[None].astype(np.float32)
     assert np.abs(x.reshape(-1) - np.asarray(vector["input"]["values"])).max() < 1e-4
     for e in card["files"]:
-        runner = open_runner(out / e["file"], e["format"], layout=e["layout"])
+        runner = file_runner(out, e)  # the NHWC .tflite is fed pixels: it normalises them itself
         got = runner.embed(x)[0]
         assert float(got @ np.asarray(vector["expected_embedding"][e["file"]])) > 0.9999
     assert float(np.asarray(vector["expected_embedding"]["pytorch"])
                  @ np.asarray(vector["expected_embedding"]["query_encoder.tflite"])) > 0.9999
+
+
+@pytest.mark.slow
+def test_the_app_facing_tflite_loads_in_mediapipes_image_embedder(exported):
+    """NHWC, 0-255 pixels, TFLite metadata: MediaPipe Tasks embeds the test image to the expected vector."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+    from PIL import Image
+
+    from edgequery.export.tflite_metadata import read_tflite_metadata
+
+    out, card = exported
+    entry = next(e for e in card["files"] if e["file"] == "query_encoder_nhwc.tflite")
+    assert entry["pixel_input"] == {"mean": card["input"]["mean"], "std": card["input"]["std"]}
+    meta = read_tflite_metadata(out / entry["file"])
+    assert meta == entry["tflite_metadata"] and meta["version"] == card["model_version"]
+    assert meta["input"] == {"name": "image", "mean": [0.0], "std": [1.0]}  # pixels in: the file normalises
+    assert read_tflite_metadata(out / "query_encoder.tflite") is None  # NCHW: no image metadata to mislead apps
+    grey = np.asarray(Image.open(out / "test_image.png"))
+    image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(np.stack([grey] * 3, axis=-1)))
+    options = vision.ImageEmbedderOptions(base_options=BaseOptions(model_asset_path=str(out / entry["file"])),
+                                          l2_normalize=False, quantize=False)
+    with vision.ImageEmbedder.create_from_options(options) as embedder:
+        got = np.asarray(embedder.embed(image).embeddings[0].embedding)
+    expected = np.asarray(json.loads((out / "test_vector.json").read_text())["expected_embedding"][entry["file"]])
+    assert float(got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)) >= 0.9999
 
 
 @pytest.mark.slow
@@ -513,7 +541,8 @@ def test_baselines_and_both_spaces_export_with_parity(trained, arch):
     assert card["arch"] == arch and card["input"]["resolution"] == res
     for e in card["files"]:
         assert e["parity"]["passed"], (arch, e["file"], e["parity"])
-        assert e["io"]["input"]["shape"] == [1, 3, res, res] or e["format"] == "onnx"
+        shape = [1, res, res, 3] if e["layout"] == "NHWC" else [1, 3, res, res]
+        assert e["io"]["input"]["shape"] == shape or e["format"] == "onnx"
     assert verify_export(out, trained / "gallery.pt", progress=False)["passed"]
 
 
@@ -524,7 +553,7 @@ def test_demo_deploy_stage_exports_indexes_and_reuses_the_export(trained, tmp_pa
     wf = Workflow(SPEC)
     first = demo_deploy(wf, tmp_path, trained / "query.pt", trained / "gallery.pt", None)
     assert wf.stages["export"]["status"] == "ran" and first["items"] == SPEC.n_gallery
-    assert set(first["files"]) == {"query_encoder.tflite", "query_encoder.onnx"}
+    assert set(first["files"]) == {"query_encoder.tflite", "query_encoder_nhwc.tflite", "query_encoder.onnx"}
     assert min(first["files"].values()) >= 0.9999
     report = verify_export(first["export"], trained / "gallery.pt", progress=False)
     assert report["model_version"] == first["query_model_version"]

@@ -92,7 +92,7 @@ class ModelInfo(Strict):
 class FileEntry(Strict):
     """One exported model file and what was measured on it."""
 
-    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("tflite_metadata",)  # cards written before it read back as they were
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("pixel_input", "tflite_metadata")  # older cards read back as they were
     file: str
     format: Literal["tflite", "onnx"]
     runtime: Literal["litert", "onnxruntime"]
@@ -110,6 +110,9 @@ class FileEntry(Strict):
     parity: dict[str, Any]                     # parity_figures vs PyTorch, thresholds, passed
     retrieval: dict[str, Any] | None = None    # with --gallery: recall@1, recall@10, map@r (+ drop)
     latency: dict[str, dict[str, Any]]         # "threads=N" -> measure_latency figures
+    # the file takes float32 pixel values 0-255 and normalises them itself: {"mean": [...], "std": [...]}
+    # (the NHWC .tflite, for MediaPipe and TFLite apps); absent: it takes the card's normalised input
+    pixel_input: dict[str, list[float]] | None = None
     tflite_metadata: dict[str, Any] | None = None  # NHWC .tflite: its TFLITE_METADATA (MediaPipe ImageEmbedder)
 
 

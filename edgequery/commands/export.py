@@ -69,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="none (default), dynamic, int8, or a comma list: extra quantized files beside float32")
     p.add_argument("--calibration", type=int, default=200,
                    help="training images used to calibrate int8 activations (default 200)")
-    p.add_argument("--nhwc", action="store_true", help="also write an NHWC-input TFLite file (what phones feed)")
+    p.add_argument("--nhwc", action=argparse.BooleanOptionalAction, default=None,
+                   help="the app-facing TFLite file: NHWC float32 pixels 0-255, normalised inside, with TFLite "
+                        "metadata (loads in MediaPipe's ImageEmbedder); on by default with tflite, --no-nhwc skips it")
     p.add_argument("--allow-incompatible", action="store_true",
                    help="export a query net trained without BCT (the card marks it; servers refuse it)")
     p.add_argument("--max-dynamic-drop", type=float, default=1.0,

@@ -4,7 +4,8 @@
 
     export/<name>/
       query_encoder.tflite          float32, NCHW input         (LiteRT)
-      query_encoder_nhwc.tflite     float32, NHWC input         (--nhwc)
+      query_encoder_nhwc.tflite     float32, NHWC pixels 0-255  (the app-facing file: normalises itself,
+                                    TFLite metadata, loads in MediaPipe's ImageEmbedder; --no-nhwc skips it)
       query_encoder.onnx            float32, NCHW input         (onnxruntime)
       query_encoder_dynamic.*       dynamic-range int8          (--quantize dynamic)
       query_encoder_int8.*          static int8, calibrated     (--quantize int8)
@@ -49,10 +50,9 @@ from ..errors import EdgeQueryError
 from ..files import sha256_file
 from ..runtimes.convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic, to_onnx,
                                 to_tflite, to_tflite_int8)
-from ..runtimes.run import open_runner
 from .card import onnx_metadata, write_onnx_metadata
 from .fixtures import fixture_entries, write_parity_file, write_test_vector
-from .options import DEFAULT_EXPORT_ROOT, RUNTIME, ExportOptions, file_name
+from .options import DEFAULT_EXPORT_ROOT, RUNTIME, ExportOptions, file_name, file_runner
 from .parity import FP32_MIN_COSINE, float_parity, quantized_parity
 from .retrieval import measure_retrieval
 from .timing import lut_prediction, measure_files
@@ -182,19 +182,23 @@ def convert_float_files(folder: Path, inputs: Inputs, identity: dict[str, Any],
         fname = file_name(fmt, layout, "none")
         log.log(opts.level, "converting to %s ...", fname)
         t = time.time()
+        # The app-facing file (NHWC .tflite) takes 0-255 pixels and normalises them itself: MediaPipe's
+        # ImageEmbedder, like most TFLite apps, feeds pixels and cannot normalise per channel.
+        pixels = {"mean": list(inputs.spec.mean), "std": list(inputs.spec.std)} if layout == "NHWC" else None
         if fmt == "tflite":
-            to_tflite(inputs.net, inputs.res, folder / fname, layout=layout)
+            to_tflite(inputs.net, inputs.res, folder / fname, layout=layout,
+                      pixel_norm=pixels and (pixels["mean"], pixels["std"]))
         else:
             to_onnx(inputs.net, inputs.res, folder / fname)
         entry = {"file": fname, "format": fmt, "runtime": RUNTIME[fmt], "layout": layout, "quantization": "none",
-                 "convert_seconds": round(time.time() - t, 1)}
+                 "convert_seconds": round(time.time() - t, 1), "pixel_input": pixels}
         if fmt == "onnx":
             entry["opset"] = ONNX_OPSET
             write_onnx_metadata(folder / fname, onnx_metadata(identity, entry))
-        elif layout == "NHWC":  # the app-facing file: loads in MediaPipe's ImageEmbedder
+        elif pixels:
             write_tflite_metadata(folder / fname, image_embedder_metadata(identity))
             entry["tflite_metadata"] = read_tflite_metadata(folder / fname)
-        runner = open_runner(folder / fname, fmt, threads=1, layout=layout)
+        runner = file_runner(folder, entry)
         outputs[fname], par = float_parity(runner, fname, inputs.x_par, inputs.ref_par, identity["arch"], fmt,
                                            opts.progress)
         entry.update(io=runner.io(), parity=par)
@@ -208,7 +212,9 @@ def _quantize_one(folder: Path, base: dict[str, Any], mode: str, fname: str, inp
     if fmt == "tflite" and mode == "dynamic":
         quantize_tflite_dynamic(folder / base["file"], folder / fname)
     elif fmt == "tflite":
-        to_tflite_int8(inputs.net, inputs.res, folder / fname, inputs.calib, layout=base["layout"])
+        pixels = base.get("pixel_input")
+        to_tflite_int8(inputs.net, inputs.res, folder / fname, inputs.calib, layout=base["layout"],
+                       pixel_norm=pixels and (pixels["mean"], pixels["std"]))
     else:
         quantize_onnx(folder / base["file"], folder / fname, mode, inputs.calib)
 
@@ -225,14 +231,14 @@ def quantize_files(folder: Path, floats: list[dict[str, Any]], outputs: dict[str
             _quantize_one(folder, base, mode, fname, inputs)
             entry = {"file": fname, "format": base["format"], "runtime": base["runtime"], "layout": base["layout"],
                      "quantization": mode, "quantized_from": base["file"], "convert_seconds": round(time.time() - t, 1),
-                     "tool": QUANTIZER[base["format"], mode]}
+                     "tool": QUANTIZER[base["format"], mode], "pixel_input": base.get("pixel_input")}
             if mode == "int8":
                 entry["calibration_images"] = int(len(inputs.calib))
                 entry["calibration_source"] = "the first images of the training split (never the evaluation splits)"
             if base["format"] == "onnx":
                 entry["opset"] = ONNX_OPSET
                 write_onnx_metadata(folder / fname, onnx_metadata(identity, entry))
-            runner = open_runner(folder / fname, base["format"], threads=1, layout=base["layout"])
+            runner = file_runner(folder, entry)
             outputs[fname], par = quantized_parity(runner, fname, inputs.x_par, inputs.ref_par, opts.progress)
             entry.update(io=runner.io(), parity=par)
             log.log(opts.level, "  %s: min cosine to float32 PyTorch %.5f", fname, par["cosine_min"])

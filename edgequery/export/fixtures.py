@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write, sha256_file
-from ..runtimes.run import open_runner
+from .options import file_runner
 from .parity import FP32_MIN_COSINE
 
 TEST_IMAGE = "test_image.png"
@@ -74,7 +74,7 @@ def write_test_vector(folder: Path, image: torch.Tensor, source: str, net, spec,
                                                                     "with its own entry"},
     }
     for entry in files:
-        runner = open_runner(folder / entry["file"], entry["format"], threads=1, layout=entry["layout"])
+        runner = file_runner(folder, entry)
         vector["expected_embedding"][entry["file"]] = [float(v) for v in runner.embed(x)[0]]
     text = json.dumps(vector, indent=1) + "\n"
     atomic_write(folder / TEST_VECTOR, lambda tmp: Path(tmp).write_text(text))

@@ -29,7 +29,7 @@ class ExportOptions:
 
     formats: tuple[str, ...] = FORMATS
     quantize: tuple[str, ...] = ()            # any of "dynamic", "int8"
-    nhwc: bool = False                        # also a TFLite file with NHWC input
+    nhwc: bool | None = None                  # the app-facing NHWC .tflite (None: whenever tflite is made)
     calibration: int = 200                    # training images for int8 calibration
     parity_images: int = 256                  # query-split images for the parity check
     verify_images: int = 16                   # of those, stored in parity.npz for `verify`
@@ -55,6 +55,8 @@ class ExportOptions:
         bad = [q for q in self.quantize if q not in QUANTIZATIONS]
         if bad:
             raise EdgeQueryError(f"unknown quantization mode(s) {', '.join(bad)}", "use --quantize none, dynamic or int8")
+        if self.nhwc is None:
+            self.nhwc = "tflite" in self.formats
         if self.nhwc and "tflite" not in self.formats:
             raise EdgeQueryError("--nhwc makes an NHWC TFLite file, but tflite is not among --formats",
                                  "add tflite to --formats or drop --nhwc")
@@ -85,3 +87,14 @@ def file_name(fmt: str, layout: str, quantization: str) -> str:
     if quantization != "none":
         parts.append(quantization)
     return "_".join(parts) + SUFFIX[fmt]
+
+
+def file_runner(folder: str | Path, entry, threads: int = 1):
+    """The runner of one exported file from its card entry (a dict or a ``FileEntry``): its layout and,
+    for a file that takes pixels (``pixel_input``), its own normalisation; ``embed`` takes model inputs."""
+    from ..runtimes.run import open_runner
+
+    e = entry if isinstance(entry, dict) else entry.model_dump()
+    pixels = e.get("pixel_input")
+    return open_runner(Path(folder) / e["file"], e["format"], threads=threads, layout=e["layout"],
+                       pixel_norm=(pixels["mean"], pixels["std"]) if pixels else None)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeQueryError
-from ..runtimes.run import open_runner
-from .options import ExportOptions
+from .options import ExportOptions, file_runner
 from .parity import embed_all
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def measure_retrieval(folder: Path, entries: list[dict[str, Any]], net, gallery:
                                     g_lab),
                 "baselines": {"raw_pixel_knn": _metrics_of(raw_pixel_knn(queries, splits.gallery))}}
     for entry in entries:
-        runner = open_runner(folder / entry["file"], entry["format"], threads=1, layout=entry["layout"])
+        runner = file_runner(folder, entry)
         q = torch.from_numpy(embed_all(runner, x_q, f"queries {entry['file']}", opts.progress))
         entry["retrieval"] = _metrics(q, q_lab, g_emb, g_lab)
     gate_quantized(entries, opts)

@@ -6,8 +6,9 @@ float file gets a ``TFLITE_METADATA`` buffer (the TFLite metadata schema, identi
 ``M001``) holding:
 
 * the model: name, description, ``version`` = the card's ``model_version``, author;
-* the input tensor ``image``: an RGB image, normalisation ``(pixel - mean) / std`` on
-  0-255 pixels (the card's mean and std, times 255), the value range that gives;
+* the input tensor ``image``: an RGB image of float32 pixel values 0-255, normalisation
+  mean 0 / std 1 (the file normalises per channel itself: MediaPipe refuses per-channel
+  normalisation options, "Per-channel image normalization is not available");
 * the output tensor ``embedding``: a feature vector of ``embed_dim`` values, L2-normalised.
 
 The schema classes are the flatbuffer code MediaPipe and ai-edge-litert ship
@@ -47,10 +48,11 @@ def image_embedder_metadata(identity: dict[str, Any]) -> bytes:
 
     _, mds = _schemas()
     res, mean, std = identity["input"]["resolution"], identity["input"]["mean"], identity["input"]["std"]
+    per_channel = ", ".join(f"(p / 255 - {m:g}) / {s:g}" for m, s in zip(mean, std))
     image = mds.TensorMetadataT()
     image.name = "image"
-    image.description = (f"an RGB image, {res}x{res}, NHWC; grey images "
-                         "replicated to 3 channels; pixel values 0-255 normalised as (pixel - mean) / std")
+    image.description = (f"an RGB image, {res}x{res}, NHWC, float32 pixel values 0-255 (grey images replicated "
+                         f"to 3 channels); the model normalises them itself, per channel: {per_channel}")
     image.content = mds.ContentT()
     image.content.contentPropertiesType = mds.ContentProperties.ImageProperties
     image.content.contentProperties = mds.ImagePropertiesT()
@@ -58,12 +60,12 @@ def image_embedder_metadata(identity: dict[str, Any]) -> bytes:
     norm = mds.ProcessUnitT()
     norm.optionsType = mds.ProcessUnitOptions.NormalizationOptions
     norm.options = mds.NormalizationOptionsT()
-    norm.options.mean = [255.0 * float(m) for m in mean]
-    norm.options.std = [255.0 * float(s) for s in std]
+    norm.options.mean = [0.0]  # pixels pass unchanged: the file normalises per channel itself (MediaPipe
+    norm.options.std = [1.0]   # accepts one mean/std for all channels only)
     image.processUnits = [norm]
     image.stats = mds.StatsT()
-    image.stats.min = [(0.0 - float(m)) / float(s) for m, s in zip(mean, std)]
-    image.stats.max = [(1.0 - float(m)) / float(s) for m, s in zip(mean, std)]
+    image.stats.min = [0.0]
+    image.stats.max = [255.0]
 
     embedding = mds.TensorMetadataT()
     embedding.name = "embedding"

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeQueryError
-from ..runtimes.run import measure_latency, open_runner
-from .options import ExportOptions
+from ..runtimes.run import measure_latency
+from .options import ExportOptions, file_runner
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def measure_files(folder: Path, entries: list[dict[str, Any]], x: np.ndarray, op
     for entry in entries:
         entry["latency"] = {}
         for threads in opts.threads:
-            runner = open_runner(folder / entry["file"], entry["format"], threads=threads, layout=entry["layout"])
+            runner = file_runner(folder, entry, threads)
             entry["latency"][f"threads={threads}"] = measure_latency(runner, x[:1], warmup=opts.warmup, runs=opts.runs)
         first = entry["latency"][f"threads={opts.threads[0]}"]
         log.log(opts.level, "  latency %s: median %.3f ms at %d thread(s)", entry["file"], first["median_ms"],

@@ -26,7 +26,7 @@ import torch
 from ..artifacts.card import ModelCard
 from ..errors import EdgeQueryError
 from ..files import sha256_file
-from ..runtimes.run import open_runner
+from .options import file_runner
 from .card import embedded_identity, read_card, read_onnx_metadata
 from .fixtures import PARITY_FILE, TEST_IMAGE, TEST_VECTOR, read_png, read_test_vector
 from .parity import FP32_MIN_COSINE, REPLAY_MIN_COSINE, describe_shortfall, parity_figures, parity_passed
@@ -74,7 +74,7 @@ def check_parity(folder: Path, card: ModelCard, threads: int) -> Iterator[tuple[
     if not np.allclose(x_test.reshape(-1), np.asarray(vector["input"]["values"], np.float32), atol=1e-5):
         raise EdgeQueryError(f"{TEST_IMAGE} does not pre-process to the input recorded in {TEST_VECTOR}", REEXPORT)
     for e in card.files:
-        runner = open_runner(folder / e.file, e.format, threads=threads, layout=e.layout)
+        runner = file_runner(folder, e, threads)
         got = np.concatenate([runner.embed(x_test), runner.embed(x)])
         if e.quantization == "none":
             want, against, min_cos = stored["pytorch"], "PyTorch", FP32_MIN_COSINE

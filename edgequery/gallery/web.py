@@ -64,6 +64,7 @@ class Encoder:
         base = f"/v1/encoders/{self.card.model_version}"
         files = [{"file": f.file, "format": f.format, "runtime": RUNTIMES[f.format], "layout": f.layout,
                   "quantization": f.quantization, "bytes": f.bytes, "sha256": f.sha256, "url": f"{base}/{f.file}",
+                  "pixel_input": f.pixel_input,  # set: the file takes 0-255 pixels and normalises them itself
                   "input_shape": f.io["input"]["shape"], "input_name": f.io["input"]["name"],
                   "output_name": f.io["output"]["name"]}
                  for f in self.card.files if f.format in RUNTIMES and f.quantization == "none"]

@@ -59,17 +59,27 @@ QUANT_MODES = ("none", "dynamic", "int8")
 class NamedEncoder(nn.Module):
     """``image -> {"embedding": net(image)}``: fixes the I/O names (and layout) of the converted file.
 
-    With ``layout="NHWC"`` the input is ``N x H x W x C`` and is permuted to NCHW first.
+    With ``layout="NHWC"`` the input is ``N x H x W x C`` and is permuted to NCHW first.  With
+    ``pixel_norm=(mean, std)`` the file takes pixel values (0-255, float32) and normalises them
+    itself, ``(pixel / 255 - mean[c]) / std[c]``: what MediaPipe and most TFLite apps feed.
     """
 
-    def __init__(self, net: nn.Module, layout: str = "NCHW"):
+    def __init__(self, net: nn.Module, layout: str = "NCHW", pixel_norm: tuple | None = None):
         super().__init__()
         if layout not in ("NCHW", "NHWC"):
             raise EdgeQueryError(f"unknown layout {layout!r}", "use NCHW or NHWC")
         self.net = net
         self.layout = layout
+        self.pixel_norm = pixel_norm is not None
+        if pixel_norm is not None:
+            shape = (1, 1, 1, 3) if layout == "NHWC" else (1, 3, 1, 1)
+            mean, std = (torch.tensor([float(v) for v in vs]).view(shape) for vs in pixel_norm)
+            self.register_buffer("scale", 1.0 / (255.0 * std))  # (p / 255 - m) / s = p * scale + shift
+            self.register_buffer("shift", -mean / std)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.pixel_norm:
+            image = image * self.scale + self.shift
         if self.layout == "NHWC":
             image = image.permute(0, 3, 1, 2)
         return {OUTPUT_NAME: self.net(image)}
@@ -85,13 +95,14 @@ def input_shape(resolution: int, layout: str = "NCHW") -> tuple[int, int, int, i
 
 
 def to_tflite(net: nn.Module, resolution: int, path: str | Path, layout: str = "NCHW", quiet: bool = True,
-              sample_shape: tuple[int, ...] | None = None) -> Path:
+              sample_shape: tuple[int, ...] | None = None, pixel_norm: tuple | None = None) -> Path:
     """Write ``net`` (eval mode, batch 1) as a float32 ``.tflite`` file with I/O ``image``/``embedding``.
 
     ``sample_shape`` replaces the image shape for nets that take something else (the
-    latency profiler's single blocks).
+    latency profiler's single blocks); ``pixel_norm`` puts the normalisation in the file
+    (:class:`NamedEncoder`).
     """
-    module = NamedEncoder(net.eval(), layout).eval()
+    module = NamedEncoder(net.eval(), layout, pixel_norm).eval()
     sample = torch.zeros(sample_shape or input_shape(resolution, layout))
     path = Path(path)
     with _quiet(quiet), torch.no_grad():
@@ -133,15 +144,19 @@ def quantize_tflite_dynamic(float_path: str | Path, out_path: str | Path, quiet:
 
 
 def to_tflite_int8(net: nn.Module, resolution: int, path: str | Path, calibration: np.ndarray | None,
-                   layout: str = "NCHW", quiet: bool = True) -> Path:
+                   layout: str = "NCHW", quiet: bool = True, pixel_norm: tuple | None = None) -> Path:
     """A statically quantized int8 ``.tflite`` file, calibrated on ``calibration`` (model inputs, NCHW).
 
     PyTorch 2 export quantization with litert-torch's ``PT2EQuantizer``: symmetric
     per-channel int8 weights, int8 activations whose ranges come from histogram
     observers over the calibration images; the converter then lowers the quantized graph.
     """
+    if pixel_norm is not None and calibration is not None:
+        from .run import pixel_values
+
+        calibration = pixel_values(calibration, pixel_norm)
     feeds = _calibration_feeds(calibration, layout, "int8")
-    module = NamedEncoder(net.eval(), layout).eval()
+    module = NamedEncoder(net.eval(), layout, pixel_norm).eval()
     sample = {INPUT_NAME: torch.zeros(input_shape(resolution, layout))}
     with _quiet(quiet), torch.no_grad():
         import litert_torch

@@ -39,6 +39,12 @@ def _normalise(e: np.ndarray) -> np.ndarray:
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
 
+def pixel_values(x: np.ndarray, pixel_norm: tuple) -> np.ndarray:
+    """Normalised model inputs (NCHW) back to the 0-255 pixel values a file with ``pixel_norm`` takes."""
+    mean, std = (np.asarray(v, dtype=np.float32).reshape(1, 3, 1, 1) for v in pixel_norm)
+    return (np.asarray(x, dtype=np.float32) * std + mean) * np.float32(255.0)
+
+
 class Runner:
     """One exported file loaded in its runtime (subclasses fill in the details)."""
 
@@ -46,6 +52,7 @@ class Runner:
     path: Path
     layout: str           # "NCHW" or "NHWC": what the file's input tensor is
     threads: int
+    pixel_norm: tuple | None = None  # (mean, std): the file takes 0-255 pixels and normalises them itself
 
     def io(self) -> dict[str, Any]:
         """Names, shapes, dtypes and (for integer tensors) quantization of input and output."""
@@ -57,6 +64,8 @@ class Runner:
     def feed(self, x: np.ndarray) -> np.ndarray:
         """Model input (NCHW float32, batch 1) -> the exact tensor this file takes."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.pixel_norm is not None:
+            x = pixel_values(x, self.pixel_norm)
         if self.layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         q = self.io()["input"].get("quantization")
@@ -89,7 +98,7 @@ class LiteRTRunner(Runner):
 
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int = 1, layout: str = "NCHW"):
+    def __init__(self, path: str | Path, threads: int = 1, layout: str = "NCHW", pixel_norm: tuple | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # an older board: the same API under its former name
@@ -98,7 +107,7 @@ class LiteRTRunner(Runner):
             except ImportError:
                 raise EdgeQueryError("no TFLite runtime is installed (ai-edge-litert or tflite-runtime)",
                                      "pip install ai-edge-litert (or `pip install edgequery[export]`)") from None
-        self.path, self.threads, self.layout = Path(path), int(threads), layout
+        self.path, self.threads, self.layout, self.pixel_norm = Path(path), int(threads), layout, pixel_norm
         try:
             with quiet_converters("LiteRT start-up"):  # "Created TensorFlow Lite XNNPACK delegate" on stderr
                 self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
@@ -145,13 +154,13 @@ class OnnxRunner(Runner):
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 1, layout: str = "NCHW"):
+    def __init__(self, path: str | Path, threads: int = 1, layout: str = "NCHW", pixel_norm: tuple | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise EdgeQueryError("onnxruntime is not installed",
                                  "pip install onnxruntime (or `pip install edgequery[export]`)") from None
-        self.path, self.threads, self.layout = Path(path), int(threads), layout
+        self.path, self.threads, self.layout, self.pixel_norm = Path(path), int(threads), layout, pixel_norm
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
@@ -187,11 +196,13 @@ def _ort_dtype(t: str) -> str:
 RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRunner}
 
 
-def open_runner(path: str | Path, fmt: str, threads: int = 1, layout: str = "NCHW") -> Runner:
-    """The runner for an exported file of format ``tflite`` or ``onnx``."""
+def open_runner(path: str | Path, fmt: str, threads: int = 1, layout: str = "NCHW",
+                pixel_norm: tuple | None = None) -> Runner:
+    """The runner for an exported file of format ``tflite`` or ``onnx`` (``embed`` always takes normalised
+    NCHW inputs; ``layout`` and ``pixel_norm`` say what the file itself takes)."""
     if fmt not in RUNNERS:
         raise EdgeQueryError(f"unknown export format {fmt!r}", f"use one of: {', '.join(RUNNERS)}")
-    return RUNNERS[fmt](path, threads=threads, layout=layout)
+    return RUNNERS[fmt](path, threads=threads, layout=layout, pixel_norm=pixel_norm)
 
 
 def measure_latency(runner: Runner, x: np.ndarray, warmup: int = 10, runs: int = 50) -> dict[str, Any]:

@@ -97,7 +97,7 @@ async function embedOnDevice(file, choice) {
   const { w, h, rgba } = await decode(file);
   const input = choice.encoder.input;
   const pixels = modelPixels(rgba, w, h, input);
-  const x = modelInput(pixels, input, choice.file.layout);
+  const x = modelInput(pixels, input, choice.file.layout, choice.file.pixel_input);
   const run = await runner(choice);
   const embedding = await run.run(x); // untimed: the first run allocates
   const ms = [];

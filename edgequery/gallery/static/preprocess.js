@@ -10,7 +10,8 @@
 //   3. resample: Pillow's BILINEAR - a triangle filter over half-pixel centres whose support
 //      widens with the shrink factor (antialiased), 8-bit fixed point with 22 fraction bits,
 //      the horizontal pass first, each pass rounded and clamped to 0..255;
-//   4. values: x = (pixel / 255 - mean[c]) / std[c] in float32, grey replicated to 3 channels;
+//   4. values: x = (pixel / 255 - mean[c]) / std[c] in float32, grey replicated to 3 channels
+//      (a file that normalises itself, ``pixel_input`` in its card entry, takes the 0-255 pixels);
 //   5. layout: NCHW (1x3xRxR) or NHWC (1xRxRx3), as the file's card entry says.
 // A lossless image (PNG) therefore gives the server's pixels bit for bit; JPEG decoders differ
 // between platforms by a level or so.
@@ -137,14 +138,15 @@ export function modelPixels(rgba, w, h, input) {
   return planes(rgba, w, h, input.colour).map((p) => resamplePlane(p, w, h, box, r));
 }
 
-/** uint8 planes -> the float32 model input in ``layout`` (steps 4-5). */
-export function modelInput(pixels, input, layout) {
+/** uint8 planes -> the float32 model input in ``layout`` (steps 4-5).  A file that takes pixels
+ *  (its card entry's ``pixel_input``, e.g. the NHWC .tflite) gets 0-255 values: it normalises itself. */
+export function modelInput(pixels, input, layout, pixelInput = null) {
   const r = input.resolution, n = r * r, x = new Float32Array(3 * n);
   for (let c = 0; c < 3; c++) {
     const p = pixels[pixels.length === 1 ? 0 : c];
     const mean = Math.fround(input.mean[c]), std = Math.fround(input.std[c]);
     for (let i = 0; i < n; i++) {
-      const v = Math.fround(Math.fround(Math.fround(p[i] / 255) - mean) / std);
+      const v = pixelInput ? p[i] : Math.fround(Math.fround(Math.fround(p[i] / 255) - mean) / std);
       if (layout === "NHWC") x[i * 3 + c] = v;
       else x[c * n + i] = v;
     }
