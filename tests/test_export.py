@@ -59,14 +59,14 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained):
-    """The full export: both formats, NHWC variant, dynamic + int8, with the gallery.
+    """The full export: both formats, NHWC variant, dynamic + int8 + fp16, with the gallery.
 
     The 1-epoch net is retrieved with 50 queries, so one query is 2 points of Recall@1:
     the 1-point gate on dynamic-range files is lifted here and tested on its own below.
     """
     out = trained / "exports" / "full"
     card = export_query(trained / "query.pt", out, trained / "gallery.pt",
-                        ExportOptions(quantize=("dynamic", "int8"), nhwc=True, max_dynamic_drop=100, **QUICK))
+                        ExportOptions(quantize=("dynamic", "int8", "fp16"), nhwc=True, max_dynamic_drop=100, **QUICK))
     return out, card
 
 
@@ -280,7 +280,8 @@ def test_export_writes_checked_files_and_a_card(trained, exported):
     assert names == {"query_encoder.tflite", "query_encoder_nhwc.tflite", "query_encoder.onnx",
                      "query_encoder_dynamic.tflite", "query_encoder_int8.tflite",
                      "query_encoder_nhwc_dynamic.tflite", "query_encoder_nhwc_int8.tflite",
-                     "query_encoder_dynamic.onnx", "query_encoder_int8.onnx"}
+                     "query_encoder_dynamic.onnx", "query_encoder_int8.onnx",
+                     "query_encoder_fp16.tflite", "query_encoder_nhwc_fp16.tflite"}  # fp16: TFLite only
     on_disk = json.loads((out / "model_card.json").read_text())
     assert ModelCard.parse_data(on_disk).to_data() == on_disk            # the schema, key for key
     assert {**on_disk, "path": str(out)} == card                          # what export_query returned
@@ -319,6 +320,9 @@ def test_export_writes_checked_files_and_a_card(trained, exported):
     assert by["query_encoder_int8.tflite"]["calibration_images"] == 32
     # quantized files are smaller than their float file
     assert by["query_encoder_dynamic.tflite"]["bytes"] < 0.5 * by["query_encoder.tflite"]["bytes"]
+    assert by["query_encoder_fp16.tflite"]["bytes"] < 0.6 * by["query_encoder.tflite"]["bytes"]
+    assert by["query_encoder_fp16.tflite"]["parity"]["cosine_min"] > 0.999  # float16 weights, float32 compute
+    assert by["query_encoder_nhwc_fp16.tflite"]["pixel_input"] == by["query_encoder_nhwc.tflite"]["pixel_input"]
     assert card["lut_prediction"] is None
 
 

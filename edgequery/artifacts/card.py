@@ -97,7 +97,7 @@ class FileEntry(Strict):
     format: Literal["tflite", "onnx"]
     runtime: Literal["litert", "onnxruntime"]
     layout: Literal["NCHW", "NHWC"]
-    quantization: Literal["none", "dynamic", "int8"]
+    quantization: Literal["none", "dynamic", "int8", "fp16"]
     quantized_from: str | None = None          # the float32 file a quantized file was made from
     tool: str | None = None                    # the quantizer (quantized files)
     calibration_images: int | None = None      # int8: how many training images calibrated it

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="the export's name in its card (default: the folder's)")
     p.add_argument("--formats", type=_csv, default=("tflite", "onnx"), help="tflite, onnx or both (default both)")
     p.add_argument("--quantize", type=_csv, default=(),
-                   help="none (default), dynamic, int8, or a comma list: extra quantized files beside float32")
+                   help="none (default), dynamic, int8, fp16 (TFLite: float16 weights, half the size), or a comma "
+                        "list: extra quantized files beside float32")
     p.add_argument("--calibration", type=int, default=200,
                    help="training images used to calibrate int8 activations (default 200)")
     p.add_argument("--nhwc", action=argparse.BooleanOptionalAction, default=None,

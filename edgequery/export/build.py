@@ -9,6 +9,7 @@
       query_encoder.onnx            float32, NCHW input         (onnxruntime)
       query_encoder_dynamic.*       dynamic-range int8          (--quantize dynamic)
       query_encoder_int8.*          static int8, calibrated     (--quantize int8)
+      query_encoder[_nhwc]_fp16.tflite  float16 weights         (--quantize fp16)
       model_card.json               edgequery.artifacts.card.ModelCard
       test_image.png                the fixed test image, at the model's resolution
       test_vector.json              its model input and expected embedding per file
@@ -48,8 +49,8 @@ import torch
 from ..artifacts.card import CARD_NAME, IDENTITY_KEYS, ModelCard
 from ..errors import EdgeQueryError
 from ..files import sha256_file
-from ..runtimes.convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic, to_onnx,
-                                to_tflite, to_tflite_int8)
+from ..runtimes.convert import (INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, quantize_onnx, quantize_tflite_dynamic,
+                                quantize_tflite_fp16, to_onnx, to_tflite, to_tflite_int8)
 from .card import onnx_metadata, write_onnx_metadata
 from .fixtures import fixture_entries, write_parity_file, write_test_vector
 from .options import DEFAULT_EXPORT_ROOT, RUNTIME, ExportOptions, file_name, file_runner
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 QUANTIZER = {("tflite", "dynamic"): "ai-edge-quantizer dynamic_wi8_afp32",
              ("tflite", "int8"): "litert-torch PT2EQuantizer (per-channel, histogram calibration)",
+             ("tflite", "fp16"): "ai-edge-quantizer float casting (fp16 weights, float32 compute)",
              ("onnx", "dynamic"): "onnxruntime.quantization", ("onnx", "int8"): "onnxruntime.quantization"}
 
 
@@ -211,6 +213,8 @@ def _quantize_one(folder: Path, base: dict[str, Any], mode: str, fname: str, inp
     fmt = base["format"]
     if fmt == "tflite" and mode == "dynamic":
         quantize_tflite_dynamic(folder / base["file"], folder / fname)
+    elif fmt == "tflite" and mode == "fp16":
+        quantize_tflite_fp16(folder / base["file"], folder / fname)
     elif fmt == "tflite":
         pixels = base.get("pixel_input")
         to_tflite_int8(inputs.net, inputs.res, folder / fname, inputs.calib, layout=base["layout"],
@@ -225,6 +229,8 @@ def quantize_files(folder: Path, floats: list[dict[str, Any]], outputs: dict[str
     entries = []
     for base in floats:
         for mode in opts.quantize:
+            if (base["format"], mode) not in QUANTIZER:  # fp16: TFLite files only
+                continue
             fname = file_name(base["format"], base["layout"], mode)
             log.log(opts.level, "quantizing %s -> %s (%s) ...", base["file"], fname, mode)
             t = time.time()

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import EdgeQueryError
 
 FORMATS = ("tflite", "onnx")
-QUANTIZATIONS = ("dynamic", "int8")
+QUANTIZATIONS = ("dynamic", "int8", "fp16")  # fp16: TFLite only (weights stored as float16)
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 RUNTIME = {"tflite": "litert", "onnx": "onnxruntime"}
 DEFAULT_EXPORT_ROOT = Path("export")
@@ -54,7 +54,7 @@ class ExportOptions:
                                  f"use --formats with one or more of: {', '.join(FORMATS)}")
         bad = [q for q in self.quantize if q not in QUANTIZATIONS]
         if bad:
-            raise EdgeQueryError(f"unknown quantization mode(s) {', '.join(bad)}", "use --quantize none, dynamic or int8")
+            raise EdgeQueryError(f"unknown quantization mode(s) {', '.join(bad)}", "use --quantize none, dynamic, int8 or fp16")
         if self.nhwc is None:
             self.nhwc = "tflite" in self.formats
         if self.nhwc and "tflite" not in self.formats:

@@ -53,7 +53,7 @@ from ..log import quiet_converters
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
-QUANT_MODES = ("none", "dynamic", "int8")
+QUANT_MODES = ("none", "dynamic", "int8", "fp16")
 
 
 class NamedEncoder(nn.Module):
@@ -138,6 +138,24 @@ def quantize_tflite_dynamic(float_path: str | Path, out_path: str | Path, quiet:
 
         qt = quantizer.Quantizer(str(float_path))
         qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        result = qt.quantize(None, enable_progress_report=False)
+    Path(out_path).write_bytes(bytes(result.quantized_model))
+    return Path(out_path)
+
+
+def quantize_tflite_fp16(float_path: str | Path, out_path: str | Path, quiet: bool = True) -> Path:
+    """A float16-weight copy of a float ``.tflite`` file (ai-edge-quantizer float casting, weight-only:
+    weights stored as fp16 and dequantized to float32 for compute; half the size, float32 I/O)."""
+    with _quiet(quiet):
+        from ai_edge_quantizer import quantizer, recipe_manager
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+        from ai_edge_quantizer.qtyping import TFLOperationName
+
+        rm = recipe_manager.RecipeManager()
+        rm.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                  algorithm_key=AlgorithmName.FLOAT_CASTING)
+        qt = quantizer.Quantizer(str(float_path))
+        qt.load_quantization_recipe(rm.get_quantization_recipe())
         result = qt.quantize(None, enable_progress_report=False)
     Path(out_path).write_bytes(bytes(result.quantized_model))
     return Path(out_path)
