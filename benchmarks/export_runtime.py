@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--searched-query", type=Path, default=None,
                     help="a trained query checkpoint of the searched net (edgequery train query --arch search.json)")
     ap.add_argument("--searched-arch", default=None, help="a searched arch string (latency/size only, random init)")
-    ap.add_argument("--quantize", default="dynamic,int8",
+    ap.add_argument("--quantize", default="dynamic,int8,fp16",
                     help="quantized variants exported for trained query nets (their Recall@1 change; 'none' to skip)")
     args = _bench.parse(ap, argv)
     prov = _bench.start(args)
