@@ -201,7 +201,7 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, mode: str,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in ("dynamic", "int8"):
-        raise EdgeQueryError(f"unknown quantization mode {mode!r}", f"use one of: {', '.join(QUANT_MODES)}")
+        raise EdgeQueryError(f"ONNX files cannot be quantized as {mode!r}", "use dynamic or int8 (fp16: TFLite only)")
     with tempfile.TemporaryDirectory(prefix="edgequery-onnxq-") as tmp:
         pre = os.path.join(tmp, "pre.onnx")
         # onnxruntime's recommended pre-processing (graph optimisation + shape inference);
