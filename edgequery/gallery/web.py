@@ -111,7 +111,6 @@ def vendored() -> dict[str, Any] | None:
 def add_web_routes(app: FastAPI, encoders: dict[str, Encoder]) -> None:
     """The page, its static files and the encoder routes (see the module docstring)."""
     page = (STATIC / "index.html").read_text()
-    VENDOR.mkdir(parents=True, exist_ok=True)  # StaticFiles wants the folder; its files 404 until built
     app.mount("/static", _IsolatedStatic(directory=STATIC), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

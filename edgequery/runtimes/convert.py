@@ -53,7 +53,6 @@ from ..log import quiet_converters
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
-QUANT_MODES = ("none", "dynamic", "int8", "fp16")
 
 
 class NamedEncoder(nn.Module):
