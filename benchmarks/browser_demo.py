@@ -107,12 +107,12 @@ def browser_rows(url: str, export: Path, args, work: Path) -> dict:
                 cosines.append(float(got @ expected[i] / np.linalg.norm(got) / np.linalg.norm(expected[i])))
             browser.set_files("#file", [export / "test_image.png"])
             browser.evaluate(f"window.edgequery.bench({choice!r}, {args.warmup})")
-            timed = browser.evaluate(f"window.edgequery.bench({choice!r}, {args.runs})", )
+            timed = browser.evaluate(f"window.edgequery.bench({choice!r}, {args.runs})")
             ms = np.asarray(timed["ms"])
             rows[name] = {"runtime": timed["runtime"], **_stats(ms),
                           "parity": {"images": len(cosines), "min_cosine": round(min(cosines), 7),
                                      "mean_cosine": round(float(np.mean(cosines)), 7),
-                                     "against": f"the Python runtime's embedding of the same file (parity.npz)"}}
+                                     "against": "the Python runtime's embedding of the same file (parity.npz)"}}
             log.info("%-28s %-26s median %.3f ms  min cosine %.7f", name, timed["runtime"], rows[name]["median_ms"],
                      min(cosines))
     return {"browser": version, "files": rows}
