@@ -15,7 +15,10 @@ beside Python's ai-edge-litert and onnxruntime on the same files, same thread co
 (:func:`edgequery.runtimes.run.measure_latency`).  Without ``--export``/``--index`` it makes
 its own small set in ``--cache``: a MobileNetV3-small gallery stand-in and a BCT query net
 of ``--arch``, one epoch on 256 images (latency and parity do not depend on how well a net
-is trained), exported to TFLite (NCHW and NHWC) and ONNX.
+is trained), exported to TFLite (NCHW and NHWC, each also as fp16) and ONNX.  The Python rows
+cover every file, fp16 included, with its size and the Recall@1 the export measured (on the small
+set's 50 queries and 200-image gallery, with a 1-epoch net: the fp16 *change* is the figure, not
+the level).
 
     python benchmarks/browser_demo.py                        # the committed run
     python benchmarks/browser_demo.py --export runs/demo/export/query --index runs/demo/gallery_index
@@ -69,9 +72,10 @@ def small_set(args) -> tuple[Path, Path]:
             train_gallery(spec, TrainConfig(epochs=1, batch_size=32), gallery, arch="mobilenet_v3_small",
                           splits=load_splits(spec, progress=False))
     query = wf.query(root / "query.pt", gallery, args.arch, True, 1)
-    export = root / "export"
+    export = root / "export-fp16"
     if not (export / "model_card.json").is_file():
-        wf.export(query, export, gallery, ExportOptions(formats=("tflite", "onnx"), nhwc=True, threads=(1,),
+        wf.export(query, export, gallery, ExportOptions(formats=("tflite", "onnx"), quantize=("fp16",), nhwc=True,
+                                                        threads=(1,),
                                                         warmup=2, runs=5, parity_images=args.parity_images,
                                                         name=args.arch))
     index = root / "index"
@@ -124,7 +128,11 @@ def _stats(ms: np.ndarray) -> dict:
 
 
 def python_rows(export: Path, card, args) -> dict:
-    """ai-edge-litert / onnxruntime on the same float files, one thread, the same test image."""
+    """ai-edge-litert / onnxruntime on every file of the export (fp16 too), one thread, the same test image.
+
+    Each row also carries the file's size and, from the card, its heterogeneous Recall@1 (and,
+    for a quantized file, the points it loses against its float32 file) as the export measured it.
+    """
     from edgequery.export.fixtures import read_test_vector
     from edgequery.runtimes.run import measure_latency, open_runner
 
@@ -132,12 +140,12 @@ def python_rows(export: Path, card, args) -> dict:
     x = np.asarray(vector["input"]["values"], dtype=np.float32).reshape(vector["input"]["shape"])
     rows = {}
     for f in card.files:
-        if f.quantization != "none":
-            continue
         runner = open_runner(export / f.file, f.format, threads=1, layout=f.layout)
         lat = measure_latency(runner, x, warmup=args.warmup, runs=args.runs)
-        rows[f.file] = {"runtime": f"{f.runtime} (Python)", **{k: lat[k] for k in ("median_ms", "p10_ms", "p90_ms",
-                                                                                  "runs")}}
+        retrieval = {k: f.retrieval[k] for k in ("recall@1", "recall@1_ci95", "recall@1_drop_points")
+                     if f.retrieval and k in f.retrieval}
+        rows[f.file] = {"runtime": f"{f.runtime} (Python)", "quantization": f.quantization, "bytes": f.bytes,
+                        **{k: lat[k] for k in ("median_ms", "p10_ms", "p90_ms", "runs")}, "retrieval": retrieval}
     return rows
 
 

@@ -28,7 +28,7 @@ class ExportOptions:
     """
 
     formats: tuple[str, ...] = FORMATS
-    quantize: tuple[str, ...] = ()            # any of "dynamic", "int8"
+    quantize: tuple[str, ...] = ()            # any of QUANTIZATIONS
     nhwc: bool | None = None                  # the app-facing NHWC .tflite (None: whenever tflite is made)
     calibration: int = 200                    # training images for int8 calibration
     parity_images: int = 256                  # query-split images for the parity check
