@@ -32,6 +32,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (the README's test command): one intra-op thread per worker, so two workers share
+    # two cores instead of four threads fighting over them (subprocesses inherit it).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 TINY_SPEC = dict(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
 
 

@@ -115,6 +115,22 @@ def test_parity_figures_see_past_a_shared_component():
     assert parity_passed(parity_figures(ref + 1e-7, ref))
 
 
+def test_a_replayed_file_may_repeat_a_zero_embedding_but_not_change_it():
+    """An int8 file can embed an image to the zero vector (cosine 0 even to itself): verify's replay
+    passes when the numbers are the same, and still fails when they change."""
+    from edgequery.export.parity import replay_passed
+
+    rng = np.random.default_rng(1)
+    recorded = rng.normal(size=(6, 16)).astype(np.float32)
+    recorded[2] = 0.0
+    assert replay_passed(parity_figures(recorded.copy(), recorded))
+    assert not parity_passed(parity_figures(recorded.copy(), recorded), 0.9999)  # what the cosine alone says
+    changed = recorded.copy()
+    changed[2] = rng.normal(size=16)
+    assert not replay_passed(parity_figures(changed, recorded))
+    assert not replay_passed(parity_figures(recorded + rng.normal(size=recorded.shape) * 0.1, recorded))
+
+
 def test_committed_fixture_matches_the_preprocessing():
     """export/fixture/ (committed for apps) equals what the code produces today."""
     from edgequery.export.fixture import FIXTURE_DIR, reference_input

@@ -29,7 +29,8 @@ from ..files import sha256_file
 from .options import file_runner
 from .card import embedded_identity, read_card, read_onnx_metadata
 from .fixtures import PARITY_FILE, TEST_IMAGE, TEST_VECTOR, read_png, read_test_vector
-from .parity import FP32_MIN_COSINE, REPLAY_MIN_COSINE, describe_shortfall, parity_figures, parity_passed
+from .parity import (FP32_MIN_COSINE, REPLAY_MIN_COSINE, describe_shortfall, parity_figures, parity_passed,
+                     replay_passed)
 
 log = logging.getLogger(__name__)
 REEXPORT = "re-create the export with `edgequery export`"
@@ -76,13 +77,14 @@ def check_parity(folder: Path, card: ModelCard, threads: int) -> Iterator[tuple[
     for e in card.files:
         runner = file_runner(folder, e, threads)
         got = np.concatenate([runner.embed(x_test), runner.embed(x)])
-        if e.quantization == "none":
-            want, against, min_cos = stored["pytorch"], "PyTorch", FP32_MIN_COSINE
-        else:
+        replay = e.quantization != "none"
+        if replay:
             want, against, min_cos = stored[f"file:{e.file}"], "its own outputs at export time", REPLAY_MIN_COSINE
+        else:
+            want, against, min_cos = stored["pytorch"], "PyTorch", FP32_MIN_COSINE
         want = np.concatenate([np.asarray([vector["expected_embedding"][e.file]], np.float32), want])
         par = parity_figures(got, want)
-        if not parity_passed(par, min_cos):
+        if not (replay_passed(par) if replay else parity_passed(par, min_cos)):
             raise EdgeQueryError(
                 f"{e.file} no longer reproduces {against} on the stored real images: {describe_shortfall(par, min_cos)}",
                 f"check the installed {e.runtime} against the card's tools ({card.tools}), or re-export")
