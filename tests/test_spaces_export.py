@@ -35,16 +35,14 @@ def reference(net, x):
 @pytest.mark.parametrize("name", list(SPACES))
 def test_random_archs_export_to_onnx_and_tflite(name, tmp_path):
     space = get_space(name)
-    rng = np.random.default_rng(11)
-    for i in range(2):  # more cost 20 s each; test_export exports a fixed arch of each space too
-        arch = space.sample(rng)
-        torch.manual_seed(i)
-        net = build_embedding_net(str(arch), embed_dim=128, num_classes=10).eval()
-        x = torch.randn(1, 3, arch.resolution, arch.resolution)
-        ref = reference(net, x)
-        onnx_out, tflite_out = export_and_run(net, x, tmp_path, f"{name}{i}")
-        assert np.abs(onnx_out - ref).max() < TOL, str(arch)
-        assert np.abs(tflite_out - ref).max() < TOL, str(arch)
+    arch = space.sample(np.random.default_rng(11))  # one: each costs 30 s; test_export exports a fixed arch of each space too
+    torch.manual_seed(0)
+    net = build_embedding_net(str(arch), embed_dim=128, num_classes=10).eval()
+    x = torch.randn(1, 3, arch.resolution, arch.resolution)
+    ref = reference(net, x)
+    onnx_out, tflite_out = export_and_run(net, x, tmp_path, name)
+    assert np.abs(onnx_out - ref).max() < TOL, str(arch)
+    assert np.abs(tflite_out - ref).max() < TOL, str(arch)
 
 
 @pytest.mark.slow
