@@ -214,3 +214,42 @@ def test_without_an_export_the_page_uploads_to_the_server(demo_server, chromium)
     bad.write_bytes(b"not an image")
     error = _choose(chromium, bad, "server")
     assert error.startswith("ERROR 422:") and "not an image format" in error
+
+
+def test_waiting_on_a_page_survives_its_navigations(chromium):
+    """A page that reloads itself (30 times, 20 ms apart) has no JS context for moments between
+    documents; ``open`` and ``wait_for`` must ride through that rather than fail with Chromium's
+    "Cannot find default execution context" (seen once in CI on the page at ``/``)."""
+    import http.server
+    import threading
+
+    page = (b"<!doctype html><script>const n = Number(sessionStorage.n || 0) + 1; sessionStorage.n = n;"
+            b"if (n < 30) setTimeout(() => location.reload(), 20); else document.title = 'arrived';</script>")
+
+    class Reloading(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Reloading)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chromium.open(f"http://127.0.0.1:{server.server_port}/")
+        assert chromium.wait_for("document.title === 'arrived' && sessionStorage.n", timeout=60) == "30"
+    finally:
+        server.shutdown()
+    # What Chromium answers when the context asked for is gone is told apart from other errors
+    # (wait_for polls on through the one, raises the other).
+    from edgequery.gallery.browser import BrowserError, NoPageContext
+
+    with pytest.raises(NoPageContext):
+        chromium.send("Runtime.evaluate", {"expression": "1", "contextId": 987654})
+    with pytest.raises(BrowserError, match="wasn't found") as bad:
+        chromium.send("Runtime.noSuchMethod")
+    assert not isinstance(bad.value, NoPageContext)

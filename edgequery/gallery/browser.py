@@ -25,6 +25,15 @@ class BrowserError(RuntimeError):
     """Chromium closed, answered a command with an error, or did not answer in time."""
 
 
+class NoPageContext(BrowserError):
+    """The page has no JavaScript context at the moment: it is (re)loading.  Asking again later may work."""
+
+
+# What Chromium answers ``Runtime.evaluate`` with while a navigation replaces the page's context.
+_CONTEXT_GONE = ("Cannot find default execution context", "Execution context was destroyed",
+                 "Cannot find context with specified id")
+
+
 class Chromium:
     """A headless Chromium and a minimal DevTools-protocol client over its debugging pipe.
 
@@ -68,7 +77,9 @@ class Chromium:
             reply = json.loads(raw)
             if reply.get("id") == self._next_id:
                 if "error" in reply:
-                    raise BrowserError(f"{method}: {reply['error']}")
+                    error = reply["error"]
+                    gone = any(m in str(error.get("message", "")) for m in _CONTEXT_GONE)
+                    raise (NoPageContext if gone else BrowserError)(f"{method}: {error}")
                 return reply.get("result", {})
         raise BrowserError(f"no reply to {method} within {timeout} s")
 
@@ -77,9 +88,13 @@ class Chromium:
         return r["result"].get("value")
 
     def wait_for(self, expression, timeout=60):
+        """The first truthy value of ``expression``, polled every 0.2 s; a page still loading counts as falsy."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except NoPageContext:
+                value = None
             if value:
                 return value
             time.sleep(0.2)
@@ -89,6 +104,9 @@ class Chromium:
         target = self.send("Target.createTarget", {"url": url})["targetId"]
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.send("Runtime.enable")
+        # The new target starts at about:blank and then navigates: until the URL's document has
+        # loaded, an evaluation may land in no context (or the blank page's), so wait it out here.
+        self.wait_for("location.href !== 'about:blank' && document.readyState === 'complete'")
 
     def screenshot(self, path):
         """A PNG of the page as it is now, written to ``path`` (for a person to look at)."""
