@@ -112,8 +112,12 @@ def refit(result: dict, out_dir: Path) -> dict:
     """``result`` with its calibration figures recomputed from its stored measurements."""
     lut = load_lut(out_dir / result["lut_file"])
     lut.calibration = None
-    raw = [n["raw_ms"] for n in result["nets"]]
-    scores = score_calibration(lut, raw, [n["measured_ms"] for n in result["nets"]], calibrate=True)
+    terms = [lut.terms(n["arch"], weights=True) for n in result["nets"]]   # (raw, blocks, weight MB): older results lack the last two
+    for net, (_, blocks, weight_mb) in zip(result["nets"], terms):
+        net.setdefault("blocks", blocks)
+        net.setdefault("weight_mb", round(weight_mb, 4))
+    terms = [(n["raw_ms"], n["blocks"], n["weight_mb"]) for n in result["nets"]]
+    scores = score_calibration(lut, terms, [n["measured_ms"] for n in result["nets"]], calibrate=True)
     out = {**{k: v for k, v in result.items() if k not in scores}, **scores}
     return {**out, "goal": goal_verdict(out)}
 

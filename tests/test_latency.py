@@ -217,6 +217,36 @@ def test_calibration_scores_cross_validate_from_ten_nets(onnx_lut):
     assert "with_stored_calibration" in score_calibration(lut, raw, measured, calibrate=False)
 
 
+def test_the_calibration_that_predicts_better_out_of_sample_is_kept(onnx_lut):
+    """Nets whose time follows block count and weight bytes (as onnxruntime's do here) get the
+    blocks+weights model, stored and used by ``predict``; nets on a line keep the line."""
+    lut = LUT.parse_data(onnx_lut.to_data())
+    space = tiny_space()
+    archs = [space.sample(np.random.default_rng(i)) for i in range(24)]
+    terms = [lut.terms(a, space, weights=True) for a in archs]
+    raw, blocks, mb = (np.array(c, float) for c in zip(*terms))
+    assert len(set(blocks)) > 2 and mb.min() > 0 and len(set(np.round(mb, 6))) > len(set(blocks))
+    noise = 1 + np.random.default_rng(0).normal(0, 0.003, len(archs))
+    measured = (0.4 * raw + 0.02 * blocks + 0.5 * mb) * noise
+    report = score_calibration(lut, terms, measured, calibrate=True, device="local")
+    assert report["calibration_model"] == "blocks+weights" and set(report["models"]) == {"line", "blocks+weights"}
+    assert report["models"]["blocks+weights"]["calibration_curve"]["10"]["within_5pct"] == 1.0
+    assert report["models"]["line"]["calibration_curve"]["10"]["within_5pct"] < 1.0
+    cal = lut.calibration
+    # (one block choice per stage: raw and block count are nearly collinear, so the split between
+    # their coefficients is not identified here - the prediction is)
+    assert cal.model == "blocks+weights" and cal.per_weight_mb_ms > 0 and cal.offset_ms == 0.0
+    assert report["calibrated_in_sample"]["within_5pct"] == 1.0
+    assert lut.predict(archs[3], space) == pytest.approx(measured[3], rel=0.02)  # weights counted for the stored model
+    assert "ms/block" in cal.formula() and LUT.parse_data(lut.to_data()).calibration == cal
+
+    line = score_calibration(lut, terms, 1.3 * raw + 0.05, calibrate=True)
+    assert line["calibration_model"] == "line" and lut.calibration.model == "line"
+    assert lut.calibration.per_block_ms == lut.calibration.per_weight_mb_ms == 0.0
+    with pytest.raises(EdgeQueryError, match="blocks"):
+        fit_calibration(raw, measured, model="blocks+weights")  # raw sums alone cannot fit it
+
+
 def test_calibration_curve_scores_each_size_on_the_nets_it_was_not_fitted_on():
     from edgequery.latency.validation import calibration_curve, noise_ceiling
 

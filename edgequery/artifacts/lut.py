@@ -62,10 +62,27 @@ class TimingProtocol(Strict):
 
 
 class Calibration(Strict):
-    """``measured = scale * raw + offset_ms``, fitted on whole nets by ``edgequery profile validate --calibrate``."""
+    """A correction of the block sum fitted on whole nets by ``edgequery profile validate --calibrate``::
+
+        measured = scale * raw + offset_ms + per_block_ms * blocks + per_weight_mb_ms * weight_mb
+
+    ``model`` names the terms fitted: ``line`` (scale, offset) or ``blocks+weights`` (scale, a
+    cost per block - what isolated block files run that a net does not, e.g. layout transposes -
+    and a cost per MB of float32 weights - streaming weights that a block timed alone keeps in
+    cache).  Terms not fitted are 0."""
 
     scale: float
     offset_ms: float
+    per_block_ms: float = 0.0
+    per_weight_mb_ms: float = 0.0
+    model: str = "line"
+
+    def formula(self) -> str:
+        """The fitted correction as a person reads it."""
+        text = f"{self.scale:.4f} x raw {self.offset_ms:+.4f} ms"
+        if self.model != "line":
+            text += f" {self.per_block_ms:+.4f} ms/block {self.per_weight_mb_ms:+.4f} ms/MB of weights"
+        return text
     fit: str
     fitted_on: int
     fitted_at: str

@@ -160,6 +160,12 @@ def _print_validation(report: dict, lut_path: str) -> None:
     print(f"{report['n']} random nets on {report['device']} ({report['runtime']}, {report['threads']} thread(s)):\n"
           f"  uncalibrated: {u['within_5pct']:.0%} within +-5%, {u['within_10pct']:.0%} within +-10%, "
           f"MAPE {u['mape_pct']:.2f}%, mean error {u['mean_error_pct']:+.2f}%, Spearman rho {u['spearman_rho']:.3f}")
+    for name, figures in report.get("models", {}).items():
+        c, ten = figures["calibrated_cross_validated"], figures["calibration_curve"].get("10")
+        print(f"  {name} calibration ({', '.join(figures['terms'])}): 5-fold {c['within_5pct']:.0%} within +-5%, "
+              f"{c['within_10pct']:.0%} within +-10%"
+              + (f"; on 10 nets {ten['within_5pct']:.0%} / {ten['within_10pct']:.0%}" if ten else "")
+              + ("  <- kept" if name == report.get("calibration_model") else ""))
     if "calibrated_cross_validated" in report:
         c = report["calibrated_cross_validated"]
         print(f"  calibrated, 5-fold cross-validated: {c['within_5pct']:.0%} within +-5%, "
@@ -180,7 +186,9 @@ def _print_validation(report: dict, lut_path: str) -> None:
               f"{u['within_10pct']:.0%} within +-10%, MAPE {u['mape_pct']:.2f}%")
     if "calibrated_in_sample" in report:
         c, cal = report["calibrated_in_sample"], report["calibration"]
-        print(f"  calibrated (in-sample, scale {cal['scale']:.4f}, offset {cal['offset_ms']:+.4f} ms): "
+        from ..artifacts.lut import Calibration
+
+        print(f"  calibrated (in-sample, {cal['model']} model: measured = {Calibration(**cal).formula()}): "
               f"{c['within_5pct']:.0%} within +-5%, {c['within_10pct']:.0%} within +-10%, MAPE {c['mape_pct']:.2f}%"
               f"\n  stored in {lut_path}")
     for note in report["device_notes"]:
@@ -242,8 +250,7 @@ def summary(lut, top: int = 10) -> str:
         lines.append(f"  other device ({use.action} {use.at} on {use.device}): {'; '.join(use.notes)}")
     if lut.calibration:
         c = lut.calibration
-        lines.append(f"  calibrated measured = {c.scale:.4f} x predicted {c.offset_ms:+.4f} ms "
-                     f"(fitted on {c.fitted_on} nets)")
+        lines.append(f"  calibrated measured = {c.formula()} ({c.model} model, fitted on {c.fitted_on} nets)")
     if lut.blocks:
         lines += _block_lines(lut, top, complete=not missing)
     return "\n".join(lines)

@@ -9,11 +9,14 @@ behaviour, so the file has one reader and one writer.
 
     raw(arch)       = overhead + sum over blocks b of (LUT[b] - overhead)
     predicted(arch) = scale * raw(arch) + offset        # calibration: identity unless fitted
+                      + per_block * blocks(arch) + per_weight_mb * weight_mb(arch)
 
-The calibration is a least-squares line fitted by ``edgequery profile validate
---calibrate`` on whole nets measured end to end on the same device; it absorbs what
+The calibration is fitted by ``edgequery profile validate --calibrate`` on whole nets
+measured end to end on the same device (relative least squares); it absorbs what
 block-wise timing cannot see (cache effects between blocks, fusions across block
-boundaries).
+boundaries).  ``blocks`` is the number of blocks of the net and ``weight_mb`` its float32
+weights in MB (from the blocks' modules, counted once per block key); the ``line`` model
+leaves both terms at 0 (see :class:`edgequery.artifacts.lut.Calibration`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class LUT(LUTFile):
     """A latency table: :meth:`LUTFile.load` / :meth:`save` are its file form, the rest is prediction."""
 
     _path: Path | None = PrivateAttr(default=None)
+    _weight_mb: dict[str, float] = PrivateAttr(default_factory=dict)   # block key -> float32 weights (MB)
 
     # ----------------------------------------------------------------- file form
 
@@ -108,30 +112,49 @@ class LUT(LUTFile):
         """Uncalibrated prediction for a net made of ``keys``: overhead once + each block's own time."""
         return self.overhead_ms + sum(self.block_ms(k) - self.overhead_ms for k in keys)
 
-    def calibrated(self, raw_ms: float) -> float:
+    def calibrated(self, raw_ms: float, blocks: int = 0, weight_mb: float = 0.0) -> float:
         c = self.calibration
-        return c.scale * raw_ms + c.offset_ms if c else raw_ms
+        if c is None:
+            return raw_ms
+        return c.scale * raw_ms + c.offset_ms + c.per_block_ms * blocks + c.per_weight_mb_ms * weight_mb
 
-    def breakdown(self, space, arch) -> dict[str, Any]:
-        """Predicted latency of ``arch`` with the per-block terms (for reports and model cards)."""
-        arch = space.parse(arch) if isinstance(arch, (str, dict)) else arch
-        self.check_resolution(arch.resolution)
-        keys = [b.key for b in space.blocks(arch, self.embed_dim)]
-        raw = self.raw(keys)
-        return {"predicted_ms": round(self.calibrated(raw), 5), "raw_ms": round(raw, 5),
-                "overhead_ms": round(self.overhead_ms, 5), "calibrated": bool(self.calibration),
-                "blocks": [{"key": k, "ms": round(self.block_ms(k) - self.overhead_ms, 5)} for k in keys],
-                "device": self.device, "runtime": self.runtime, "threads": self.threads}
+    def weight_mb(self, space, blocks) -> float:
+        """Float32 weights of ``blocks`` (BlockSpecs of ``space``) in MB, each block key counted from its module once."""
+        from .blocks import block_module
 
-    def predict(self, arch, space=None) -> float:
-        """Predicted batch-1 latency (ms) of ``arch`` (arch string, JSON dict or parsed arch)."""
+        for b in blocks:
+            if b.key not in self._weight_mb:
+                self._weight_mb[b.key] = sum(p.numel() for p in block_module(space, b).parameters()) * 4 / 2**20
+        return sum(self._weight_mb[b.key] for b in blocks)
+
+    def terms(self, arch, space=None, weights: bool | None = None) -> tuple[float, int, float]:
+        """What the prediction of ``arch`` is made of: (raw ms, number of blocks, weight MB).
+
+        The weights are counted when ``weights`` is true, or (``None``) when the calibration uses them; else 0."""
         from ..spaces import get_space, parse_arch
 
         if space is None:
             space = parse_arch(arch)[0] if isinstance(arch, (str, dict)) else get_space(self.space)
         arch = space.parse(arch) if isinstance(arch, (str, dict)) else arch
         self.check_resolution(arch.resolution)
-        return self.calibrated(self.raw([b.key for b in space.blocks(arch, self.embed_dim)]))
+        blocks = space.blocks(arch, self.embed_dim)
+        needs_weights = weights if weights is not None else bool(self.calibration and self.calibration.per_weight_mb_ms)
+        return (self.raw([b.key for b in blocks]), len(blocks),
+                self.weight_mb(space, blocks) if needs_weights else 0.0)
+
+    def breakdown(self, space, arch) -> dict[str, Any]:
+        """Predicted latency of ``arch`` with the per-block terms (for reports and model cards)."""
+        arch = space.parse(arch) if isinstance(arch, (str, dict)) else arch
+        raw, n_blocks, weight_mb = self.terms(arch, space)
+        keys = [b.key for b in space.blocks(arch, self.embed_dim)]
+        return {"predicted_ms": round(self.calibrated(raw, n_blocks, weight_mb), 5), "raw_ms": round(raw, 5),
+                "overhead_ms": round(self.overhead_ms, 5), "calibrated": bool(self.calibration),
+                "blocks": [{"key": k, "ms": round(self.block_ms(k) - self.overhead_ms, 5)} for k in keys],
+                "device": self.device, "runtime": self.runtime, "threads": self.threads}
+
+    def predict(self, arch, space=None) -> float:
+        """Predicted batch-1 latency (ms) of ``arch`` (arch string, JSON dict or parsed arch)."""
+        return self.calibrated(*self.terms(arch, space))
 
 
 def load_lut(path: str | Path, *, space=None, runtime: str | None = None, threads: int | None = None,

@@ -4,7 +4,10 @@
 resolutions, exports each *whole* net the way ``edgequery export`` does, times it on
 the same device/runtime/threads and compares with the LUT's prediction: share within
 ±5 % and ±10 %, mean absolute percentage error, Spearman rho.  With ``calibrate`` it
-fits ``measured = scale * raw + offset`` by least squares and stores it in the LUT.
+fits a correction by relative least squares and stores it in the LUT: the line
+``scale * raw + offset``, or ``scale * raw + per_block * blocks + per_weight_mb * weight_mb``
+(isolated block files run layout transposes a net does not, and keep in cache the weights
+a net streams), whichever predicts better out of sample after 10 nets.
 
 Two figures put those numbers in context.  The *noise ceiling* (``noise_rounds=True``):
 the same nets timed a second time, in a separate pass after the first, and scored as if
@@ -52,58 +55,87 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
             "mean_error_pct": round(float(np.mean(err) * 100), 3), "spearman_rho": round(float(rho), 4)}
 
 
-def _fit_line(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """``measured ~ scale * raw + offset``, minimising the *relative* error (what the ±5 % goal counts)."""
-    design = np.stack([raw / measured, 1.0 / measured], axis=1)
-    (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
-    return float(scale), float(offset)
+# The calibration models: the terms each fits (see :class:`edgequery.artifacts.lut.Calibration`).
+MODELS = {"line": ("raw", "offset"), "blocks+weights": ("raw", "blocks", "weight_mb")}
 
 
-def fit_calibration(raw: Sequence[float], measured: Sequence[float], device: str | None = None,
-                    notes: Sequence[str] = ()) -> Calibration:
-    """The line ``measured = scale * raw + offset`` that ``--calibrate`` stores (relative least squares)."""
-    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
-    if len(raw_a) < 3:
-        raise EdgeQueryError(f"calibration needs at least 3 measured nets, got {len(raw_a)}", "pass --n 20 or more")
-    scale, offset = _fit_line(raw_a, m)
-    return Calibration(scale=round(scale, 6), offset_ms=round(offset, 6), fit="relative least squares",
-                       fitted_on=len(raw_a), fitted_at=now(), device=device, notes=list(notes))
+def _terms(terms: Sequence) -> np.ndarray:
+    """Per-net terms as an (n, 3) array of (raw ms, blocks, weight MB); a plain list of raw ms has only the first."""
+    t = np.asarray(terms, float)
+    return t[:, None] if t.ndim == 1 else t
 
 
-def cross_validated(raw: Sequence[float], measured: Sequence[float], folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Accuracy of the calibrated prediction out of sample: each fold predicted by a line fitted on the others."""
-    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
-    order = np.random.default_rng(seed).permutation(len(raw_a))
+def _columns(terms: np.ndarray, model: str) -> np.ndarray:
+    have = {"raw": terms[:, 0], "offset": np.ones(len(terms))}
+    if terms.shape[1] == 3:
+        have.update(blocks=terms[:, 1], weight_mb=terms[:, 2])
+    missing = [t for t in MODELS[model] if t not in have]
+    if missing:
+        raise EdgeQueryError(f"the {model} calibration needs each net's {', '.join(missing)}",
+                             "pass (raw ms, blocks, weight MB) per net, or fit the line model")
+    return np.stack([have[t] for t in MODELS[model]], axis=1)
+
+
+def _fit(terms: np.ndarray, measured: np.ndarray, model: str) -> np.ndarray:
+    """The model's coefficients minimising the *relative* error (what the ±5 % goal counts)."""
+    design = _columns(terms, model) / measured[:, None]
+    coef, *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    return coef
+
+
+def _predict(coef: np.ndarray, terms: np.ndarray, model: str) -> np.ndarray:
+    return _columns(terms, model) @ coef
+
+
+def fit_calibration(terms: Sequence, measured: Sequence[float], device: str | None = None,
+                    notes: Sequence[str] = (), model: str = "line") -> Calibration:
+    """The correction ``--calibrate`` stores: ``model``'s terms fitted by relative least squares.
+
+    ``terms``: per net, the raw ms (``line``) or (raw ms, blocks, weight MB) (either model)."""
+    t, m = _terms(terms), np.asarray(measured, float)
+    if len(t) < 3:
+        raise EdgeQueryError(f"calibration needs at least 3 measured nets, got {len(t)}", "pass --n 20 or more")
+    coef = dict(zip(MODELS[model], (round(float(c), 6) for c in _fit(t, m, model))))
+    return Calibration(scale=coef["raw"], offset_ms=coef.get("offset", 0.0), per_block_ms=coef.get("blocks", 0.0),
+                       per_weight_mb_ms=coef.get("weight_mb", 0.0), model=model, fit="relative least squares",
+                       fitted_on=len(t), fitted_at=now(), device=device, notes=list(notes))
+
+
+def cross_validated(terms: Sequence, measured: Sequence[float], folds: int = 5, seed: int = 0,
+                    model: str = "line") -> dict[str, Any]:
+    """Accuracy of the calibrated prediction out of sample: each fold predicted by ``model`` fitted on the others."""
+    t, m = _terms(terms), np.asarray(measured, float)
+    order = np.random.default_rng(seed).permutation(len(t))
     pred = np.empty_like(m)
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        scale, offset = _fit_line(raw_a[train], m[train])
-        pred[test] = scale * raw_a[test] + offset
+        pred[test] = _predict(_fit(t[train], m[train], model), t[test], model)
     return {**accuracy(pred, m), "folds": folds, "predicted_ms": [round(float(p), 5) for p in pred]}
 
 
-def calibration_curve(raw: Sequence[float], measured: Sequence[float], sizes: Sequence[int] = (0, 5, 10, 20),
-                      draws: int = 50, seed: int = 0) -> dict[str, Any]:
+def calibration_curve(terms: Sequence, measured: Sequence[float], sizes: Sequence[int] = (0, 5, 10, 20),
+                      draws: int = 50, seed: int = 0, model: str = "line") -> dict[str, Any]:
     """Accuracy after a calibration fitted on ``k`` nets, for each ``k`` in ``sizes``, out of sample.
 
-    For each k: ``draws`` random sets of k nets, a line fitted on each, every other net predicted
-    by it; the accuracy figures are the mean over the draws, with the worst draw's (the 5th
-    percentile of within ±5 % / ±10 %) beside them.  k = 0 is the uncalibrated table.  Sizes
-    that leave fewer than 5 nets to score are skipped.
+    For each k: ``draws`` random sets of k nets, ``model`` fitted on each, every other net
+    predicted by it; the accuracy figures are the mean over the draws, with the worst draw's
+    (the 5th percentile of within ±5 % / ±10 %) beside them.  k = 0 is the uncalibrated
+    table.  Sizes that leave fewer than 5 nets to score are skipped, and so are sizes below
+    the model's number of terms + 1.
     """
-    raw_a, m = np.asarray(raw, float), np.asarray(measured, float)
+    t, m = _terms(terms), np.asarray(measured, float)
     rng = np.random.default_rng(seed)
     curve: dict[str, Any] = {}
     for k in sizes:
-        if len(m) - k < 5 or (0 < k < 3):
+        if len(m) - k < 5 or (0 < k <= len(MODELS[model])):
             continue
         runs = []
         for _ in range(1 if k == 0 else draws):
             fit = rng.choice(len(m), size=k, replace=False)
             rest = np.setdiff1d(np.arange(len(m)), fit)
-            scale, offset = _fit_line(raw_a[fit], m[fit]) if k else (1.0, 0.0)
-            runs.append(accuracy(scale * raw_a[rest] + offset, m[rest]))
+            pred = _predict(_fit(t[fit], m[fit], model), t[rest], model) if k else t[rest, 0]
+            runs.append(accuracy(pred, m[rest]))
         keys = ("within_5pct", "within_10pct", "mape_pct", "mean_error_pct")
         curve[str(k)] = {**{key: round(float(np.mean([r[key] for r in runs])), 4) for key in keys},
                          "within_5pct_p5": round(float(np.percentile([r["within_5pct"] for r in runs], 5)), 4),
@@ -118,34 +150,61 @@ def noise_ceiling(first: Sequence[float], second: Sequence[float]) -> dict[str, 
     return {k: figures[k] for k in ("n", "within_5pct", "within_10pct", "mape_pct", "mean_error_pct")}
 
 
-def out_of_sample(raw: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
-    """From 10 nets on: the 5-fold cross-validated calibration, the calibration curve and its 10-net point."""
-    if len(raw) < 10:
+def out_of_sample(terms: Sequence, measured: Sequence[float], model: str = "line") -> dict[str, Any]:
+    """From 10 nets on: ``model``'s 5-fold cross-validated calibration, its calibration curve and 10-net point."""
+    if len(terms) < 10:
         return {}
-    out = {"calibrated_cross_validated": cross_validated(raw, measured),
-           "calibration_curve": calibration_curve(raw, measured)}
+    out = {"calibrated_cross_validated": cross_validated(terms, measured, model=model),
+           "calibration_curve": calibration_curve(terms, measured, model=model)}
     if "10" in out["calibration_curve"]:
         out["calibrated_10_nets"] = out["calibration_curve"]["10"]
     return out
 
 
-def score_calibration(lut: LUT, raw: Sequence[float], measured: Sequence[float], calibrate: bool,
-                      device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
-    """The calibration figures of a validation from its raw predictions and measurements (no timing here).
+def _better(a: dict, b: dict) -> bool:
+    """Whether out-of-sample figures ``a`` beat ``b``: the 10-net calibration's ±10 % + ±5 % shares, then 5-fold MAPE."""
+    def key(o):
+        ten = o.get("calibrated_10_nets", {})
+        return (round(ten.get("within_10pct", 0) + ten.get("within_5pct", 0), 3),
+                -o.get("calibrated_cross_validated", {}).get("mape_pct", np.inf))
+    return key(a) > key(b)
 
-    With ``calibrate`` the fitted line is stored in ``lut`` (and saved to its file); ``device``
-    and ``notes`` (``--allow-other-device``: how that device differs) are stored with it.
+
+def score_calibration(lut: LUT, terms: Sequence, measured: Sequence[float], calibrate: bool,
+                      device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The calibration figures of a validation from its nets' terms and measurements (no timing here).
+
+    ``terms``: per net (raw ms, blocks, weight MB), or only the raw ms (then only the line model
+    is fitted).  Every model of :data:`MODELS` the terms allow is scored out of sample
+    (``models``); the top-level figures are the winner's (``calibration_model``: the better
+    10-net calibration).  With ``calibrate`` the winner, fitted on all nets, is stored in ``lut``
+    (and saved to its file); ``device`` and ``notes`` (``--allow-other-device``: how that device
+    differs) are stored with it.
     """
+    t = _terms(terms)
     report: dict[str, Any] = {}
     if lut.calibration:
-        report["with_stored_calibration"] = accuracy([lut.calibrated(r) for r in raw], measured)
-    report.update(out_of_sample(raw, measured))
+        stored = [lut.calibrated(*row) if t.shape[1] == 3 else lut.calibrated(row[0]) for row in t]
+        report["with_stored_calibration"] = accuracy(stored, measured)
+    fitted = {m: out_of_sample(t, measured, m) for m in MODELS if t.shape[1] == 3 or m == "line"}
+    best = "line"
+    for name, figures in fitted.items():
+        if figures and _better(figures, fitted[best]):
+            best = name
+    report.update(fitted[best])
+    if len(fitted) > 1 and fitted[best]:
+        report["calibration_model"] = best
+        report["models"] = {name: {"terms": list(MODELS[name]),
+                                   "calibrated_cross_validated": {k: v for k, v in f["calibrated_cross_validated"].items()
+                                                                  if k != "predicted_ms"},
+                                   "calibration_curve": f["calibration_curve"]} for name, f in fitted.items()}
     if calibrate:
-        lut.calibration = fit_calibration(raw, measured, device, notes)
+        lut.calibration = fit_calibration(t, measured, device, notes, model=best)
         if lut.path:
             lut.save(lut.path)
         report["calibration"] = lut.calibration.model_dump(mode="json")
-        report["calibrated_in_sample"] = accuracy([lut.calibrated(r) for r in raw], measured)
+        report["calibrated_in_sample"] = accuracy(_predict(_fit(t, np.asarray(measured, float), best), t, best),
+                                                  measured)
     return report
 
 
@@ -200,10 +259,12 @@ def same_session(lut: LUT, sub, archs: Sequence, timed: dict, measured: Sequence
     ident = timed[IDENTITY + RUNTIME_SUFFIX[lut.runtime]].median_ms
     block = {b.key: timed[file_name(b.key, lut.runtime)].median_ms for a in archs for b in sub.blocks(a, lut.embed_dim)}
     raw = [ident + sum(block[b.key] - ident for b in sub.blocks(a, lut.embed_dim)) for a in archs]
+    terms = [(r, len(sub.blocks(a, lut.embed_dim)), lut.weight_mb(sub, sub.blocks(a, lut.embed_dim)))
+             for r, a in zip(raw, archs)]
     ratio = [lut.block_ms(k) / ms for k, ms in block.items() if ms > 0]
     out = {"blocks_timed": len(block), "overhead_ms": ident, "raw_ms": [round(r, 5) for r in raw],
            "table_over_session_block_median": round(float(np.median(ratio)), 4), "uncalibrated": accuracy(raw, measured)}
-    return {**out, **out_of_sample(raw, measured)}
+    return {**out, **out_of_sample(terms, measured)}
 
 
 def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calibrate: bool = False,
@@ -254,6 +315,8 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         device.close()
     measured = [timed[name] for name in names]
     raw = [lut.raw([b.key for b in sub.blocks(a, lut.embed_dim)]) for a in archs]
+    n_blocks = [len(sub.blocks(a, lut.embed_dim)) for a in archs]
+    weights = [lut.weight_mb(sub, sub.blocks(a, lut.embed_dim)) for a in archs]
     flops = [sub.cost(a, lut.embed_dim)["flops"] for a in archs]
     meas = [m.median_ms for m in measured]
     report: dict[str, Any] = {
@@ -263,9 +326,9 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
         "n": len(archs), "seed": seed, "protocol": protocol.to_dict(), "seconds": round(time.time() - t0, 1),
         "uncalibrated": accuracy(raw, meas),
         "previous_calibration": lut.calibration.model_dump(mode="json") if lut.calibration else None,
-        "nets": [{"arch": str(a), "flops": f, "raw_ms": round(r, 5), "measured_ms": m.median_ms,
-                  "measured_p10_ms": m.p10_ms, "measured_p90_ms": m.p90_ms}
-                 for a, f, r, m in zip(archs, flops, raw, measured)]}
+        "nets": [{"arch": str(a), "flops": f, "raw_ms": round(r, 5), "blocks": nb, "weight_mb": round(w, 4),
+                  "measured_ms": m.median_ms, "measured_p10_ms": m.p10_ms, "measured_p90_ms": m.p90_ms}
+                 for a, f, r, nb, w, m in zip(archs, flops, raw, n_blocks, weights, measured)]}
     if again is not None:
         second = [again[name].median_ms for name in names]
         report["noise_ceiling"] = noise_ceiling(meas, second)
@@ -273,5 +336,5 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
             net["measured_again_ms"] = ms
     if interleave:
         report["same_session"] = same_session(lut, sub, archs, timed, meas)
-    report.update(score_calibration(lut, raw, meas, calibrate, device.describe(), notes))
+    report.update(score_calibration(lut, list(zip(raw, n_blocks, weights)), meas, calibrate, device.describe(), notes))
     return report
