@@ -5,8 +5,11 @@ workflow's profile stage on the ``local`` device (wall time recorded: the goal i
 <= 10 minutes per runtime per resolution here), then measure N random whole nets end to
 end with ``validate`` and compare: share predicted within ±5 % / ±10 %, mean absolute %
 error, Spearman rho - uncalibrated, calibrated out of sample (5-fold: each net predicted
-by a line fitted on the other folds) and calibrated on only 10 nets (the curve over 0, 5,
-10, 20 calibration nets, each scored on the nets it was not fitted on).  Every net is
+by a calibration fitted on the other folds) and calibrated on only 10 nets (the curve over 0, 5,
+10, 20 calibration nets, each scored on the nets it was not fitted on).  Two calibration models
+are compared on the same nets (``models``): the line ``scale * raw + offset`` and
+``blocks+weights`` (``scale * raw + per_block * blocks + per_weight_mb * weight MB``); the
+better 10-net calibration is kept (``calibration_model``) and its figures are the row's.  Every net is
 timed twice, in two separate passes: how often the passes agree is the *noise ceiling*,
 the best any table can do on this machine; the goal counts as met within 2 points of it.
 With ``--interleave`` (the default) the nets' blocks are timed again in the same passes, each
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
         u, c = r["uncalibrated"], r.get("calibrated_cross_validated", {})
         log.info(f"{r['runtime']:12s} {r['resolution']}px  LUT {r['blocks']} blocks in {r['lut_build_seconds']:.0f}s | "
                  f"uncalibrated: {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%, MAPE {u['mape_pct']:.1f}%, "
-                 f"rho {u['spearman_rho']:.3f} | calibrated CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
+                 f"rho {u['spearman_rho']:.3f} | calibrated ({r.get('calibration_model', 'line')}) CV: {c.get('within_5pct', float('nan')):.0%} ±5%, "
                  f"{c.get('within_10pct', float('nan')):.0%} ±10%, MAPE {c.get('mape_pct', float('nan')):.1f}%")
         session = r.get("same_session", {})
         for label, key, part in (("calibrated on 10 nets", "calibrated_10_nets", r),
