@@ -259,8 +259,8 @@ def same_session(lut: LUT, sub, archs: Sequence, timed: dict, measured: Sequence
     ident = timed[IDENTITY + RUNTIME_SUFFIX[lut.runtime]].median_ms
     block = {b.key: timed[file_name(b.key, lut.runtime)].median_ms for a in archs for b in sub.blocks(a, lut.embed_dim)}
     raw = [ident + sum(block[b.key] - ident for b in sub.blocks(a, lut.embed_dim)) for a in archs]
-    terms = [(r, len(sub.blocks(a, lut.embed_dim)), lut.weight_mb(sub, sub.blocks(a, lut.embed_dim)))
-             for r, a in zip(raw, archs)]
+    blocks_of = [sub.blocks(a, lut.embed_dim) for a in archs]
+    terms = [(r, len(blocks), lut.weight_mb(sub, blocks)) for r, blocks in zip(raw, blocks_of)]
     ratio = [lut.block_ms(k) / ms for k, ms in block.items() if ms > 0]
     out = {"blocks_timed": len(block), "overhead_ms": ident, "raw_ms": [round(r, 5) for r in raw],
            "table_over_session_block_median": round(float(np.median(ratio)), 4), "uncalibrated": accuracy(raw, measured)}
@@ -314,9 +314,10 @@ def validate(lut: LUT, space, device: Device, n: int = 100, seed: int = 0, calib
     finally:
         device.close()
     measured = [timed[name] for name in names]
-    raw = [lut.raw([b.key for b in sub.blocks(a, lut.embed_dim)]) for a in archs]
-    n_blocks = [len(sub.blocks(a, lut.embed_dim)) for a in archs]
-    weights = [lut.weight_mb(sub, sub.blocks(a, lut.embed_dim)) for a in archs]
+    blocks_of = [sub.blocks(a, lut.embed_dim) for a in archs]
+    raw = [lut.raw([b.key for b in blocks]) for blocks in blocks_of]
+    n_blocks = [len(blocks) for blocks in blocks_of]
+    weights = [lut.weight_mb(sub, blocks) for blocks in blocks_of]
     flops = [sub.cost(a, lut.embed_dim)["flops"] for a in archs]
     meas = [m.median_ms for m in measured]
     report: dict[str, Any] = {
