@@ -86,8 +86,10 @@ class Memo:
 def parse(argv: list[str] | None):
     ap = _bench.parser(__doc__, {"quick": QUICK})
     add_space_args(ap)
-    ap.add_argument("--lut", type=Path, default=_bench.RESULTS / "lut-local-litert-r32.json",
-                    help="the LUT searched with; 'none': measure one here (--runtime, --resolution)")
+    ap.add_argument("--lut", type=Path, default=_bench.RESULTS / "lut-local-litert-r32-search.json",
+                    help="the LUT searched with (default: the committed run's, measured with `edgequery profile` and "
+                         "calibrated on 10 nets by `profile validate --calibrate --n 10` on that run's machine: on "
+                         "another machine, profile your own); 'none': measure one here (--runtime, --resolution)")
     ap.add_argument("--runtime", default="onnxruntime", help="without --lut: the runtime to profile")
     ap.add_argument("--resolution", type=int, default=32, help="without --lut: the resolution to profile")
     ap.add_argument("--n-train", type=int, default=None, help="training images (default: all 59k, the paragon's)")
@@ -96,8 +98,13 @@ def parse(argv: list[str] | None):
     ap.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: the test split's other 9k)")
     ap.add_argument("--gallery-steps", type=int, default=None,
                     help="the gallery model's steps (default: the gallery recipe's, the paragon benchmarks/paragon.py trains)")
-    ap.add_argument("--supernet-steps", type=int, default=4600)
-    ap.add_argument("--query-steps", type=int, default=2300)
+    ap.add_argument("--supernet-steps", type=int, default=1150,
+                    help="supernet training steps (2.5 epochs of 59k images; supernet_rank.py's 600-step supernet "
+                         "already ranks archs with Kendall tau 0.64)")
+    ap.add_argument("--query-steps", type=int, default=2300, help="steps of every retrained net (bct_compat.py's)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision of the supernet and the retrained nets (auto: bf16 where the CPU is "
+                         "fast at it, about 1.5x faster here; a checkpoint name says when it is not fp32)")
     ap.add_argument("--budget", default="mobilenet_v3_large",
                     help="latency budget in ms, or a baseline name: its measured latency (default)")
     ap.add_argument("--population", type=int, default=16)
@@ -143,12 +150,17 @@ class Ablation:
         return path
 
     def query_net(self, arch: str, name: str, seed: int) -> Path:
-        path = _bench.query_checkpoint_path(self.args.cache, f"{name}-bct-s{seed}", self.spec, self.args.query_steps,
-                                            self.gver)
+        path = _bench.query_checkpoint_path(self.args.cache, f"{name}-bct-s{seed}{self.precision_tag}", self.spec,
+                                            self.args.query_steps, self.gver)
         return self.wf.query(path,
                              self.gallery_path, arch, True, None, name=f"train_query_{name}_s{seed}",
-                             steps=self.args.query_steps, seed=seed,
+                             steps=self.args.query_steps, seed=seed, precision=self.args.precision,
                              space=self.space if ":" in arch else None)
+
+    @property
+    def precision_tag(self) -> str:
+        """A checkpoint name's mark of a precision other than fp32 (bct_compat.py's nets are fp32, unmarked)."""
+        return "" if self.args.precision == "fp32" else f"-p{self.args.precision}"
 
     def measure(self, archs: list, name: str) -> list[float]:
         """Measured median latency (ms) of each arch (parsed archs of the space, or baseline names)."""
@@ -179,8 +191,8 @@ def main(argv: list[str] | None = None) -> Path:
     prov = _bench.start(args)
     ab = Ablation(args)
     sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
-                                          f"-t{args.supernet_steps}.pt", ab.gallery_path, ab.base_space,
-                             None, steps=args.supernet_steps)
+                                          f"-t{args.supernet_steps}{ab.precision_tag}.pt", ab.gallery_path,
+                             ab.base_space, None, steps=args.supernet_steps, precision=args.precision)
     supernet, sck = load_supernet(sn_path)
     gallery_arch = load_checkpoint(ab.gallery_path, "gallery")["model"]["arch"]
     base_ms = dict(zip([*BASELINES, gallery_arch], ab.measure([*BASELINES, gallery_arch], "measure_baselines")))
