@@ -98,9 +98,7 @@ def parse(argv: list[str] | None):
     ap.add_argument("--n-gallery", type=int, default=None, help="gallery images (default: the test split's other 9k)")
     ap.add_argument("--gallery-steps", type=int, default=None,
                     help="the gallery model's steps (default: the gallery recipe's, the paragon benchmarks/paragon.py trains)")
-    ap.add_argument("--supernet-steps", type=int, default=1150,
-                    help="supernet training steps (2.5 epochs of 59k images; supernet_rank.py's 600-step supernet "
-                         "already ranks archs with Kendall tau 0.64)")
+    ap.add_argument("--supernet-steps", type=int, default=4600, help="supernet training steps (10 epochs of 59k images)")
     ap.add_argument("--query-steps", type=int, default=2300, help="steps of every retrained net (bct_compat.py's)")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="training precision of the supernet and the retrained nets (auto: bf16 where the CPU is "
