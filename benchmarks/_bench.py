@@ -237,6 +237,21 @@ def query_checkpoint_path(cache: Path, name: str, spec, steps: int, gallery_vers
     return cache / f"query-{name}-{data_tag(spec)}-t{steps}-g{gallery_version}.pt"
 
 
+def measure_here(archs: list, lut, folder: Path, space=None, resolution: int | None = None,
+                 jobs: int = 2) -> list[float]:
+    """Median latency (ms) of each arch (parsed archs of ``space``, or names such as ``mobilenet_v3_large`` at
+    ``resolution``), exported to the LUT's runtime and timed on this machine with the LUT's protocol.  A LUT
+    measured on another machine is refused: its predictions and these timings would not be comparable."""
+    from edgequery.artifacts.compat import check_compatible
+    from edgequery.latency import Protocol, measure_archs, parse_device
+
+    device = parse_device("local")
+    check_compatible(lut, device.fingerprint(lut.runtime, lut.threads), a_name=str(lut.path))
+    timed = measure_archs(archs, device, lut.runtime, Protocol.of(lut), folder, jobs=jobs, resolution=resolution,
+                          space=space)
+    return [t["median_ms"] for t in timed]
+
+
 def r1_row(metrics: dict[str, Any]) -> dict[str, Any]:
     """A benchmark row's Recall@1 fields from a :func:`edgequery.metrics.retrieval_metrics` result."""
     return {"recall_at_1": metrics["recall@1"], "recall_at_1_ci95": metrics["recall@1_ci95"],

@@ -50,7 +50,7 @@ from edgequery.checkpoint import load_checkpoint
 from edgequery.commands.common import add_space_args, space_from_args
 from edgequery.data import DataSpec
 from edgequery.files import read_json, write_json
-from edgequery.latency import Protocol, load_lut, measure_archs, parse_device, restricted_space
+from edgequery.latency import Protocol, load_lut, restricted_space
 from edgequery.search import CandidateScorer, EvolutionSearch, SearchConfig
 from edgequery.spaces.training import load_supernet
 from edgequery.workflow import Workflow
@@ -168,10 +168,9 @@ class Ablation:
         with self.wf.stage(name):
             for group, space in ((parsed, self.space), (named, None)):
                 if group:
-                    timed = measure_archs(group, parse_device("local"), self.lut.runtime, self.protocol,
-                                          self.args.cache / f"nets-{self.lut.runtime}", jobs=2, resolution=self.res,
-                                          space=space)
-                    ms.update({t["arch"]: t["median_ms"] for t in timed})
+                    timed = _bench.measure_here(group, self.lut, self.args.cache / f"nets-{self.lut.runtime}",
+                                                space=space, resolution=self.res)
+                    ms.update({str(a): t for a, t in zip(group, timed)})
         return [ms[str(a)] for a in archs]
 
     def predicted(self, arch) -> float:
