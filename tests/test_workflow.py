@@ -182,6 +182,18 @@ def test_the_result_writer_stamps_the_whole_envelope(bench, tmp_path):
     assert result.notes[1:] == ["from code", "from a flag"] and "--preset quick" in result.notes[0]
 
 
+def test_a_benchmark_times_nets_only_against_a_table_of_this_machine(bench, tmp_path):
+    """measure_here asks this machine what it is before exporting anything, and refuses a table measured on
+    another (a LUT's predictions and timings taken elsewhere are not comparable)."""
+    from edgequery.latency import load_lut
+
+    lut = load_lut(REPO / "benchmarks" / "results" / "lut-local-litert-r32-search.json")
+    lut.fingerprint = lut.fingerprint.model_copy(update={"cpu": "a CPU this machine is not"})
+    with pytest.raises(EdgeQueryError, match="cpu"):
+        bench.measure_here(["mobilenet_v3_small"], lut, tmp_path / "nets", resolution=32)
+    assert not any((tmp_path / "nets").glob("*")), "nothing exported before the refusal"
+
+
 def test_a_claim_between_seeds_holds_only_outside_every_ci(bench):
     def runs(*cis):
         return [{"seed": i, "recall_at_1": (lo + hi) / 2, "recall_at_1_ci95": [lo, hi]} for i, (lo, hi) in enumerate(cis)]
