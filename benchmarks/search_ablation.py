@@ -222,9 +222,16 @@ def main(argv: list[str] | None = None) -> Path:
     searches = {r: run_search(ab, scorer, sck, r, r, "ms", budget) for r in ("r1", "r2", "r3")}
     searches["r3_flops"] = run_search(ab, scorer, sck, "r3_flops", "r3", "MFLOPs", fit["matched_mflops"])
     budgets = {"r3": budget}   # the latency searches whose winners are retrained for the curve, and their budgets
+    notes, cheapest = [], ab.predicted(ab.space.smallest())
     for ratio in args.curve_ratios:
-        budgets[f"r3_x{ratio:g}"] = base_ms[gallery_arch] / ratio
-        searches[f"r3_x{ratio:g}"] = run_search(ab, scorer, sck, f"r3_x{ratio:g}", "r3", "ms", budgets[f"r3_x{ratio:g}"])
+        limit = base_ms[gallery_arch] / ratio
+        if limit < cheapest:
+            notes.append(f"--curve-ratios {ratio:g}: no net of the space is {ratio:g}x faster than the gallery model "
+                         f"(budget {limit:.4f} ms; the cheapest arch predicts {cheapest:.4f} ms): not searched")
+            log.warning("%s", notes[-1])
+            continue
+        budgets[f"r3_x{ratio:g}"] = limit
+        searches[f"r3_x{ratio:g}"] = run_search(ab, scorer, sck, f"r3_x{ratio:g}", "r3", "ms", limit)
     broken = {name: over_budget(ab, searches[name], budget, fit["matched_mflops"]) for name in ("r3", "r3_flops")}
     corr = flops_vs_het(ab, scorer, args)
     rows, first = retrained(ab, searches, sck["model_version"], budgets, _bench.seeds(args.seeds))
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> Path:
                                     for other in ("random_under_budget", *BASELINES)},
             "headline": headline(by, paragon, base_ms[gallery_arch], budgets),
             "goal": goal(by, rows), "stages": ab.wf.stages}
-    path = _bench.write(args, "search_ablation", body, prov)
+    path = _bench.write(args, "search_ablation", body, prov, notes)
     plot(body, path.with_suffix(".png"))
     return path
 

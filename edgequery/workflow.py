@@ -168,14 +168,15 @@ class Workflow:
         """Train (or reuse, or resume) the BCT supernet of ``space`` (a name or a SearchSpace)."""
         from .checkpoint import load_checkpoint
         from .spaces import get_space
-        from .spaces.training import train_supernet
+        from .spaces.training import supernet_train_config, train_supernet
 
         space = get_space(space) if isinstance(space, str) else space
         version = load_checkpoint(gallery_path, "gallery")["model_version"]
         expect = {"space": space.config(), "sampling": "sandwich" if sandwich else "uniform",
                   **({"distill": distill} if distill else {}),
                   "gallery_version": version, "data": self.spec.to_dict()}
-        return self._train(name, "supernet", path, expect, self._train_config(epochs, train),
+        cfg = supernet_train_config(self._train_config(epochs, train), sandwich, distill)
+        return self._train(name, "supernet", path, expect, cfg,
                            lambda cfg: train_supernet(gallery_path, cfg, path, space=space, sandwich=sandwich,
                                                       distill=distill, spec=self.spec, splits=self.splits))
 

@@ -90,6 +90,20 @@ def test_query_stage_reuses_per_settings_and_names_repeated_stages(tiny_spec, ti
         wf.query(bct, tiny_gallery, "mobilenet_v3_small", False, 1, batch_size=32)
 
 
+def test_supernet_stage_reuses_its_finished_supernet_and_refuses_another_rule(tiny_spec, tiny_splits, tiny_gallery,
+                                                                              tmp_path):
+    """The supernet records its sampling rule in the training settings it stores; the stage compares the same."""
+    from edgequery.spaces import get_space
+
+    space = get_space("mbv3", widths=[0.5], depths=[2], kernels=[3], expands=[3])
+    wf = Workflow(tiny_spec, splits=tiny_splits)
+    sn = wf.supernet(tmp_path / "sn.pt", tiny_gallery, space, 1, batch_size=32)
+    wf.supernet(sn, tiny_gallery, space, 1, batch_size=32)
+    assert [wf.stages[k]["status"] for k in ("train_supernet", "train_supernet#2")] == ["ran", "reused"]
+    with pytest.raises(EdgeQueryError, match="other settings.*sampling"):
+        wf.supernet(sn, tiny_gallery, space, 1, sandwich=True, batch_size=32)
+
+
 def test_search_stage_reuses_a_finished_search_and_refuses_other_settings(tmp_path):
     from edgequery.search import EvolutionSearch, SearchConfig
     from edgequery.spaces import get_space

@@ -45,6 +45,14 @@ def archs_for_step(space: SearchSpace, seed: int, step: int, rule: str = "unifor
     raise EdgeQueryError(f"unknown sampling rule {rule!r}", f"use one of: {', '.join(SAMPLING_RULES)}")
 
 
+def supernet_train_config(cfg: TrainConfig, sandwich: bool = False, distill: float = 0.0) -> TrainConfig:
+    """``cfg`` as a supernet trains with it (and records it): its ``extra`` names the sampling rule, the
+    distillation weight, and the unused parameters each step leaves (one arch of many)."""
+    extra = {**cfg.extra, "find_unused_parameters": True, "sampling": "sandwich" if sandwich else "uniform",
+             **({"distill": distill} if distill else {})}
+    return cfg.model_copy(update={"extra": extra})
+
+
 def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
                    space: str | dict[str, Any] | SearchSpace = "mbv3",
                    sandwich: bool = False, bct_weight: float = 1.0, distill: float = 0.0, spec: DataSpec | None = None,
@@ -64,8 +72,7 @@ def train_supernet(gallery_path: str | Path, cfg: TrainConfig, out: str | Path,
     spec = spec or DataSpec.from_dict(gallery["data"])
     gspec = gallery["model"]
     rule = "sandwich" if sandwich else "uniform"
-    extra = {**cfg.extra, "find_unused_parameters": True, "sampling": rule, **({"distill": distill} if distill else {})}
-    cfg = cfg.model_copy(update={"extra": extra})
+    cfg = supernet_train_config(cfg, sandwich, distill)
     identity = {"space": space.config(), "embed_dim": gspec["embed_dim"], "data": spec.to_dict(),
                 "bct_weight": bct_weight, "sampling": rule, "gallery_version": gallery["model_version"],
                 **({"distill": distill} if distill else {})}
