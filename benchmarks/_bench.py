@@ -237,18 +237,30 @@ def query_checkpoint_path(cache: Path, name: str, spec, steps: int, gallery_vers
     return cache / f"query-{name}-{data_tag(spec)}-t{steps}-g{gallery_version}.pt"
 
 
+def require_this_machine(lut) -> None:
+    """Refuse a LUT measured on another machine (or before fingerprints were recorded): its predictions and
+    timings taken here would not be comparable.  Scripts call it as soon as they load the table."""
+    from edgequery.artifacts.compat import check_compatible
+    from edgequery.errors import EdgeQueryError
+    from edgequery.latency import parse_device
+
+    try:
+        check_compatible(lut, parse_device("local").fingerprint(lut.runtime, lut.threads), a_name=lut.where)
+    except EdgeQueryError as exc:
+        raise EdgeQueryError(exc.problem, "measure this machine's table first (python benchmarks/lut_accuracy.py, "
+                                          "or edgequery profile) and pass it with --lut") from exc
+
+
 def measure_here(archs: list, lut, folder: Path, space=None, resolution: int | None = None,
                  jobs: int = 2) -> list[float]:
     """Median latency (ms) of each arch (parsed archs of ``space``, or names such as ``mobilenet_v3_large`` at
-    ``resolution``), exported to the LUT's runtime and timed on this machine with the LUT's protocol.  A LUT
-    measured on another machine is refused: its predictions and these timings would not be comparable."""
-    from edgequery.artifacts.compat import check_compatible
+    ``resolution``), exported to the LUT's runtime and timed on this machine with the LUT's protocol
+    (:func:`require_this_machine` first)."""
     from edgequery.latency import Protocol, measure_archs, parse_device
 
-    device = parse_device("local")
-    check_compatible(lut, device.fingerprint(lut.runtime, lut.threads), a_name=str(lut.path))
-    timed = measure_archs(archs, device, lut.runtime, Protocol.of(lut), folder, jobs=jobs, resolution=resolution,
-                          space=space)
+    require_this_machine(lut)
+    timed = measure_archs(archs, parse_device("local"), lut.runtime, Protocol.of(lut), folder, jobs=jobs,
+                          resolution=resolution, space=space)
     return [t["median_ms"] for t in timed]
 
 

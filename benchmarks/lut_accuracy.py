@@ -16,7 +16,7 @@ With ``--interleave`` (the default) the nets' blocks are timed again in the same
 net followed by its blocks: ``same_session`` scores the table made of those timings, so drift
 between building the table and timing the nets is told apart from the table's own error.  The calibration fitted on all N is
 stored in the LUT, which is written to ``--out-dir`` for the search to use
-(``search_ablation.py`` reads ``lut-local-litert-r32.json`` there).
+(``search_224.py`` reads ``lut-local-litert-r224.json`` there).
 
     python benchmarks/lut_accuracy.py                                  # litert + onnxruntime, 32 px, 100 nets
     python benchmarks/lut_accuracy.py --resolutions 224                # camera-sized inputs

@@ -78,6 +78,7 @@ def table(args, stages: dict):
             raise SystemExit(f"{path}: no such LUT; measure it first: python benchmarks/lut_accuracy.py "
                              "--runtimes litert --resolutions 224 (or pass --lut)")
         lut = load_lut(path)
+        _bench.require_this_machine(lut)   # before training, not after
         return lut, space_from_config(lut.space_config)
     space = get_space("mbv3", resolutions=[args.resolution], **QUICK_SPACE)
     path = args.cache / f"lut-local-onnxruntime-r{args.resolution}-{_bench.digest(space.config())}.json"
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> Path:
     space = restricted_space(base_space, [res])
     spec = DataSpec(resolution=res, n_train=args.n_train, n_val=args.n_val, n_query=100, n_gallery=200)
     wf = Workflow(spec, "cpu", stages=stages)
-    tag = f"{_bench.data_tag(spec)}-{args.gallery_arch}-t{args.gallery_steps}-b{args.batch_size}"
+    tag = f"{_bench.data_tag(spec)}-{args.gallery_arch}-t{args.gallery_steps}-b{args.batch_size}-p{args.precision}"
     train = {"batch_size": args.batch_size, "precision": args.precision}
     gallery = wf.gallery(args.cache / f"gallery224-{tag}.pt", model={"arch": args.gallery_arch},
                          steps=args.gallery_steps, **train)
@@ -112,14 +113,18 @@ def main(argv: list[str] | None = None) -> Path:
     log.info("budget %.3f ms (the %.2f quantile of 200 random archs; they predict %.3f-%.3f ms, the smallest arch "
              "%.3f ms)", budget, args.budget_quantile, min(probe), slowest, fastest)
 
-    out = args.cache / f"search224-{_bench.digest([supernet.name, lut.measured_at, budget, args.population, args.generations, args.seed])}.json"
-    with wf.stage("search", out):
-        code = edgequery(["search", "--supernet", str(supernet), "--gallery", str(gallery), "--lut", str(lut.path),
-                          "--latency-budget", f"{budget}ms", "--population", str(args.population),
-                          "--generations", str(args.generations), "--recal-batches", str(args.recal_batches),
-                          "--seed", str(args.seed), "--out", str(out)])
-    if code != 0:
-        raise SystemExit(f"edgequery search exited {code}")
+    settings = [supernet.name, lut.measured_at, budget, args.population, args.generations, args.recal_batches,
+                args.seed]
+    out = args.cache / f"search224-{_bench.digest(settings)}.json"
+    finished = out.is_file() and read_json(out, "search result").get("complete")
+    with wf.stage("search", out, "reused" if finished else "ran"):
+        if not finished:   # the command resumes an unfinished search and refuses to redo a finished one
+            code = edgequery(["search", "--supernet", str(supernet), "--gallery", str(gallery), "--lut", str(lut.path),
+                              "--latency-budget", f"{budget}ms", "--population", str(args.population),
+                              "--generations", str(args.generations), "--recal-batches", str(args.recal_batches),
+                              "--seed", str(args.seed), "--out", str(out)])
+            if code != 0:
+                raise SystemExit(f"edgequery search exited {code}")
     result = read_json(out, "search result")
     chosen = result["chosen"]["arch"]
     archs = list(dict.fromkeys([*result["state"]["population"], chosen]))
