@@ -35,7 +35,7 @@ reused when finished, resumed when not.  Latency is measured with the LUT's prot
 the ``local`` device through the same agent (random weights: float32 latency does not
 depend on them).
 
-    python benchmarks/search_ablation.py                  # the full run (on the paragon: not yet timed here)
+    python benchmarks/search_ablation.py                  # the full run: about 1.5 h of 2 cores with bf16 (AMD EPYC)
     python benchmarks/search_ablation.py --preset quick   # 8.4 min at load 4: tiny space, data, population
 
 The gallery model is the benchmarks' one (``benchmarks/paragon.py``'s, shared through ``--cache``;
