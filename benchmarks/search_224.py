@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> Path:
     parsed = [space.parse(a) for a in archs]
     with wf.stage("measure_population"):
         measured = _bench.measure_here(parsed, lut, args.cache / f"nets-{lut.runtime}-r{res}", space=space)
-    nets = [{"arch": a, "predicted_ms": round(lut.predict(p, space), 4), "measured_ms": m,
-             "over_budget": m > budget, "measured_over_predicted": round(m / lut.predict(p, space), 4)}
-            for a, p, m in zip(archs, parsed, measured)]
+    predicted = [lut.predict(p, space) for p in parsed]
+    nets = [{"arch": a, "predicted_ms": round(p, 4), "measured_ms": m, "over_budget": m > budget,
+             "measured_over_predicted": round(m / p, 4)} for a, p, m in zip(archs, predicted, measured)]
     over = [n for n in nets if n["over_budget"]]
     worst = max(nets, key=lambda n: n["measured_ms"] / budget)
     population = {"nets_measured": len(nets), "over_budget": len(over),

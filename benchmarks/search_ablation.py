@@ -447,7 +447,7 @@ def headline(by: dict, paragon: dict, gallery_ms: float, budgets: dict[str, floa
                                                        round(100 * (paragon["recall@1_ci95"][1] - lo), 2)]}
 
     curve = sorted((point(s) for s in budgets), key=lambda p: p["net_measured_ms"])
-    top = point(min(budgets, key=budgets.get))
+    top = next(p for p in curve if p["search"] == min(budgets, key=budgets.get))
     meets = [p for p in curve if p["het_gap_to_paragon_points"] <= 0.5]
     return {**{k: top[k] for k in ("net", "latency_ratio_vs_gallery", "het_gap_to_paragon_points",
                                    "het_gap_to_paragon_points_interval", "net_measured_ms")},
