@@ -242,7 +242,7 @@ def table_of_every_block(path, space, resolution: int, ms: float = 0.01):
     stats = TimingStats(median_ms=ms, p10_ms=ms, p90_ms=ms, runs=1)
     lut = LUT(space=space.name, space_config=space.config(), resolutions=[resolution], embed_dim=128,
               device=device.describe(), fingerprint=fingerprint, runtime="onnxruntime",
-              runtime_version=fingerprint.runtime_version, threads=1, protocol=protocol.record(device),
+              runtime_version=fingerprint.runtime_version, threads=1, protocol=protocol.record(device, "onnxruntime"),
               overhead=stats, blocks={b.key: stats for b in space_blocks(space, [resolution], 128)}, complete=True)
     lut.save(path)
     return str(path)

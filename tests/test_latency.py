@@ -155,6 +155,30 @@ def test_local_profile_and_validate_other_runtimes(tmp_path, runtime):
     report = validate(load_lut(out), tiny_space(), parse_device("local"), n=3, calibrate=True, jobs=jobs)
     assert report["n"] == 3 and len(report["nets"]) == 3 and all(n["measured_ms"] > 0 for n in report["nets"])
     assert load_lut(out).calibration.model_dump(mode="json") == report["calibration"]
+    if runtime == "litert":
+        litert_blocks_run_no_layout_transpose_their_net_does_not(out, lut)
+
+
+def litert_blocks_run_no_layout_transpose_their_net_does_not(out: Path, lut: LUT):
+    """LiteRT block files are channels-last (the stem takes the NCHW image as its net does), so a
+    block runs no TRANSPOSE a whole net does not: the stem and the net one each, every other block
+    none; the LUT says so, and an older table of NCHW block files is not resumed with these."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def transposes(path: Path) -> int:
+        return sum(op["op_name"] == "TRANSPOSE" for op in Interpreter(str(path))._get_ops_details())
+
+    work = work_of(out) / "litert"
+    found = {b.kind: transposes(work / file_name(b.key, "litert")) for b in space_blocks(tiny_space(), [24])}
+    assert found == {"stem": 1, "mbconv": 0, "lastconv": 0, "pool_mix": 0, "embed": 0}
+    assert [transposes(net) for net in sorted((work / "nets").iterdir())] == [1, 1, 1]
+    assert lut.protocol.block_layout == "NHWC" and load_lut(out).to_data()["protocol"]["block_layout"] == "NHWC"
+    older = load_lut(out).to_data()
+    del older["protocol"]["block_layout"]
+    older["complete"] = False
+    out.write_text(json.dumps(older))
+    with pytest.raises(EdgeQueryError, match="other settings .*block_layout: None vs NHWC"):
+        profile(tiny_space(), [24], parse_device("local"), "litert", FAST, out)
 
 
 @pytest.mark.slow

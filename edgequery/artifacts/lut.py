@@ -11,6 +11,7 @@ behaviour (prediction, coverage) is :class:`edgequery.latency.lut.LUT`, a subcla
                      "runtime": "litert", "runtime_version": ..., "threads": 1, ...},   # or null: unknown
      "runtime": "litert", "runtime_version": "ai-edge-litert 2.3.0", "threads": 1,
      "protocol": {"batch": 1, "threads": 1, "warmup": 10, "runs": 50, "min_seconds": 0.1, "rounds": 3,
+                  "block_layout": "NHWC",           # litert: blocks in the runtime's inner layout; absent: NCHW
                   "statistic": ..., "spread": ..., "timed": ..., "clock": ...},
      "overhead": {"median_ms": ..., "p10_ms": ..., "p90_ms": ..., "runs": ...},     # identity model
      "blocks": {"mbconv|in=16x16x16|out=8x8x24|k=3|e=4|s=2|se=0|act=relu": {"median_ms": ..., ...}, ...},
@@ -46,7 +47,7 @@ class TimingStats(Strict):
 class TimingProtocol(Strict):
     """How every file of the table was timed."""
 
-    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("flush_kb",)
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("flush_kb", "block_layout")
 
     batch: int = 1
     threads: int
@@ -55,6 +56,7 @@ class TimingProtocol(Strict):
     min_seconds: float
     rounds: int = 1
     flush_kb: int | None = None   # KiB written over before each timed run (cold caches); unset: none
+    block_layout: str | None = None  # "NHWC": block files take/give the runtime's inner layout; unset: NCHW files
     statistic: str
     spread: str
     timed: str

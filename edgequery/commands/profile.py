@@ -87,9 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = acts.add_parser("validate", help="measure random whole nets end to end and score the LUT's predictions",
                         description="Sample --n random archs at the LUT's resolutions, export each whole net as "
                                     "`edgequery export` does, time it on the device and compare with the LUT: share "
-                                    "within +-5%% and +-10%%, mean absolute %% error, Spearman rho. --calibrate fits "
-                                    "measured = scale * predicted + offset and stores it in the LUT. The device must "
-                                    "have the LUT's fingerprint (or pass --allow-other-device).",
+                                    "within +-5% and +-10%, mean absolute % error, Spearman rho. --calibrate fits "
+                                    "measured = scale * predicted + offset (or that plus a cost per block and per MB "
+                                    "of weights, whichever predicts better out of sample after 10 nets) and stores it "
+                                    "in the LUT. The device must have the LUT's fingerprint (or pass "
+                                    "--allow-other-device).",
                         formatter_class=HelpFormatter)
     v.add_argument("--lut", required=True, help="LUT to validate (edgequery profile)")
     v.add_argument("--n", type=int, default=100, help="random archs to measure")
@@ -240,7 +242,9 @@ def summary(lut, top: int = 10) -> str:
              f"  runtime    {lut.runtime_version or lut.runtime}, {lut.threads} thread(s)",
              f"  space      {lut.space} at resolution(s) {', '.join(map(str, lut.resolutions))}, "
              f"embedding {lut.embed_dim}",
-             f"  protocol   warm-up {pr.warmup}, >= {pr.runs} runs and >= {pr.min_seconds} s, x{pr.rounds} rounds,\n"
+             f"  protocol   warm-up {pr.warmup}, >= {pr.runs} runs and >= {pr.min_seconds} s, x{pr.rounds} rounds"
+             + (f", caches flushed ({pr.flush_kb} KiB)" if pr.flush_kb else "")
+             + f"; block files {pr.block_layout or 'NCHW'},\n"
              f"             {pr.statistic}; {pr.spread}",
              f"  coverage   {len(lut.blocks)} blocks measured, {len(missing)} missing"
              + ("" if lut.complete else "  (INCOMPLETE: rerun the profile command to finish)"),

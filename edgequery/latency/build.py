@@ -38,7 +38,7 @@ from ..artifacts.lut import OtherDeviceUse, TimingProtocol, TimingStats
 from ..errors import EdgeQueryError
 from ..log import progress
 from ..runtimes.convert import to_runtime_file
-from .blocks import IDENTITY_SHAPE, RUNTIME_SUFFIX, Identity, check_runtime, export_item, space_blocks
+from .blocks import IDENTITY_SHAPE, INNER_LAYOUT, RUNTIME_SUFFIX, Identity, check_runtime, export_item, space_blocks
 from .devices import Device
 from .lut import LUT, now
 
@@ -78,17 +78,21 @@ class Protocol:
                          for k in KNOBS},
                       **{k: v for k, v in changes.items() if v is not None}}).check()
 
-    def record(self, device: Device) -> TimingProtocol:
-        """The protocol as the LUT file states it (with what ``device``'s statistics are)."""
+    def record(self, device: Device, runtime: str) -> TimingProtocol:
+        """The protocol as the LUT file states it (with what ``device``'s statistics are and the
+        layout ``runtime``'s block files take: see :data:`~.blocks.INNER_LAYOUT`)."""
         return TimingProtocol(batch=1, **{**self.to_dict(), "flush_kb": self.flush_kb or None},
+                              block_layout=INNER_LAYOUT.get(runtime),
                               statistic=device.statistic, spread=device.spread,
                               timed="invoke only, input bound once; per-invocation overhead from an identity model",
                               clock=device.clock)
 
 
 def file_name(key: str, runtime: str) -> str:
-    """A block's model file name: a short hash of its key (keys hold '|' and '=')."""
-    return "blocks/" + hashlib.sha1(key.encode()).hexdigest()[:16] + RUNTIME_SUFFIX[runtime]
+    """A block's model file name: a short hash of its key (keys hold '|' and '=') and of the layout the
+    runtime's block files take, when not NCHW (so a file of another layout is never reused)."""
+    tag = key + (f"|layout={INNER_LAYOUT[runtime]}" if runtime in INNER_LAYOUT else "")
+    return "blocks/" + hashlib.sha1(tag.encode()).hexdigest()[:16] + RUNTIME_SUFFIX[runtime]
 
 
 def net_file(arch, runtime: str) -> str:
@@ -234,7 +238,7 @@ def _settings(lut: LUT) -> dict[str, Any]:
     """What a resumed LUT must share with the command resuming it (the device aside)."""
     return {"space_config": lut.space_config, "resolutions": list(lut.resolutions), "runtime": lut.runtime,
             "threads": lut.threads, "embed_dim": lut.embed_dim,
-            **{f"protocol.{k}": getattr(lut.protocol, k) for k in KNOBS}}
+            **{f"protocol.{k}": getattr(lut.protocol, k) for k in (*KNOBS, "block_layout")}}
 
 
 def _resume(out: Path, fresh: LUT, allow_other_device: bool) -> LUT:
@@ -310,7 +314,7 @@ def profile(space, resolutions: Sequence[int], device: Device, runtime: str, pro
         lut = LUT(space=space.name, space_config=space.config(), resolutions=resolutions, embed_dim=embed_dim,
                   device=device.describe(), fingerprint=fingerprint, runtime=runtime,
                   runtime_version=fingerprint.runtime_version or "", threads=protocol.threads,
-                  protocol=protocol.record(device))
+                  protocol=protocol.record(device, runtime))
         if out.exists() and not force:
             lut = _resume(out, lut, allow_other_device)
             done = sum(b.key in lut.blocks for b in blocks)
