@@ -27,6 +27,9 @@ Wall times of the committed 32 px run (2-core Intel Xeon VM): litert 1617 s, onn
 (LUT builds 484 s and 338 s; validation with both timing passes of 100 nets the rest, most of it
 converting the nets).  An earlier 224 px run (another VM, before the second pass) took litert
 1958 s, onnxruntime 1112 s.
+``--compare-lut PATH`` (repeatable) scores other tables of this machine on the same measured nets
+(each matched to the rows of its runtime and resolution): e.g. the previous table, whose LiteRT
+block files were NCHW, or one built with ``--flush-kb``; they go to each row's ``compared_tables``.
 ``--refit`` times nothing: it re-scores the nets already measured in
 ``lut_accuracy.json`` with the current calibration fit and stores the new line in the
 LUT files.  Results of other (runtime, resolution) pairs already in the file, from a run
@@ -44,9 +47,12 @@ from pathlib import Path
 import numpy as np
 
 import _bench
+from edgequery.artifacts.compat import check_compatible
+from edgequery.artifacts.fingerprint import Fingerprint
 from edgequery.commands.common import add_space_args, parse_space_options
-from edgequery.latency import Protocol, load_lut, parse_device, score_calibration, validate
-from edgequery.spaces import get_space
+from edgequery.errors import EdgeQueryError
+from edgequery.latency import Protocol, accuracy, load_lut, parse_device, score_calibration, validate
+from edgequery.spaces import get_space, space_from_config
 from edgequery.workflow import Workflow
 
 log = _bench.log
@@ -113,9 +119,11 @@ def goal_verdict(result: dict) -> dict:
 
 def refit(result: dict, out_dir: Path) -> dict:
     """``result`` with its calibration figures recomputed from its stored measurements."""
-    lut = load_lut(out_dir / result["lut_file"])
+    space = space_from_config(result["space"])   # (at 224 px: the space's choices at that size)
+    lut = load_lut(out_dir / result["lut_file"], space=space)
     lut.calibration = None
-    terms = [lut.terms(n["arch"], weights=True) for n in result["nets"]]   # (raw, blocks, weight MB): older results lack the last two
+    # (raw, blocks, weight MB): older results lack the last two
+    terms = [lut.terms(space.parse(n["arch"]), space, weights=True) for n in result["nets"]]
     for net, (_, blocks, weight_mb) in zip(result["nets"], terms):
         net.setdefault("blocks", blocks)
         net.setdefault("weight_mb", round(weight_mb, 4))
@@ -123,6 +131,31 @@ def refit(result: dict, out_dir: Path) -> dict:
     scores = score_calibration(lut, terms, [n["measured_ms"] for n in result["nets"]], calibrate=True)
     out = {**{k: v for k, v in result.items() if k not in scores}, **scores}
     return {**out, "goal": goal_verdict(out)}
+
+
+def compare_tables(result: dict, paths: list[Path]) -> dict:
+    """``result`` with ``compared_tables``: each table of ``paths`` of its runtime and resolution scored on its
+    measured nets - uncalibrated, and calibrated out of sample as the row's own table is.  A table of
+    another machine is refused: its timings are not comparable with these."""
+    space = space_from_config(result["space"])
+    fingerprint = Fingerprint(**result["fingerprint"])
+    compared = dict(result.get("compared_tables", {}))
+    for path in paths:
+        lut = load_lut(path)
+        if lut.runtime != result["runtime"] or result["resolution"] not in lut.resolutions:
+            continue
+        lut = load_lut(path, space=space)
+        try:
+            check_compatible(lut, fingerprint, a_name=str(path))
+        except EdgeQueryError as exc:
+            raise SystemExit(f"--compare-lut: {exc}") from None
+        lut.calibration = None
+        terms = [lut.terms(space.parse(n["arch"]), space, weights=True) for n in result["nets"]]
+        measured = [n["measured_ms"] for n in result["nets"]]
+        compared[path.name] = {"protocol": lut.protocol.model_dump(mode="json", exclude_none=True),
+                               "measured_at": lut.measured_at, "uncalibrated": accuracy([t[0] for t in terms], measured),
+                               **score_calibration(lut, terms, measured, calibrate=False)}
+    return {**result, "compared_tables": compared} if compared else result
 
 
 def kept_results(path: Path, preset: str) -> list[dict]:
@@ -154,6 +187,8 @@ def parse(argv: list[str] | None):
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
                    help="time the nets' blocks again beside the nets, in the same passes, and score the table made "
                         "of those timings too (same_session; default on)")
+    p.add_argument("--compare-lut", type=Path, action="append", default=[], metavar="PATH",
+                   help="another table of this machine to score on the same nets (repeatable; see above)")
     p.add_argument("--refit", action="store_true",
                    help="time nothing: re-fit the calibration on the measurements stored in lut_accuracy.json")
     return _bench.parse(p, argv)
@@ -180,6 +215,8 @@ def main(argv: list[str] | None = None) -> Path:
             notes.append("kept from an earlier run: " + ", ".join(f"{r['runtime']} {r['resolution']}px" for r in others)
                          + " (each with that run's provenance)")
         results = sorted(others + fresh, key=lambda r: (r["resolution"], r["runtime"]))
+    if args.compare_lut:
+        results = [compare_tables(r, args.compare_lut) for r in results]
     body = {"space": args.space,
             "goal": ">= 99 % of nets within ±10 % and >= 90 % within ±5 % with a calibration fitted on at most 10 "
                     "measured nets (or within 2 points of the noise ceiling where that is lower); LUT build <= 10 min "
@@ -203,6 +240,11 @@ def main(argv: list[str] | None = None) -> Path:
                 fig = part[key]
                 log.info(f"{'':17s} {label}: {fig['within_5pct']:.0%} ±5%, {fig['within_10pct']:.0%} ±10%, "
                          f"MAPE {fig['mape_pct']:.1f}%")
+        for name, other in r.get("compared_tables", {}).items():
+            u, ten = other["uncalibrated"], other.get("calibrated_10_nets", {})
+            log.info(f"{'':17s} table {name}: uncalibrated {u['within_5pct']:.0%} ±5%, {u['within_10pct']:.0%} ±10%; "
+                     f"10 nets {ten.get('within_5pct', float('nan')):.0%} ±5%, "
+                     f"{ten.get('within_10pct', float('nan')):.0%} ±10%")
         log.info(f"{'':17s} goal met: {r.get('goal', {}).get('met')}")
     return out
 
