@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgequery.artifacts.provenance import BenchmarkResult, Provenance, write_result
-from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging
+from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -36,6 +36,7 @@ STORED_PARAGON = HERE / "assets" / "paragon-stored.pt"  # paragon.py writes it; 
 PARAGON_EXTRA = {"random_erasing": 0.5}
 
 log = logging.getLogger("edgequery.benchmarks")
+_PROCESS = contextlib.ExitStack()   # what lasts as long as the script: the SIGTERM handler
 
 # bct_compat.py's data and schedules: its defaults (the full run: the paragon's data, all 59k training
 # images, and its gallery model) and its quick preset.  Scripts that need the same trained gallery and
@@ -82,6 +83,8 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argpars
     args = ap.parse_args(argv)
     del args._presets
     setup_logging(QUIET if args.quiet else VERBOSE if args.verbose else NORMAL)
+    if argv is None:  # run as a script (tests pass argv): `kill` stops it as Ctrl-C does, its clean-up runs
+        _PROCESS.enter_context(sigterm_as_interrupt())
     return args
 
 

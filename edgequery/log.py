@@ -9,6 +9,8 @@
 * :func:`quiet_converters` wraps model conversion (litert-torch, TensorFlow, onnx, XNNPACK):
   what they print on the C or Python level goes to a temporary file, shown only with
   ``--verbose`` or when the conversion fails.
+* :func:`sigterm_as_interrupt`: ``kill`` (SIGTERM) stops a command the way Ctrl-C does, so its
+  clean-up runs - worker processes are stopped, checkpoints saved - and it says what is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import warnings
@@ -150,3 +153,23 @@ def quiet_converters(what: str = "conversion") -> Iterator[None]:
             if text:
                 tail = "\n".join(text.splitlines()[-40:])
                 logger.log(logging.ERROR if failed else logging.DEBUG, "%s output:\n%s", what, tail)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`KeyboardInterrupt` in the main thread (as Ctrl-C does):
+    Python's default would end the process on the spot, skipping every ``finally`` - a killed
+    ``profile`` would leave its converter processes running.  Elsewhere than the main thread: no-op."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

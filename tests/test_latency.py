@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -143,6 +144,54 @@ def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut, caplog):
         profile(tiny_space(), [24], parse_device("local"), "onnxruntime", Protocol(threads=2), out)
     assert load_lut(out).blocks == done.blocks
 
+
+
+def _converters_of(pid: int) -> list[int]:
+    """The converter worker processes (``python -m edgequery.latency.blocks``) whose parent is ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and b"edgequery.latency.blocks" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):  # it ended while we looked
+            pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_profile_stops_its_converters_and_says_a_rerun_resumes(tmp_path):
+    """`kill` (SIGTERM) stops `edgequery profile` as Ctrl-C does: the converter processes it started end
+    with it (Python's default for SIGTERM would exit at once and leave them running)."""
+    opts = ["--space", "mbv3", "--space-option", "resolutions=40", "--space-option", "widths=0.5",
+            "--space-option", "depths=2", "--space-option", "kernels=3", "--space-option", "expands=3"]
+    cmd = [sys.executable, "-m", "edgequery.commands", "profile", *opts, "--resolution", "40", "--runtime",
+           "onnxruntime", "--jobs", "2", "--out", str(tmp_path / "lut.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, workers = time.time() + 120, []
+        while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+            workers = _converters_of(proc.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2, "the profile's two converter processes never started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130
+        assert "interrupted" in proc.stderr.read()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(map(_running, workers)):
+            time.sleep(0.1)
+        assert not [w for w in workers if _running(w)], "converters outlived the killed profile"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["litert", "torch"])

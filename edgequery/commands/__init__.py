@@ -15,7 +15,7 @@ import sys
 
 from .. import __version__
 from ..errors import EdgeQueryError
-from ..log import NORMAL, QUIET, VERBOSE, setup_logging
+from ..log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
 
 COMMAND_MODULES = ("data", "train", "eval", "profile", "search", "demo", "index", "serve", "export")
 
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(QUIET if args.quiet else VERBOSE if args.verbose else NORMAL)
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.handler(args) or 0)
     except EdgeQueryError as exc:
         if args.debug:
             raise

@@ -155,6 +155,7 @@ def _export_in_workers(todo: list[dict], runtime: str, jobs: int, space, bar) ->
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+                    p.wait()
 
 
 def export_blocks(space, blocks: Sequence, runtime: str, folder: Path, jobs: int = 1) -> None:
