@@ -123,6 +123,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the searches and of the random archs")
     ap.add_argument("--seeds", default="0,1", help="training seeds of every retrained net (comma list)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw search_ablation.png from the stored search_ablation.json")
     args = _bench.parse(ap, argv)
     if args.lut is not None and str(args.lut) == "none":
         args.lut = None
@@ -213,6 +215,14 @@ class Ablation:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    if args.replot:
+        path = args.out_dir / "search_ablation.json"
+        stored = _bench.previous(path, "search_ablation")
+        if stored is None:
+            raise SystemExit(f"--replot: no search_ablation results in {path}")
+        plot(stored.results, path.with_suffix(".png"))
+        log.info("redrew %s from %s (nothing measured)", path.with_suffix(".png"), path)
+        return path
     prov = _bench.start(args)
     ab = Ablation(args)
     sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
@@ -493,12 +503,19 @@ def plot(out: dict, path: Path) -> None:
              for p in out["headline"]["curve"] if p["search"] != "r3"]
     for r in out["4_searched_vs_mobilenetv3"] + out["1_rewards"][:2] + curve:
         marker = "*" if r["net"].startswith("searched") else "o"
-        ax.scatter(r["measured_ms"], r["het_r1"], s=120 if marker == "*" else 50, marker=marker)
+        cis = r.get("recall_at_1_ci95_per_seed")   # bars: from the lowest to the highest seed's 95 % bound
+        yerr = [[r["het_r1"] - min(c[0] for c in cis)], [max(c[1] for c in cis) - r["het_r1"]]] if cis else None
+        ax.errorbar(r["measured_ms"], r["het_r1"], yerr=yerr, fmt=marker, ms=11 if marker == "*" else 7, capsize=3)
         ax.annotate(r["net"], (r["measured_ms"], r["het_r1"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    gallery, raw = out["gallery"], out["baselines"]["raw_pixel_knn"]
+    ax.axhline(gallery["recall_at_1"], color="tab:green", lw=1, label=f"paragon {gallery['recall_at_1']:.3f}")
+    ax.axhspan(*gallery["recall_at_1_ci95"], color="tab:green", alpha=0.12, label="paragon's 95 % CI")
+    ax.axhline(raw["recall_at_1"], color="0.4", ls=":", lw=1, label=f"raw-pixel kNN {raw['recall_at_1']:.3f}")
     ax.axvline(budget, color="k", ls="--", lw=0.8, label=f"budget {budget:.3f} ms")
     ax.set_xlabel(f"measured latency, {out['lut']['runtime']} 1 thread (ms)")
     ax.set_ylabel("heterogeneous Recall@1 (test)")
-    ax.set_title("searched (BCT) vs MobileNetV3 + BCT", fontsize=10)
+    ax.set_title("searched (BCT) vs MobileNetV3 + BCT (mean of the seeds; bars: the seeds' 95 % CIs)",
+                 fontsize=9)
     ax.legend(fontsize=8)
 
     ax = axes[1]
