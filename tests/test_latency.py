@@ -302,7 +302,8 @@ def test_the_calibration_that_predicts_better_out_of_sample_is_kept(onnx_lut):
     noise = 1 + np.random.default_rng(0).normal(0, 0.003, len(archs))
     measured = (0.4 * raw + 0.02 * blocks + 0.5 * mb) * noise
     report = score_calibration(lut, terms, measured, calibrate=True, device="local")
-    assert report["calibration_model"] == "blocks+weights" and set(report["models"]) == {"line", "blocks+weights"}
+    assert report["calibration_model"] == "blocks+weights" and set(report["models"]) == {"scale", "line",
+                                                                                         "blocks+weights"}
     assert report["models"]["blocks+weights"]["calibration_curve"]["10"]["within_5pct"] == 1.0
     assert report["models"]["line"]["calibration_curve"]["10"]["within_5pct"] < 1.0
     cal = lut.calibration
@@ -316,6 +317,12 @@ def test_the_calibration_that_predicts_better_out_of_sample_is_kept(onnx_lut):
     line = score_calibration(lut, terms, 1.3 * raw + 0.05, calibrate=True)
     assert line["calibration_model"] == "line" and lut.calibration.model == "line"
     assert lut.calibration.per_block_ms == lut.calibration.per_weight_mb_ms == 0.0
+    # nets in proportion to their block sums: every model predicts them, and the one with fewest terms is kept
+    factor = score_calibration(lut, terms, 1.3 * raw, calibrate=True)
+    assert factor["calibration_model"] == "scale" and lut.calibration.model == "scale"
+    assert lut.calibration.scale == pytest.approx(1.3) and lut.calibration.offset_ms == 0.0
+    assert lut.calibration.formula() == "1.3000 x raw"
+    assert lut.predict(archs[3], space) == pytest.approx(1.3 * raw[3])
     with pytest.raises(EdgeQueryError, match="blocks"):
         fit_calibration(raw, measured, model="blocks+weights")  # raw sums alone cannot fit it
 

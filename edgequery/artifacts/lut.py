@@ -68,10 +68,10 @@ class Calibration(Strict):
 
         measured = scale * raw + offset_ms + per_block_ms * blocks + per_weight_mb_ms * weight_mb
 
-    ``model`` names the terms fitted: ``line`` (scale, offset) or ``blocks+weights`` (scale, a
-    cost per block - what isolated block files run that a net does not, e.g. layout transposes -
-    and a cost per MB of float32 weights - streaming weights that a block timed alone keeps in
-    cache).  Terms not fitted are 0."""
+    ``model`` names the terms fitted: ``scale`` (a factor alone), ``line`` (scale, offset) or
+    ``blocks+weights`` (scale, a cost per block - what isolated block files run that a net does
+    not - and a cost per MB of float32 weights - streaming weights that a block timed alone keeps
+    in cache).  Terms not fitted are 0."""
 
     scale: float
     offset_ms: float
@@ -81,8 +81,10 @@ class Calibration(Strict):
 
     def formula(self) -> str:
         """The fitted correction as a person reads it."""
-        text = f"{self.scale:.4f} x raw {self.offset_ms:+.4f} ms"
-        if self.model != "line":
+        text = f"{self.scale:.4f} x raw"
+        if self.model != "scale":
+            text += f" {self.offset_ms:+.4f} ms"
+        if self.model == "blocks+weights":
             text += f" {self.per_block_ms:+.4f} ms/block {self.per_weight_mb_ms:+.4f} ms/MB of weights"
         return text
     fit: str

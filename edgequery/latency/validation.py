@@ -4,10 +4,10 @@
 resolutions, exports each *whole* net the way ``edgequery export`` does, times it on
 the same device/runtime/threads and compares with the LUT's prediction: share within
 ±5 % and ±10 %, mean absolute percentage error, Spearman rho.  With ``calibrate`` it
-fits a correction by relative least squares and stores it in the LUT: the line
-``scale * raw + offset``, or ``scale * raw + per_block * blocks + per_weight_mb * weight_mb``
-(isolated block files run layout transposes a net does not, and keep in cache the weights
-a net streams), whichever predicts better out of sample after 10 nets.
+fits a correction by relative least squares and stores it in the LUT: a factor
+``scale * raw``, the line ``scale * raw + offset``, or ``scale * raw + per_block * blocks +
+per_weight_mb * weight_mb`` (a whole net streams weights that a block timed alone keeps in
+cache), whichever predicts better out of sample after 10 nets (on a tie, the one with fewer terms).
 
 Two figures put those numbers in context.  The *noise ceiling* (``noise_rounds=True``):
 the same nets timed a second time, in a separate pass after the first, and scored as if
@@ -55,8 +55,9 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
             "mean_error_pct": round(float(np.mean(err) * 100), 3), "spearman_rho": round(float(rho), 4)}
 
 
-# The calibration models: the terms each fits (see :class:`edgequery.artifacts.lut.Calibration`).
-MODELS = {"line": ("raw", "offset"), "blocks+weights": ("raw", "blocks", "weight_mb")}
+# The calibration models, fewest terms first: the terms each fits (see :class:`edgequery.artifacts.lut.Calibration`).
+MODELS = {"scale": ("raw",), "line": ("raw", "offset"), "blocks+weights": ("raw", "blocks", "weight_mb")}
+PER_NET_TERMS = {"blocks", "weight_mb"}   # what only (raw ms, blocks, weight MB) per net can fit
 
 
 def _terms(terms: Sequence) -> np.ndarray:
@@ -174,8 +175,8 @@ def score_calibration(lut: LUT, terms: Sequence, measured: Sequence[float], cali
                       device: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The calibration figures of a validation from its nets' terms and measurements (no timing here).
 
-    ``terms``: per net (raw ms, blocks, weight MB), or only the raw ms (then only the line model
-    is fitted).  Every model of :data:`MODELS` the terms allow is scored out of sample
+    ``terms``: per net (raw ms, blocks, weight MB), or only the raw ms (then only the scale and the
+    line are fitted).  Every model of :data:`MODELS` the terms allow is scored out of sample
     (``models``); the top-level figures are the winner's (``calibration_model``: the better
     10-net calibration).  With ``calibrate`` the winner, fitted on all nets, is stored in ``lut``
     (and saved to its file); ``device`` and ``notes`` (``--allow-other-device``: how that device
@@ -186,9 +187,9 @@ def score_calibration(lut: LUT, terms: Sequence, measured: Sequence[float], cali
     if lut.calibration:
         stored = [lut.calibrated(*row) if t.shape[1] == 3 else lut.calibrated(row[0]) for row in t]
         report["with_stored_calibration"] = accuracy(stored, measured)
-    fitted = {m: out_of_sample(t, measured, m) for m in MODELS if t.shape[1] == 3 or m == "line"}
-    best = "line"
-    for name, figures in fitted.items():
+    fitted = {m: out_of_sample(t, measured, m) for m in MODELS if t.shape[1] == 3 or not PER_NET_TERMS & set(MODELS[m])}
+    best = next(iter(fitted))
+    for name, figures in fitted.items():   # fewest terms first: a tie keeps the simpler model
         if figures and _better(figures, fitted[best]):
             best = name
     report.update(fitted[best])
