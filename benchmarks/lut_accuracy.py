@@ -23,10 +23,9 @@ stored in the LUT, which is written to ``--out-dir`` for the search to use
     python benchmarks/lut_accuracy.py --preset quick                   # 4 min at load 4: small space, 12 nets
     python benchmarks/lut_accuracy.py --refit    # re-fit the calibration on the stored measurements
 
-Wall times of the committed 32 px run (2-core Intel Xeon VM): litert 1617 s, onnxruntime 969 s
-(LUT builds 484 s and 338 s; validation with both timing passes of 100 nets the rest, most of it
-converting the nets).  An earlier 224 px run (another VM, before the second pass) took litert
-1958 s, onnxruntime 1112 s.
+Wall times of the committed rows (2-core AMD EPYC VM, one run per row): litert 15-19 min (LUT
+4-5 min), onnxruntime 12-16 min (LUT 3-4 min); the rest converts the 100 nets and times them twice,
+each with its blocks.
 ``--compare-lut PATH`` (repeatable) scores other tables of this machine on the same measured nets
 (each matched to the rows of its runtime and resolution): e.g. the previous table, whose LiteRT
 block files were NCHW, or one built with ``--flush-kb``; they go to each row's ``compared_tables``.
