@@ -127,7 +127,8 @@ def refit(result: dict, out_dir: Path) -> dict:
         net.setdefault("blocks", blocks)
         net.setdefault("weight_mb", round(weight_mb, 4))
     terms = [(n["raw_ms"], n["blocks"], n["weight_mb"]) for n in result["nets"]]
-    scores = score_calibration(lut, terms, [n["measured_ms"] for n in result["nets"]], calibrate=True)
+    scores = score_calibration(lut, terms, [n["measured_ms"] for n in result["nets"]], calibrate=True,
+                               device=result["device"])
     out = {**{k: v for k, v in result.items() if k not in scores}, **scores}
     return {**out, "goal": goal_verdict(out)}
 
