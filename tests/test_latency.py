@@ -302,8 +302,8 @@ def test_the_calibration_that_predicts_better_out_of_sample_is_kept(onnx_lut):
     noise = 1 + np.random.default_rng(0).normal(0, 0.003, len(archs))
     measured = (0.4 * raw + 0.02 * blocks + 0.5 * mb) * noise
     report = score_calibration(lut, terms, measured, calibrate=True, device="local")
-    assert report["calibration_model"] == "blocks+weights" and set(report["models"]) == {"scale", "line",
-                                                                                         "blocks+weights"}
+    assert report["calibration_model"] == "blocks+weights" and set(report["models"]) == {
+        "scale", "line", "weight-scaled", "blocks+weights"}
     assert report["models"]["blocks+weights"]["calibration_curve"]["10"]["within_5pct"] == 1.0
     assert report["models"]["line"]["calibration_curve"]["10"]["within_5pct"] < 1.0
     cal = lut.calibration
@@ -323,6 +323,15 @@ def test_the_calibration_that_predicts_better_out_of_sample_is_kept(onnx_lut):
     assert lut.calibration.scale == pytest.approx(1.3) and lut.calibration.offset_ms == 0.0
     assert lut.calibration.formula() == "1.3000 x raw"
     assert lut.predict(archs[3], space) == pytest.approx(1.3 * raw[3])
+    assert "scale_per_weight_mb" not in lut.to_data()["calibration"]   # only the weight-scaled model writes it
+    # nets whose blocks all run slower the more weights the net holds: the weight-scaled factor
+    slowed = (1.05 + 0.4 * mb) * raw * noise
+    scaled = score_calibration(lut, terms, slowed, calibrate=True)
+    cal = lut.calibration
+    assert scaled["calibration_model"] == "weight-scaled" and cal.scale_per_weight_mb == pytest.approx(0.4, rel=0.1)
+    assert scaled["models"]["weight-scaled"]["calibration_curve"]["10"]["within_5pct"] == 1.0
+    assert lut.predict(archs[3], space) == pytest.approx(slowed[3], rel=0.02)
+    assert "x weight MB) x raw" in cal.formula() and LUT.parse_data(lut.to_data()).calibration == cal
     with pytest.raises(EdgeQueryError, match="blocks"):
         fit_calibration(raw, measured, model="blocks+weights")  # raw sums alone cannot fit it
 

@@ -66,17 +66,22 @@ class TimingProtocol(Strict):
 class Calibration(Strict):
     """A correction of the block sum fitted on whole nets by ``edgequery profile validate --calibrate``::
 
-        measured = scale * raw + offset_ms + per_block_ms * blocks + per_weight_mb_ms * weight_mb
+        measured = (scale + scale_per_weight_mb * weight_mb) * raw + offset_ms
+                   + per_block_ms * blocks + per_weight_mb_ms * weight_mb
 
-    ``model`` names the terms fitted: ``scale`` (a factor alone), ``line`` (scale, offset) or
+    ``model`` names the terms fitted: ``scale`` (a factor alone), ``line`` (scale, offset),
     ``blocks+weights`` (scale, a cost per block - what isolated block files run that a net does
     not - and a cost per MB of float32 weights - streaming weights that a block timed alone keeps
-    in cache).  Terms not fitted are 0."""
+    in cache) or ``weight-scaled`` (a factor that grows with the net's weights: every block of a
+    net with more weights runs with less of the cache to itself).  Terms not fitted are 0."""
+
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("scale_per_weight_mb",)
 
     scale: float
     offset_ms: float
     per_block_ms: float = 0.0
     per_weight_mb_ms: float = 0.0
+    scale_per_weight_mb: float | None = None  # weight-scaled model only (absent from older files)
     model: str = "line"
 
     def formula(self) -> str:
@@ -84,6 +89,8 @@ class Calibration(Strict):
         text = f"{self.scale:.4f} x raw"
         if self.model != "scale":
             text += f" {self.offset_ms:+.4f} ms"
+        if self.model == "weight-scaled":
+            text = f"({self.scale:.4f} {self.scale_per_weight_mb or 0.0:+.5f} x weight MB) x raw"
         if self.model == "blocks+weights":
             text += f" {self.per_block_ms:+.4f} ms/block {self.per_weight_mb_ms:+.4f} ms/MB of weights"
         return text

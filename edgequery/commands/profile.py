@@ -88,9 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Sample --n random archs at the LUT's resolutions, export each whole net as "
                                     "`edgequery export` does, time it on the device and compare with the LUT: share "
                                     "within +-5% and +-10%, mean absolute % error, Spearman rho. --calibrate fits "
-                                    "measured = scale * predicted (alone, plus an offset, or plus a cost per block and "
-                                    "per MB of weights: whichever predicts better out of sample after 10 nets) and "
-                                    "stores it in the LUT. The device must have the LUT's fingerprint (or pass "
+                                    "measured = scale * predicted (alone, plus an offset, with a scale that grows with "
+                                    "the net's weights, or plus a cost per block and per MB of weights: whichever "
+                                    "predicts better out of sample after 10 nets) and stores it in the LUT. The device must have the LUT's fingerprint (or pass "
                                     "--allow-other-device).",
                         formatter_class=HelpFormatter)
     v.add_argument("--lut", required=True, help="LUT to validate (edgequery profile)")

@@ -116,7 +116,8 @@ class LUT(LUTFile):
         c = self.calibration
         if c is None:
             return raw_ms
-        return c.scale * raw_ms + c.offset_ms + c.per_block_ms * blocks + c.per_weight_mb_ms * weight_mb
+        return ((c.scale + (c.scale_per_weight_mb or 0.0) * weight_mb) * raw_ms + c.offset_ms
+                + c.per_block_ms * blocks + c.per_weight_mb_ms * weight_mb)
 
     def weight_mb(self, space, blocks) -> float:
         """Float32 weights of ``blocks`` (BlockSpecs of ``space``) in MB, each block key counted from its module once."""
@@ -138,7 +139,8 @@ class LUT(LUTFile):
         arch = space.parse(arch) if isinstance(arch, (str, dict)) else arch
         self.check_resolution(arch.resolution)
         blocks = space.blocks(arch, self.embed_dim)
-        needs_weights = weights if weights is not None else bool(self.calibration and self.calibration.per_weight_mb_ms)
+        c = self.calibration
+        needs_weights = weights if weights is not None else bool(c and (c.per_weight_mb_ms or c.scale_per_weight_mb))
         return (self.raw([b.key for b in blocks]), len(blocks),
                 self.weight_mb(space, blocks) if needs_weights else 0.0)
 

@@ -5,9 +5,10 @@ resolutions, exports each *whole* net the way ``edgequery export`` does, times i
 the same device/runtime/threads and compares with the LUT's prediction: share within
 ±5 % and ±10 %, mean absolute percentage error, Spearman rho.  With ``calibrate`` it
 fits a correction by relative least squares and stores it in the LUT: a factor
-``scale * raw``, the line ``scale * raw + offset``, or ``scale * raw + per_block * blocks +
-per_weight_mb * weight_mb`` (a whole net streams weights that a block timed alone keeps in
-cache), whichever predicts better out of sample after 10 nets (on a tie, the one with fewer terms).
+``scale * raw``, the line ``scale * raw + offset``, a factor growing with the net's weights
+``(scale + k * weight_mb) * raw``, or ``scale * raw + per_block * blocks + per_weight_mb *
+weight_mb`` (a whole net streams weights that a block timed alone keeps in cache), whichever
+predicts better out of sample after 10 nets (on a tie, the one with fewer terms).
 
 Two figures put those numbers in context.  The *noise ceiling* (``noise_rounds=True``):
 the same nets timed a second time, in a separate pass after the first, and scored as if
@@ -56,8 +57,9 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
 
 
 # The calibration models, fewest terms first: the terms each fits (see :class:`edgequery.artifacts.lut.Calibration`).
-MODELS = {"scale": ("raw",), "line": ("raw", "offset"), "blocks+weights": ("raw", "blocks", "weight_mb")}
-PER_NET_TERMS = {"blocks", "weight_mb"}   # what only (raw ms, blocks, weight MB) per net can fit
+MODELS = {"scale": ("raw",), "line": ("raw", "offset"), "weight-scaled": ("raw", "raw_x_weight_mb"),
+          "blocks+weights": ("raw", "blocks", "weight_mb")}
+PER_NET_TERMS = {"blocks", "weight_mb", "raw_x_weight_mb"}   # what only (raw ms, blocks, weight MB) per net can fit
 
 
 def _terms(terms: Sequence) -> np.ndarray:
@@ -69,7 +71,7 @@ def _terms(terms: Sequence) -> np.ndarray:
 def _columns(terms: np.ndarray, model: str) -> np.ndarray:
     have = {"raw": terms[:, 0], "offset": np.ones(len(terms))}
     if terms.shape[1] == 3:
-        have.update(blocks=terms[:, 1], weight_mb=terms[:, 2])
+        have.update(blocks=terms[:, 1], weight_mb=terms[:, 2], raw_x_weight_mb=terms[:, 0] * terms[:, 2])
     missing = [t for t in MODELS[model] if t not in have]
     if missing:
         raise EdgeQueryError(f"the {model} calibration needs each net's {', '.join(missing)}",
@@ -98,7 +100,8 @@ def fit_calibration(terms: Sequence, measured: Sequence[float], device: str | No
         raise EdgeQueryError(f"calibration needs at least 3 measured nets, got {len(t)}", "pass --n 20 or more")
     coef = dict(zip(MODELS[model], (round(float(c), 6) for c in _fit(t, m, model))))
     return Calibration(scale=coef["raw"], offset_ms=coef.get("offset", 0.0), per_block_ms=coef.get("blocks", 0.0),
-                       per_weight_mb_ms=coef.get("weight_mb", 0.0), model=model, fit="relative least squares",
+                       per_weight_mb_ms=coef.get("weight_mb", 0.0), scale_per_weight_mb=coef.get("raw_x_weight_mb"),
+                       model=model, fit="relative least squares",
                        fitted_on=len(t), fitted_at=now(), device=device, notes=list(notes))
 
 
