@@ -116,13 +116,19 @@ def goal_verdict(result: dict) -> dict:
     return {"met": all(c["met"] for c in checks.values()), "checks": checks}
 
 
+def uncalibrated_terms(lut, result: dict) -> list[tuple[float, int, float]]:
+    """Per net measured in ``result``: ``lut``'s (raw ms, blocks, weight MB), with its calibration dropped (the
+    row's space: at 224 px the space's choices at that size; a table of another space is refused)."""
+    space = space_from_config(result["space"])
+    lut.check_space(space)
+    lut.calibration = None
+    return [lut.terms(space.parse(n["arch"]), space, weights=True) for n in result["nets"]]
+
+
 def refit(result: dict, out_dir: Path) -> dict:
     """``result`` with its calibration figures recomputed from its stored measurements."""
-    space = space_from_config(result["space"])   # (at 224 px: the space's choices at that size)
-    lut = load_lut(out_dir / result["lut_file"], space=space)
-    lut.calibration = None
-    # (raw, blocks, weight MB): older results lack the last two
-    terms = [lut.terms(space.parse(n["arch"]), space, weights=True) for n in result["nets"]]
+    lut = load_lut(out_dir / result["lut_file"])
+    terms = uncalibrated_terms(lut, result)   # (raw, blocks, weight MB): older results lack the last two
     for net, (_, blocks, weight_mb) in zip(result["nets"], terms):
         net.setdefault("blocks", blocks)
         net.setdefault("weight_mb", round(weight_mb, 4))
@@ -137,21 +143,18 @@ def compare_tables(result: dict, paths: list[Path]) -> dict:
     """``result`` with ``compared_tables``: each table of ``paths`` of its runtime and resolution scored on its
     measured nets - uncalibrated, and calibrated out of sample as the row's own table is.  A table of
     another machine is refused: its timings are not comparable with these."""
-    space = space_from_config(result["space"])
     fingerprint = Fingerprint(**result["fingerprint"])
+    measured = [n["measured_ms"] for n in result["nets"]]
     compared = dict(result.get("compared_tables", {}))
     for path in paths:
         lut = load_lut(path)
         if lut.runtime != result["runtime"] or result["resolution"] not in lut.resolutions:
             continue
-        lut = load_lut(path, space=space)
         try:
             check_compatible(lut, fingerprint, a_name=str(path))
         except EdgeQueryError as exc:
             raise SystemExit(f"--compare-lut: {exc}") from None
-        lut.calibration = None
-        terms = [lut.terms(space.parse(n["arch"]), space, weights=True) for n in result["nets"]]
-        measured = [n["measured_ms"] for n in result["nets"]]
+        terms = uncalibrated_terms(lut, result)
         compared[path.name] = {"protocol": lut.protocol.model_dump(mode="json", exclude_none=True),
                                "measured_at": lut.measured_at, "uncalibrated": accuracy([t[0] for t in terms], measured),
                                **score_calibration(lut, terms, measured, calibrate=False)}

@@ -83,22 +83,22 @@ class Calibration(Strict):
     per_weight_mb_ms: float = 0.0
     scale_per_weight_mb: float | None = None  # weight-scaled model only (absent from older files)
     model: str = "line"
-
-    def formula(self) -> str:
-        """The fitted correction as a person reads it."""
-        text = f"{self.scale:.4f} x raw"
-        if self.model != "scale":
-            text += f" {self.offset_ms:+.4f} ms"
-        if self.model == "weight-scaled":
-            text = f"({self.scale:.4f} {self.scale_per_weight_mb or 0.0:+.5f} x weight MB) x raw"
-        if self.model == "blocks+weights":
-            text += f" {self.per_block_ms:+.4f} ms/block {self.per_weight_mb_ms:+.4f} ms/MB of weights"
-        return text
     fit: str
     fitted_on: int
     fitted_at: str
     device: str | None = None                 # where the nets were measured (absent in version 1)
     notes: list[str] = []                     # --allow-other-device: how that device differs from the table's
+
+    def formula(self) -> str:
+        """The fitted correction as a person reads it."""
+        if self.model == "weight-scaled":
+            return f"({self.scale:.4f} {self.scale_per_weight_mb or 0.0:+.5f} x weight MB) x raw"
+        text = f"{self.scale:.4f} x raw"
+        if self.model != "scale":
+            text += f" {self.offset_ms:+.4f} ms"
+        if self.model == "blocks+weights":
+            text += f" {self.per_block_ms:+.4f} ms/block {self.per_weight_mb_ms:+.4f} ms/MB of weights"
+        return text
 
 
 class OtherDeviceUse(Strict):
