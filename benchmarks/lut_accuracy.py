@@ -69,13 +69,14 @@ def space_at(args, res: int):
 def lut_name(args, runtime: str, res: int) -> str:
     options = parse_space_options(args.space_option)
     return (f"lut-{args.device}-{runtime}-r{res}" + (f"-flush{args.flush_kb}k" if args.flush_kb else "")
+            + ("-pass-rounds" if args.rounds_over == "pass" else "")
             + (f"-{_bench.digest(options)}" if options else "") + ".json")
 
 
 def run_one(runtime: str, res: int, args, wf: Workflow) -> dict:
     space = space_at(args, res)
     protocol = Protocol(threads=args.threads, warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds,
-                        rounds=args.rounds, flush_kb=args.flush_kb)
+                        rounds=args.rounds, flush_kb=args.flush_kb, rounds_over=args.rounds_over)
     out = Path(args.out_dir) / lut_name(args, runtime, res)
     workdir = Path(args.cache) / out.stem
     if args.force and out.exists():
@@ -185,6 +186,9 @@ def parse(argv: list[str] | None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--flush-kb", type=int, default=0, metavar="KIB",
                    help="cold-cache protocol: write over this many KiB before each timed run (0: off)")
+    p.add_argument("--rounds-over", choices=["chunk", "pass"], default="chunk",
+                   help="pass: each of the --rounds is a pass over all files (table and nets), so drift over "
+                        "minutes hits one round of a file, not all (the table is named ...-pass-rounds.json)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true", help="re-measure the LUTs")
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,

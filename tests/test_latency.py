@@ -146,6 +146,50 @@ def test_profile_resumes_after_an_interruption(tmp_path, onnx_lut, caplog):
 
 
 
+def test_rounds_over_passes_time_every_file_once_per_pass_and_resume_within_a_pass(tmp_path, onnx_lut, caplog):
+    """--rounds-over pass: each round is one agent run per chunk over *all* files (so a file's rounds lie a
+    pass apart); killed in the second pass, a rerun times only what that pass still lacked, from the journal."""
+    requests: list[tuple[list[str], int]] = []
+
+    class Counting(LocalDevice):
+        die_after: int | None = None
+
+        def time_models(self, folder, models, runtime, protocol):
+            requests.append((list(models), protocol["rounds"]))
+            for i, rec in enumerate(super().time_models(folder, models, runtime, protocol)):
+                if self.die_after is not None and len(requests) == self.die_after and i == 4:
+                    raise KeyboardInterrupt
+                yield rec
+
+    out = tmp_path / "lut.json"
+    shutil.copytree(work_of(onnx_lut.path), work_of(out))
+    spread = replace(FAST, rounds=2, rounds_over="pass")
+    dying = Counting()
+    dying.die_after = 4   # the overhead's two passes, the blocks' pass 1 (15: one chunk), 3 results into pass 2
+    with pytest.raises(KeyboardInterrupt):
+        profile(tiny_space(), [24], dying, "onnxruntime", spread, out)
+    journal = work_of(out) / "onnxruntime" / "rounds.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len(lines) == 15 + 3 and all(line["protocol"]["rounds"] == 1 for line in lines)
+    partial = load_lut(out)
+    assert len(partial.blocks) == 3 and partial.protocol.rounds_over == "pass"
+    assert all(rounds == 1 for _, rounds in requests)   # one round per agent run
+    requests.clear()
+    with caplog.at_level("INFO", logger="edgequery"):
+        done = profile(tiny_space(), [24], Counting(), "onnxruntime", spread, out)
+    assert "18 round(s) of 15 file(s) already timed" in caplog.text
+    assert [len(models) for models, _ in requests] == [12]   # only what pass 2 still lacked
+    assert done.complete and len(done.blocks) == 15 and not journal.exists()
+    assert all(st.runs >= 2 * spread.runs and st.p10_ms <= st.median_ms <= st.p90_ms for st in done.blocks.values())
+    assert json.loads(out.read_text())["protocol"]["rounds_over"] == "pass" and Protocol.of(done).rounds_over == "pass"
+    assert "rounds_over" not in json.loads(onnx_lut.path.read_text())["protocol"]   # older tables read as before
+    assert Protocol.of(onnx_lut).rounds_over == "chunk"
+    with pytest.raises(EdgeQueryError, match="other settings .*rounds_over: pass vs None"):
+        profile(tiny_space(), [24], parse_device("local"), "onnxruntime", FAST, out)
+    with pytest.raises(EdgeQueryError, match="rounds-over chunk or pass"):
+        replace(FAST, rounds_over="day").check()
+
+
 def _converters_of(pid: int) -> list[int]:
     """The converter worker processes (``python -m edgequery.latency.blocks``) whose parent is ``pid``."""
     found = []

@@ -47,7 +47,7 @@ class TimingStats(Strict):
 class TimingProtocol(Strict):
     """How every file of the table was timed."""
 
-    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("flush_kb", "block_layout")
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("flush_kb", "block_layout", "rounds_over")
 
     batch: int = 1
     threads: int
@@ -57,6 +57,7 @@ class TimingProtocol(Strict):
     rounds: int = 1
     flush_kb: int | None = None   # KiB written over before each timed run (cold caches); unset: none
     block_layout: str | None = None  # "NHWC": block files take/give the runtime's inner layout; unset: NCHW files
+    rounds_over: str | None = None   # "pass": each round is a pass over all the files; unset: rounds within a chunk
     statistic: str
     spread: str
     timed: str

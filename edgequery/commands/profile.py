@@ -51,7 +51,11 @@ def _add_protocol(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     g.add_argument("--runs", type=int, default=d(50), help="timed runs (at least)")
     g.add_argument("--min-seconds", type=float, default=d(0.1), help="and at least this long of timed runs")
     g.add_argument("--rounds", type=int, default=d(3),
-                   help="rounds over all files (the lowest round median is kept: load only adds time)")
+                   help="rounds of timing per file (the lowest round median is kept: load only adds time)")
+    g.add_argument("--rounds-over", choices=["chunk", "pass"], default=d("chunk"),
+                   help="chunk: a file's rounds follow each other, within its batch of 16 files (seconds apart); "
+                        "pass: each round is a pass over all the files, so a file's rounds lie minutes apart and a "
+                        "slow spell of the machine (a VM drifting) hits one of them, not all - same timing work")
     g.add_argument("--flush-kb", type=int, default=d(0), metavar="KIB",
                    help="write over this many KiB before each timed run, so every run starts with cold caches "
                         "as a single query on a phone does (e.g. 2x the L2 size; 0: off; not on adb)")
@@ -150,7 +154,8 @@ def run_profile(args: argparse.Namespace) -> int:
     space = _space(args)
     out = args.out or f"lut-{device.name}-{args.runtime}.json"
     lut = profile(space, _resolutions(args.resolution, space), device, args.runtime,
-                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds, args.flush_kb), out,
+                  Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds, args.flush_kb,
+                           args.rounds_over), out,
                   embed_dim=args.embed_dim, jobs=args.jobs, force=args.force,
                   allow_other_device=args.allow_other_device)
     print(summary(lut, top=5))
@@ -208,7 +213,8 @@ def run_validate(args: argparse.Namespace) -> int:
     space = space_from_config(lut.space_config)
     device = parse_device(args.device or lut.device, benchmark_binary=args.benchmark_binary)
     protocol = Protocol.of(lut, threads=args.threads, warmup=args.warmup, runs=args.runs,
-                           min_seconds=args.min_seconds, rounds=args.rounds, flush_kb=args.flush_kb)
+                           min_seconds=args.min_seconds, rounds=args.rounds, flush_kb=args.flush_kb,
+                           rounds_over=args.rounds_over)
     report = validate(lut, space, device, n=args.n, seed=args.seed, calibrate=args.calibrate, protocol=protocol,
                       jobs=args.jobs, allow_other_device=args.allow_other_device, noise_rounds=args.noise_ceiling,
                       interleave=args.interleave)
@@ -243,6 +249,7 @@ def summary(lut, top: int = 10) -> str:
              f"  space      {lut.space} at resolution(s) {', '.join(map(str, lut.resolutions))}, "
              f"embedding {lut.embed_dim}",
              f"  protocol   warm-up {pr.warmup}, >= {pr.runs} runs and >= {pr.min_seconds} s, x{pr.rounds} rounds"
+             + (" (each a pass over all files)" if pr.rounds_over == "pass" else "")
              + (f", caches flushed ({pr.flush_kb} KiB)" if pr.flush_kb else "")
              + f"; block files {pr.block_layout or 'NCHW'},\n"
              f"             {pr.statistic}; {pr.spread}",

@@ -10,7 +10,8 @@
    conversions run in ``jobs`` worker processes;
 4. time them on the device in chunks (:mod:`.devices`: the agent locally or over ssh,
    ``benchmark_model`` over adb), saving the LUT after every result - a killed run
-   resumes with the blocks still missing; resuming on a device with another fingerprint is
+   resumes with the blocks still missing (with rounds spread over passes, from the rounds
+   journalled so far); resuming on a device with another fingerprint is
    refused unless ``allow_other_device`` (then recorded in the LUT's ``other_devices``);
 5. mark the LUT complete.  Conversion and timing are separate phases, so the timings
    are not disturbed by the converters.
@@ -45,8 +46,11 @@ from .lut import LUT, now
 log = logging.getLogger(__name__)
 
 CHUNK = 16
+JOURNAL = "rounds.jsonl"   # in the work folder: the rounds of a table's blocks timed so far (rounds over passes)
 IDENTITY = "identity"
-KNOBS = ("threads", "warmup", "runs", "min_seconds", "rounds", "flush_kb")
+KNOBS = ("threads", "warmup", "runs", "min_seconds", "rounds", "flush_kb", "rounds_over")
+ROUNDS_OVER = ("chunk", "pass")
+UNSET = {"flush_kb": 0, "rounds_over": "chunk"}   # what a LUT file's unset knob means (older files lack them)
 
 
 @dataclass
@@ -59,13 +63,17 @@ class Protocol:
     min_seconds: float = 0.1
     rounds: int = 3
     flush_kb: int = 0   # > 0: the agent writes over this many KiB before each timed run (cold caches)
+    # "chunk": a file's rounds follow each other within its agent run (seconds apart); "pass": each round
+    # is a pass over all the files, so a file's rounds are minutes apart and a slow spell of the machine
+    # hits one of them, not all (see :func:`time_files`)
+    rounds_over: str = "chunk"
 
     def check(self) -> "Protocol":
         if (self.threads < 1 or self.warmup < 0 or self.runs < 1 or self.min_seconds < 0 or self.rounds < 1
-                or self.flush_kb < 0):
+                or self.flush_kb < 0 or self.rounds_over not in ROUNDS_OVER):
             raise EdgeQueryError(f"bad timing protocol {self}", "threads >= 1, warmup >= 0, runs >= 1 (50 or more "
                                                                "recommended), min-seconds >= 0, rounds >= 1, "
-                                                               "flush-kb >= 0")
+                                                               "flush-kb >= 0, rounds-over " + " or ".join(ROUNDS_OVER))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,14 +82,14 @@ class Protocol:
     @classmethod
     def of(cls, lut: LUT, **changes: Any) -> "Protocol":
         """The protocol ``lut`` was measured with; ``changes`` that are not None override it."""
-        return cls(**{**{k: getattr(lut.protocol, k) or 0 if k == "flush_kb" else getattr(lut.protocol, k)
+        return cls(**{**{k: getattr(lut.protocol, k) or UNSET.get(k) if k in UNSET else getattr(lut.protocol, k)
                          for k in KNOBS},
                       **{k: v for k, v in changes.items() if v is not None}}).check()
 
     def record(self, device: Device, runtime: str) -> TimingProtocol:
         """The protocol as the LUT file states it (with what ``device``'s statistics are and the
         layout ``runtime``'s block files take: see :data:`~.blocks.INNER_LAYOUT`)."""
-        return TimingProtocol(batch=1, **{**self.to_dict(), "flush_kb": self.flush_kb or None},
+        return TimingProtocol(batch=1, **{**self.to_dict(), **{k: None for k, v in UNSET.items() if getattr(self, k) == v}},
                               block_layout=INNER_LAYOUT.get(runtime),
                               statistic=device.statistic, spread=device.spread,
                               timed="invoke only, input bound once; per-invocation overhead from an identity model",
@@ -188,30 +196,87 @@ def export_nets(archs: Sequence, runtime: str, folder: Path, embed_dim: int = 12
 
 def time_files(device: Device, folder: Path, models: Sequence[str], runtime: str, protocol: Protocol,
                on_result: Callable[[str, TimingStats], None] | None = None, desc: str = "time",
-               chunk: int = CHUNK) -> dict[str, TimingStats]:
+               chunk: int = CHUNK, journal: Path | None = None) -> dict[str, TimingStats]:
     """Time model files (relative to ``folder``) on ``device``, ``chunk`` per agent run.
 
-    ``on_result(model, stats)`` is called as each result arrives (the profiler saves the
-    LUT there).  A model the runtime cannot run is an error naming it.
+    With ``protocol.rounds_over == "pass"`` each of the ``rounds`` is a pass over all ``models``
+    (one round per agent run), so a file's rounds lie minutes apart: a slow spell of the
+    machine (a VM drifts by 5-10 % over minutes) hits one of them, not all.  A file's result
+    is then its lowest round median, p10 and p90 being the lowest and highest of its rounds'
+    ones.  ``journal`` (a JSON-lines file) keeps the rounds done so far, so a killed run
+    resumes within a pass; it is cleared when done or made with another protocol.
+
+    ``on_result(model, stats)`` is called as each file's result is complete (the profiler saves
+    the LUT there).  A model the runtime cannot run is an error naming it.
     """
+    passes = protocol.rounds if protocol.rounds_over == "pass" else 1
+    request = {**protocol.to_dict(), **({"rounds": 1} if passes > 1 else {})}
+    done = _read_journal(journal, request) if passes > 1 and journal else {}
     results: dict[str, TimingStats] = {}
-    with progress(total=len(models), desc=desc, unit="model", log=log) as bar:
-        for start in range(0, len(models), chunk):
-            for rec in device.time_models(folder, models[start:start + chunk], runtime, protocol.to_dict()):
-                if rec["type"] == "error":
-                    raise EdgeQueryError(f"{device.describe()} could not time {rec['model']}: {rec['error']}",
-                                         "delete that file from the work folder and rerun to re-create it")
-                if rec["type"] == "result":  # (the agent's "info" line: the fingerprint was asked for before)
-                    stats = TimingStats(**{k: rec[k] for k in ("median_ms", "p10_ms", "p90_ms", "runs")})
-                    results[rec["model"]] = stats
-                    if on_result:
-                        on_result(rec["model"], stats)
+    with progress(total=len(models) * passes, desc=desc, unit="model" if passes == 1 else "timing", log=log) as bar:
+        bar.update(sum(min(len(done.get(m, [])), passes) for m in models))
+        for round_ in range(passes):
+            todo = [m for m in models if len(done.get(m, [])) <= round_]
+            for start in range(0, len(todo), chunk):
+                for model, stats in _timed(device, folder, todo[start:start + chunk], runtime, request):
+                    done.setdefault(model, []).append(stats)
+                    if passes > 1 and journal:
+                        _append_journal(journal, request, model, stats)
+                    if len(done[model]) == passes:
+                        results[model] = stats if passes == 1 else _best_round(done[model])
+                        if on_result:
+                            on_result(model, results[model])
                     bar.update()
+    for model in models:   # files complete in the journal before this run
+        if model not in results and len(done.get(model, [])) >= passes:
+            results[model] = _best_round(done[model][:passes])
+            if on_result:
+                on_result(model, results[model])
     missing = [m for m in models if m not in results]
     if missing:
         raise EdgeQueryError(f"{device.describe()} returned no timing for {len(missing)} file(s), e.g. {missing[0]}",
                              "rerun to resume; check the device's free space and that it stayed reachable")
+    if journal and journal.exists():
+        journal.unlink()
     return results
+
+
+def _timed(device: Device, folder: Path, models: Sequence[str], runtime: str, request: dict):
+    """(model, stats) for each result of one agent run; a model the runtime cannot run is an error."""
+    for rec in device.time_models(folder, models, runtime, request):
+        if rec["type"] == "error":
+            raise EdgeQueryError(f"{device.describe()} could not time {rec['model']}: {rec['error']}",
+                                 "delete that file from the work folder and rerun to re-create it")
+        if rec["type"] == "result":  # (the agent's "info" line: the fingerprint was asked for before)
+            yield rec["model"], TimingStats(**{k: rec[k] for k in ("median_ms", "p10_ms", "p90_ms", "runs")})
+
+
+def _best_round(rounds: Sequence[TimingStats]) -> TimingStats:
+    return TimingStats(median_ms=min(r.median_ms for r in rounds), p10_ms=min(r.p10_ms for r in rounds),
+                       p90_ms=max(r.p90_ms for r in rounds), runs=sum(r.runs for r in rounds))
+
+
+def _read_journal(journal: Path, request: dict) -> dict[str, list[TimingStats]]:
+    """The rounds a killed run timed with the same ``request`` (none from another protocol)."""
+    done: dict[str, list[TimingStats]] = {}
+    if not journal.exists():
+        return done
+    for line in journal.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            if rec["protocol"] == request:
+                done.setdefault(rec["model"], []).append(TimingStats(**rec["stats"]))
+        except (ValueError, KeyError, TypeError):
+            continue   # a line cut short by the kill
+    if done:
+        log.info(f"resuming: {sum(map(len, done.values()))} round(s) of {len(done)} file(s) already timed ({journal})")
+    return done
+
+
+def _append_journal(journal: Path, request: dict, model: str, stats: TimingStats) -> None:
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with journal.open("a") as f:
+        f.write(json.dumps({"protocol": request, "model": model, "stats": stats.model_dump()}) + "\n")
 
 
 def measure_archs(archs: Sequence, device: Device, runtime: str, protocol: Protocol, folder: Path,
@@ -286,10 +351,12 @@ def _measure(lut: LUT, space, blocks: Sequence, device: Device, protocol: Protoc
         lut.measured_at = now()
         lut.save(out)  # after every result: a killed run loses at most the chunk in flight
 
+    lut.save(out)   # from here on a killed run resumes (with protocol.rounds_over "pass": within a pass, see JOURNAL)
     try:
         if lut.overhead is None:
             time_files(device, folder, [identity], runtime, protocol, on_result, desc="overhead")
-        time_files(device, folder, list(by_file), runtime, protocol, on_result, desc=f"time on {device.name}")
+        time_files(device, folder, list(by_file), runtime, protocol, on_result, desc=f"time on {device.name}",
+                   journal=folder / JOURNAL)
     finally:
         lut.build_seconds = round(lut.build_seconds + time.time() - t0, 1)
         lut.measured_at = now()
@@ -316,6 +383,7 @@ def profile(space, resolutions: Sequence[int], device: Device, runtime: str, pro
                   device=device.describe(), fingerprint=fingerprint, runtime=runtime,
                   runtime_version=fingerprint.runtime_version or "", threads=protocol.threads,
                   protocol=protocol.record(device, runtime))
+        folder = Path(workdir) if workdir else work_folder(out, runtime)
         if out.exists() and not force:
             lut = _resume(out, lut, allow_other_device)
             done = sum(b.key in lut.blocks for b in blocks)
@@ -323,8 +391,9 @@ def profile(space, resolutions: Sequence[int], device: Device, runtime: str, pro
                 log.info(f"{out} is already complete ({done} blocks); pass --force to measure again")
                 return lut
             log.info(f"resuming {out}: {done} of {len(blocks)} blocks already measured")
-        _measure(lut, space, blocks, device, protocol, out, Path(workdir) if workdir else work_folder(out, runtime),
-                 jobs)
+        else:
+            (folder / JOURNAL).unlink(missing_ok=True)   # rounds of an earlier table are not this one's
+        _measure(lut, space, blocks, device, protocol, out, folder, jobs)
     finally:
         device.close()
     lut.complete = not lut.missing(space)
