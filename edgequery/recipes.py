@@ -17,7 +17,7 @@ from .artifacts.checkpoint import GALLERY_MODEL, GALLERY_TRAIN
 from .checkpoint import load_checkpoint
 from .data import DataSpec, Splits, load_splits
 from .errors import EdgeQueryError
-from .models import build_embedding_net, model_from_checkpoint, model_spec
+from .models import build_embedding_net, model_from_checkpoint, model_spec, zero_init_residual
 from .train import BCTLoss, ClassifierLoss, TrainConfig, fit, prepare_output
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ def train_gallery(spec: DataSpec, cfg: TrainConfig, out: str | Path, arch: str =
     torch.manual_seed(cfg.seed)  # the same settings start from the same weights
     model = build_embedding_net(arch, embed_dim, splits.num_classes, weights=None if resume else weights,
                                 scale=scale, margin=margin)
+    if cfg.extra.get("zero_init_residual") and not resume:
+        if weights:
+            raise EdgeQueryError("--zero-init-residual starts residual branches from zero: not with --weights",
+                                 "drop one of the two")
+        if not zero_init_residual(model.trunk):
+            raise EdgeQueryError(f"--zero-init-residual: {arch} has no ResNet residual blocks",
+                                 "use it with a resnet arch")
 
     def payload(m):
         return {"kind": "gallery", "model": model_spec(arch, embed_dim, splits.num_classes, scale, margin),

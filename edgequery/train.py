@@ -220,15 +220,16 @@ def _parallel(model: nn.Module, cfg: TrainConfig, device: torch.device, dist: Di
 
 def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, epoch: int,
                  first_step: int, optimizer, scheduler, dist: Dist, device: torch.device, desc: str,
-                 precision: str) -> dict[str, Any]:
-    """One epoch of optimizer steps; returns its history record (epoch, mean loss, seconds).
+                 precision: str, max_steps: int | None = None) -> dict[str, Any]:
+    """One epoch of optimizer steps (its first ``max_steps`` when given: the last epoch of a schedule
+    in steps); returns its history record (epoch, mean loss, seconds).
 
     With ``precision`` bf16 the forward pass runs under autocast and batches are channels-last
     (the model was made channels-last too); weights, gradients and the optimizer stay fp32."""
     train_model.train()
     bf16 = precision == "bf16"
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
-    batches = epoch_batches(splits.train, cfg, epoch, dist)
+    batches = epoch_batches(splits.train, cfg, epoch, dist)[:max_steps]
     t0, loss_sum, n_seen = time.time(), 0.0, 0
     bar = progress(batches, total=len(batches), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    enabled=dist.main, log=log)
@@ -285,13 +286,14 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
     if steps_per_epoch == 0:
         raise EdgeQueryError(f"the train split has {len(splits.train)} images, fewer than one batch",
                              "lower --batch-size or use more training data")
-    if cfg.steps is not None:  # the schedule is given in steps: as many epochs as they take on this data
-        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.steps / steps_per_epoch)})
-        if dist.main:
-            log.info("%d steps at %d per epoch: %d epochs of %d images", cfg.steps, steps_per_epoch, cfg.epochs,
-                     len(splits.train))
-    optimizer = make_optimizer(model.parameters(), cfg)
     total = cfg.epochs * steps_per_epoch
+    if cfg.steps is not None:  # the schedule is given in steps: as many epochs as they take, the last one cut short
+        cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.steps / steps_per_epoch)})
+        total = cfg.steps
+        if dist.main:
+            log.info("%d steps at %d per epoch: %.2f epochs of %d images", cfg.steps, steps_per_epoch,
+                     cfg.steps / steps_per_epoch, len(splits.train))
+    optimizer = make_optimizer(model.parameters(), cfg)
     # warm-up: warmup_epochs, but on a small data set (epochs of a few steps) at least 5 % of the run, up
     # to 100 steps - a few steps of warm-up are no warm-up at lr 0.1
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch), min(100, total // 20))
@@ -309,7 +311,7 @@ def fit(model: nn.Module, step: StepFn, splits: Splits, cfg: TrainConfig, out: s
     ckpt: dict[str, Any] = resume or {}
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(train_model, step, splits, cfg, epoch, epoch * steps_per_epoch, optimizer, scheduler,
-                              dist, device, desc, precision)
+                              dist, device, desc, precision, max_steps=total - epoch * steps_per_epoch)
         if on_epoch_end is not None:
             record["metrics"] = dict(on_epoch_end(model, epoch))
         history.append(record)

@@ -98,6 +98,38 @@ def test_prepare_output_refuses_to_clobber_or_mix(digits, tmp_path):
         prepare_output(tmp_path / "d.pt", "query", cfg2, {"arch": "tiny"}, force=False)
 
 
+def test_a_schedule_in_steps_takes_exactly_those_steps(digits, tmp_path):
+    """20 steps at 8 per epoch: two whole epochs and 4 steps of a third, the lr schedule ending at step 20."""
+    seen = []
+
+    def record(m, x, y, global_step):
+        seen.append(global_step)
+        return ClassifierLoss()(m, m(x), y)
+
+    ck = fit(tiny_net(), record, digits, TrainConfig(steps=20, batch_size=32, lr=0.05), tmp_path / "s.pt",
+             lambda m: {"kind": "gallery", "model": {"arch": "tiny", "embed_dim": 8, "num_classes": 10},
+                        "state_dict": m.state_dict(), "identity": {"arch": "tiny"}})
+    assert seen == list(range(20)) and ck["train"]["epochs"] == 3 and ck["train"]["complete"]
+    assert ck["train"]["scheduler"]["last_epoch"] == 20
+
+
+def test_zero_init_residual_starts_every_resnet_block_as_the_identity(tmp_path):
+    from edgequery.models import build_trunk, zero_init_residual
+    from edgequery.recipes import train_gallery
+
+    trunk, _ = build_trunk("resnet101")
+    assert zero_init_residual(trunk) == 33   # ResNet-101: 3 + 4 + 23 + 3 bottlenecks
+    block = trunk.layer1[1].eval()
+    x = torch.rand(1, 256, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))   # the branch adds 0
+    mobile, _ = build_trunk("mobilenet_v3_small")
+    assert zero_init_residual(mobile) == 0
+    spec = DataSpec(dataset="digits", resolution=8, n_train=64, n_val=0, n_query=10, n_gallery=20)
+    with pytest.raises(EdgeQueryError, match="no ResNet residual blocks"):
+        train_gallery(spec, TrainConfig(steps=1, extra={"zero_init_residual": True}), tmp_path / "g.pt",
+                      arch="mobilenet_v3_small")
+
+
 def test_training_reduces_loss(digits, tmp_path):
     ck = _run(digits, tmp_path / "e.pt", TrainConfig(epochs=4, batch_size=32, lr=0.1))
     losses = [h["loss"] for h in ck["train"]["history"]]

@@ -149,7 +149,8 @@ def test_demo_command_maps_its_flags_onto_the_workflow_config():
     args = cli.build_parser().parse_args(["demo", "--out", "x", "--query-epochs", "2", "--no-search"])
     cfg = config_from_args(args)
     assert cfg.out == Path("x") and cfg.query_epochs == 2 and not cfg.search and cfg.deploy
-    assert cfg.gallery_epochs == DemoConfig().gallery_epochs, "the command's defaults are the workflow's"
+    assert cfg.gallery_steps == DemoConfig().gallery_steps, "the command's defaults are the workflow's"
+    assert cfg.gallery_n_train == DemoConfig().gallery_n_train
 
 
 # --------------------------------------------------------------------------- benchmarks/_bench.py

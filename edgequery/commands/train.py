@@ -68,6 +68,10 @@ def _register_gallery(tsub: argparse._SubParsersAction) -> None:
     g.add_argument("--scale", type=float, default=GALLERY_MODEL["scale"], help="cosine classifier scale s")
     g.add_argument("--margin", type=float, default=GALLERY_MODEL["margin"],
                    help="cosine margin m (CosFace); 0 = normalised softmax")
+    g.add_argument("--zero-init-residual", action="store_true",
+                   help="start every residual branch at zero (its last BatchNorm scale 0: each block begins as "
+                        "the identity), so a deep ResNet trains like a shallow one at first; it is what lets a "
+                        "few hundred steps beat raw pixels (edgequery demo), recorded in the checkpoint")
     add_data_args(g)
     add_train_args(g, **{k: GALLERY_TRAIN[k] for k in ("steps", "lr", "weight_decay", "label_smoothing",
                                                             "random_erasing") if k in GALLERY_TRAIN})
@@ -125,7 +129,8 @@ def _gallery_spec(args: argparse.Namespace):
 def run_gallery(args: argparse.Namespace) -> int:
     from ..recipes import train_gallery
 
-    ck = train_gallery(spec_from_args(args), train_config_from_args(args), args.out, arch=args.arch,
+    extra = {"zero_init_residual": True} if args.zero_init_residual else {}
+    ck = train_gallery(spec_from_args(args), train_config_from_args(args, **extra), args.out, arch=args.arch,
                        embed_dim=args.embed_dim, weights=args.weights, scale=args.scale, margin=args.margin,
                        force=args.force)
     log.info("wrote %s (gallery %s, model_version %s)", args.out, args.arch, ck["model_version"])

@@ -8,9 +8,9 @@ space, so every stage builds nets the same way.
 
 from .heads import CosineClassifier, EmbeddingNet
 from .zoo import (BASELINE_ARCHS, build_embedding_net, build_trunk, load_pretrained_trunk, model_from_checkpoint,
-                  model_spec)
+                  model_spec, zero_init_residual)
 from .stored import StoredGallery, store_gallery
 
 __all__ = ["CosineClassifier", "EmbeddingNet", "BASELINE_ARCHS", "build_embedding_net", "build_trunk",
            "load_pretrained_trunk",
-           "model_from_checkpoint", "model_spec", "StoredGallery", "store_gallery"]
+           "model_from_checkpoint", "model_spec", "StoredGallery", "store_gallery", "zero_init_residual"]

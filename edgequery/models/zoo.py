@@ -60,6 +60,18 @@ def _trunk_of(name: str, net: nn.Module) -> tuple[nn.Module, int]:
     raise AssertionError(name)
 
 
+def zero_init_residual(net: nn.Module) -> int:
+    """Zero the last BatchNorm scale of every ResNet residual branch (Goyal et al. 2017), so each block
+    starts as the identity and a deep ResNet trains like a shallow one at first; returns how many."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    last = [m.bn3 if isinstance(m, Bottleneck) else m.bn2 for m in net.modules()
+            if isinstance(m, (Bottleneck, BasicBlock))]
+    for bn in last:
+        nn.init.zeros_(bn.weight)
+    return len(last)
+
+
 def build_trunk(name: str) -> tuple[nn.Module, int]:
     """A randomly initialised trunk and its feature dimension."""
     if name in BASELINE_ARCHS:
