@@ -213,6 +213,15 @@ def time_files(device: Device, folder: Path, models: Sequence[str], runtime: str
     request = {**protocol.to_dict(), **({"rounds": 1} if passes > 1 else {})}
     done = _read_journal(journal, request) if passes > 1 and journal else {}
     results: dict[str, TimingStats] = {}
+
+    def complete(model: str) -> None:
+        results[model] = _best_round(done[model][:passes])
+        if on_result:
+            on_result(model, results[model])
+
+    for model in models:   # complete in the journal of a killed run
+        if len(done.get(model, [])) >= passes:
+            complete(model)
     with progress(total=len(models) * passes, desc=desc, unit="model" if passes == 1 else "timing", log=log) as bar:
         bar.update(sum(min(len(done.get(m, [])), passes) for m in models))
         for round_ in range(passes):
@@ -223,15 +232,8 @@ def time_files(device: Device, folder: Path, models: Sequence[str], runtime: str
                     if passes > 1 and journal:
                         _append_journal(journal, request, model, stats)
                     if len(done[model]) == passes:
-                        results[model] = stats if passes == 1 else _best_round(done[model])
-                        if on_result:
-                            on_result(model, results[model])
+                        complete(model)
                     bar.update()
-    for model in models:   # files complete in the journal before this run
-        if model not in results and len(done.get(model, [])) >= passes:
-            results[model] = _best_round(done[model][:passes])
-            if on_result:
-                on_result(model, results[model])
     missing = [m for m in models if m not in results]
     if missing:
         raise EdgeQueryError(f"{device.describe()} returned no timing for {len(missing)} file(s), e.g. {missing[0]}",
