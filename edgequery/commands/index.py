@@ -1,4 +1,4 @@
-"""``edgequery index``: embed a gallery with the gallery model and build its faiss index."""
+"""``edgequery index``: embed a gallery with the gallery model and build its index (faiss or Milvus)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,39 @@ FACTORY_HELP = ('faiss index_factory string: "Flat" (exact), "IVF1024,PQ32" (com
                 "Always wrapped in IDMap2 for stable ids; inner product on L2-normalised vectors (cosine)")
 
 
-DESCRIPTION = ("Embed images with the gallery checkpoint in resumable chunks (each chunk committed to "
-               "OUT/gallery.sqlite with its labels, sources and thumbnails), then build the faiss index and "
-               "snapshot it atomically. Rerun the same command after an interruption to resume; rerun "
-               "with another --index-factory to re-index the stored embeddings without embedding again.")
+MILVUS_HELP = ('Milvus index (--backend milvus): TYPE[,param=value...] with TYPE one of FLAT, IVF_FLAT (nlist), '
+               'IVF_SQ8 (nlist), HNSW (M, efConstruction), AUTOINDEX; e.g. "HNSW,M=32,efConstruction=200". '
+               "Metric: inner product on L2-normalised vectors (cosine)")
+
+DESCRIPTION = ("Embed images with the gallery checkpoint in resumable chunks, each made durable with its labels, "
+               "sources and thumbnails before the next starts, then build the vector index. Two backends: "
+               "faiss (default; OUT is a directory: OUT/gallery.sqlite + a faiss snapshot, served in one process) "
+               "and Milvus (OUT is a URI: a path ending in .db = embedded Milvus Lite, no server needed; or "
+               "http://host:19530 = a Milvus standalone or cluster, credentials in $EDGEQUERY_MILVUS_TOKEN). "
+               "Rerun the same command after an interruption to resume; rerun with another --index-factory / "
+               "--milvus-index to re-index the stored embeddings without embedding again.")
 
 
-EPILOG = 'example: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" --out gallery_index/'
+EPILOG = ('examples: edgequery index --gallery gallery.pt --images fashion-mnist --index-factory "HNSW32" '
+          '--out gallery_index/ ; edgequery index --gallery gallery.pt --images fashion-mnist --backend milvus '
+          '--milvus-index "HNSW,M=32" --out gallery.db')
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="embed gallery images with the gallery model and index them with faiss",
+    p = sub.add_parser("index", help="embed gallery images with the gallery model and index them (faiss or Milvus)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--gallery", required=True, help="gallery checkpoint (edgequery train gallery)")
     p.add_argument("--images", default="fashion-mnist",
                    help="fashion-mnist or digits (the gallery split of the gallery model's data spec), or an "
                         "ImageFolder directory <root>/<class>/<image>")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+                   help="where the gallery lives (default: milvus when --out ends in .db or is an http:// URI, "
+                        "else faiss)")
     p.add_argument("--index-factory", default="Flat", help=FACTORY_HELP)
-    p.add_argument("--out", default="gallery_index", help="index directory to write")
+    p.add_argument("--milvus-index", default="HNSW", help=MILVUS_HELP)
+    p.add_argument("--out", default="gallery_index",
+                   help="faiss: the index directory to write; milvus: the URI (gallery.db or http://host:19530)")
+    p.add_argument("--collection", default="gallery", help="milvus: the collection to write")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=1024, help="images per committed (resumable) chunk")
     p.add_argument("--limit", type=int, default=None, help="index only the first N images")
@@ -45,8 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..gallery.build import build_index
 
-    s = build_index(args.gallery, args.images, args.index_factory, args.out, batch_size=args.batch_size,
-                    chunk=args.chunk, device=args.device, force=args.force, limit=args.limit)
-    log.info(f"wrote {s['out']}: {s['items']} items, faiss {s['factory']}, gallery model_version "
+    from ..gallery.milvus_store import is_milvus_uri
+
+    backend = args.backend or ("milvus" if is_milvus_uri(args.out) else "faiss")
+    factory = args.milvus_index if backend == "milvus" else args.index_factory
+    s = build_index(args.gallery, args.images, factory, args.out, batch_size=args.batch_size,
+                    chunk=args.chunk, device=args.device, force=args.force, limit=args.limit, backend=backend,
+                    collection=args.collection)
+    log.info(f"wrote {s['out']}: {s['items']} items, {backend} {s['factory']}, gallery model_version "
              f"{s['model_version']} ({s['embedded_now']} embedded now, {s['seconds']}s)")
     return 0

@@ -31,11 +31,13 @@ LIMIT_FLAGS = (
 
 DESCRIPTION = ("Serve a gallery index built by `edgequery index`. Endpoints: GET /healthz, GET /v1/model, "
                "POST /v1/search, POST /v1/search/image, POST /v1/gallery and DELETE /v1/gallery/{id} "
-               "(bearer token), GET / (demo page); OpenAPI docs at /docs. Query embeddings are accepted "
+               "(bearer token), GET / (demo page); OpenAPI docs at /docs. The gallery is a faiss index directory or a "
+               "Milvus collection (same API, same checks). Query embeddings are accepted "
                "from the gallery model itself and from query models vouched for with --export/--query "
                "(trained with BCT against this gallery); others get HTTP 409. Writes are refused unless "
                "a token is configured: set $EDGEQUERY_API_TOKEN or pass --token-file. An acknowledged "
-               "add/delete is already durable in OUT/gallery.sqlite and survives kill -9. Every refusal is JSON "
+               "add/delete is already durable (committed to gallery.sqlite, or flushed in Milvus) and survives "
+               "kill -9. Every refusal is JSON "
                "{problem, fix}. The work a request may cause, the connections and their timeouts are bounded by "
                "the limits below (GET /v1/model reports them). The server speaks plain HTTP: beyond loopback, "
                "put a TLS-terminating proxy in front of it.")
@@ -48,7 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: EDGEQUERY_API_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') "
                "edgequery serve --index gallery_index/ --export export/mbv3_small --port 8080",
         formatter_class=HelpFormatter)
-    p.add_argument("--index", required=True, help="index directory (edgequery index --out)")
+    p.add_argument("--index", required=True,
+                   help="the gallery (edgequery index --out): a faiss index directory, or a Milvus URI (a path "
+                        "ending in .db for embedded Milvus Lite, or http://host:19530 for a Milvus server; "
+                        "credentials in $EDGEQUERY_MILVUS_TOKEN)")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+                   help="default: milvus when --index ends in .db or is an http:// URI, else faiss")
+    p.add_argument("--collection", default="gallery", help="milvus: the gallery's collection")
     p.add_argument("--gallery", default=None,
                    help="gallery checkpoint (default: the path recorded in the index); must be the model the "
                         "index was built with")
@@ -63,8 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("limits and search parameters")
     for flag, _field, kind, _scale, default, text in LIMIT_FLAGS:
         g.add_argument(flag, type=kind, default=default, help=text)
-    g.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per search")
-    g.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
+    g.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per search (faiss and Milvus)")
+    g.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (faiss and Milvus)")
     g.add_argument("--k-factor", type=float, default=4.0,
                    help="an index with exact re-ranking (factory ending in ,RFlat) re-ranks k x this many candidates")
     g.add_argument("--faiss-threads", type=int, default=1,
@@ -91,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
     faiss.omp_set_num_threads(args.faiss_threads)
     service = open_service(args.index, args.gallery, args.export, args.query, token, limits, nprobe=args.nprobe,
                            ef_search=args.ef_search, k_factor=args.k_factor, snapshot_every=args.snapshot_every,
-                           device=str(resolve_device(args.device)))
+                           device=str(resolve_device(args.device)), backend=args.backend,
+                           collection=args.collection)
     accepted = ", ".join(f"{a.model_version} ({a.role})" for a in service.accepted.values())
     writes = "enabled (bearer token)" if token else "disabled (no token configured)"
-    log.info(f"serving {len(service.store)} items ({service.store.describe()['factory']}) on "
+    index = service.store.describe()
+    log.info(f"serving {len(service.store)} items ({index['engine']} {index['factory']}) on "
              f"http://{args.host}:{args.port} — docs at /docs; accepting model_version {accepted}; writes {writes}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(f"binding {args.host} exposes the API beyond this machine; put TLS in front of it")

@@ -49,7 +49,7 @@ class Problem(BaseModel):
     fix: str = Field(description="what to do about it")
 
 
-def search_request_model(max_k: int, dim: int, versions: list[str]) -> type[BaseModel]:
+def search_request_model(max_k: int, dim: int, versions: list[str], classes: list[str]) -> type[BaseModel]:
     """The body of ``POST /v1/search`` for a server answering at most ``max_k`` results.
 
     The embedding's length ``dim`` and the accepted ``versions`` are stated in the schema
@@ -68,6 +68,9 @@ def search_request_model(max_k: int, dim: int, versions: list[str]) -> type[Base
                                                "one is refused with 409 (GET /v1/model says why each is accepted)",
                                    json_schema_extra={"enum": list(versions)})
         k: JSONInt = Field(10, ge=1, le=max_k, description="how many results (a JSON integer)")
+        label: JSONInt | None = Field(None, ge=0, le=max(len(classes) - 1, 0),
+                                      description="only items of this class index (GET /v1/model lists the "
+                                                  "classes); omit or null for all items")
 
     return SearchRequest
 

@@ -3,7 +3,8 @@
 ==========================  ======  ==========================================================
 ``GET  /healthz``                   liveness + item count
 ``GET  /v1/model``                  gallery model card, accepted query model versions, limits
-``POST /v1/search``                 ``{embedding, model_version, k}`` -> top-k ids, scores, labels
+``POST /v1/search``                 ``{embedding, model_version, k, label?}`` -> top-k ids, scores,
+                                    labels (``label``: only items of that class)
 ``POST /v1/search/image``           multipart ``image`` (+ ``k``): embedded server-side by the
                                     gallery model (the paragon path), then searched
 ``POST /v1/gallery``        token   multipart ``images`` (+ ``labels``, ``sources``): add items
@@ -27,12 +28,13 @@ Writes need ``Authorization: Bearer <token>`` (the scheme name in any case, RFC 
 token exactly), checked before the body is parsed; the token comes from the environment
 (``EDGEQUERY_API_TOKEN``) or a file, never from a flag, so it does not show in ``ps``.
 Without a configured token the server is read-only.  An add or delete is acknowledged
-(201/200) only after it is durable in SQLite (:mod:`.store`).
+(201/200) only after it is durable: committed to SQLite (faiss, :mod:`.store`) or flushed
+(Milvus, :mod:`.milvus_store`).
 
 The work a request can cause is bounded before it is done: bodies by
 :class:`~.guard.RequestGuard` (uploads at ``max_upload_bytes``, JSON at ``max_json_bytes``),
 images by pixel count, aspect ratio and post-resize size (:mod:`.images`), form fields by
-length, ids by the SQLite range, embeddings validated in float64 with a scaled norm (any
+length, ids by the int64 range, embeddings validated in float64 with a scaled norm (any
 finite scale has a direction), and connections and their timeouts by :mod:`.connections`.
 
 The layers: :mod:`.api` (request/response shapes), :mod:`.problems` (the error model),
@@ -186,8 +188,9 @@ def _new_items(service: GalleryService, images: list[UploadFile], labels: list[s
     return tensors, items
 
 
-def _search(service: GalleryService, vector: np.ndarray, version: str, k: int, t0: float) -> dict[str, Any]:
-    hits = service.store.search(vector[None, :], k)[0]
+def _search(service: GalleryService, vector: np.ndarray, version: str, k: int, label: int | None,
+            t0: float) -> dict[str, Any]:
+    hits = service.store.search(vector[None, :], k, label)[0]
     return {"model_version": version, "k": k, "results": [h.to_dict() for h in hits],
             "took_ms": round(1000 * (time.perf_counter() - t0), 3)}
 
@@ -208,7 +211,8 @@ def _add_read_routes(app: FastAPI, service: GalleryService) -> None:
 
 def _add_search_routes(app: FastAPI, service: GalleryService) -> None:
     SearchRequest = search_request_model(service.limits.max_k, service.store.dim,  # noqa: N806 (a class)
-                                         list(service.accepted))
+                                         list(service.accepted), service.classes)
+    last_class = max(len(service.classes) - 1, 0)
 
     @app.post("/v1/search", response_model=SearchResponse, summary="nearest gallery items of a query embedding",
               responses=documented(409, 413, 422, notes={
@@ -216,7 +220,7 @@ def _add_search_routes(app: FastAPI, service: GalleryService) -> None:
                   422: "a malformed body, the wrong dimension, NaN/Inf, a zero vector or k out of range"}))
     def search(req: SearchRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
-        return _search(service, _query_vector(service, req), req.model_version, req.k, t0)
+        return _search(service, _query_vector(service, req), req.model_version, req.k, req.label, t0)
 
     @app.post("/v1/search/image", response_model=SearchResponse,
               summary="embed an uploaded image with the gallery model and search",
@@ -224,11 +228,13 @@ def _add_search_routes(app: FastAPI, service: GalleryService) -> None:
                   413: "the upload is above max_upload_bytes, or the image above max_pixels (GET /v1/model)",
                   422: "not a decodable image, an image too thin (max_aspect_ratio), or k out of range"}))
     def search_image(image: Annotated[UploadFile, File(description="a PNG/JPEG/... image")],
-                     k: Annotated[int, Form(ge=1, le=service.limits.max_k, description="how many results")] = 10
+                     k: Annotated[int, Form(ge=1, le=service.limits.max_k, description="how many results")] = 10,
+                     label: Annotated[int | None, Form(ge=0, le=last_class,
+                                                       description="only items of this class index")] = None
                      ) -> dict[str, Any]:
         t0 = time.perf_counter()
         emb = service.embed([_read_image(service, image)])[0]
-        return _search(service, emb, service.store.model_version, k, t0)
+        return _search(service, emb, service.store.model_version, k, label, t0)
 
 
 def _add_write_routes(app: FastAPI, service: GalleryService, require_token: Callable[..., None]) -> None:

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS items (
     added_at   REAL NOT NULL                        -- unix time
 );
 """
+_LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items(label)"  # filtered search (added in 0.1: made on open)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class MetadataDB:
             if create:
                 self._conn.executescript(_SCHEMA)
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "items" in tables:
+                self._conn.execute(_LABEL_INDEX)
         except sqlite3.DatabaseError as exc:
             raise EdgeQueryError(f"{self.path} is not a readable gallery database ({exc})",
                                  "restore it from a backup, or rebuild the index with `edgequery index --force`"
@@ -197,6 +200,14 @@ class MetadataDB:
     def live_ids(self) -> np.ndarray:
         with self._lock:
             rows = self._conn.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def ids_with_label(self, label: int) -> np.ndarray:
+        """The ids of the live items of class ``label``, ascending."""
+        if not _storable(label):
+            return np.empty(0, dtype=np.int64)
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM items WHERE label = ? ORDER BY id", (int(label),)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def items(self, ids: Sequence[int]) -> dict[int, Item]:

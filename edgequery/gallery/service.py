@@ -1,6 +1,7 @@
 """The gallery service: an opened index, the gallery model and the serving policy, without HTTP.
 
-:func:`open_service` opens an index directory (:class:`~.store.FaissGalleryStore`),
+:func:`open_service` opens a gallery (:func:`open_store`: a faiss index directory,
+:class:`~.store.FaissGalleryStore`, or a Milvus collection, :class:`~.milvus_store.MilvusGalleryStore`),
 loads the gallery checkpoint it was built with (refusing another one), and works out which
 query ``model_version``\\ s to accept (:mod:`.compat`).  The :class:`GalleryService` it
 returns is everything the routes of :mod:`.app` need: the store, the gallery model (to
@@ -102,18 +103,31 @@ def read_token(token_file: str | None = None, env: dict | None = None) -> str | 
     return token
 
 
+def open_store(index: str | Path, backend: str | None = None, collection: str = "gallery", nprobe: int = 16,
+               ef_search: int = 128, k_factor: float = 4.0, snapshot_every: int = 1000,
+               progress: bool = True) -> GalleryStore:
+    """The gallery at ``index``: a faiss index directory, or a Milvus URI (``backend`` None: told by the name)."""
+    from .milvus_store import MilvusGalleryStore, is_milvus_uri
+    from .store import FaissGalleryStore
+
+    backend = backend or ("milvus" if is_milvus_uri(index) else "faiss")
+    if backend == "milvus":
+        return MilvusGalleryStore(str(index), collection, nprobe=nprobe, ef_search=ef_search)
+    return FaissGalleryStore(index, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                             snapshot_every=snapshot_every, progress=progress)
+
+
 def open_service(index_dir: str | Path, gallery_path: str | None = None, exports: list[str] = (),
                  queries: list[str] = (), token: str | None = None, limits: Limits | None = None,
                  nprobe: int = 16, ef_search: int = 128, k_factor: float = 4.0, snapshot_every: int = 1000,
-                 device: str = "cpu",
-                 progress: bool = True) -> GalleryService:
-    """Open an index directory for serving, checking it against the gallery model and exports."""
+                 device: str = "cpu", progress: bool = True, backend: str | None = None,
+                 collection: str = "gallery") -> GalleryService:
+    """Open an index (:func:`open_store`) for serving, checking it against the gallery model and exports."""
     from .compat import accepted_versions
-    from .store import FaissGalleryStore
     from .web import encoders_of
 
-    store = FaissGalleryStore(index_dir, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
-                              snapshot_every=snapshot_every, progress=progress)
+    store = open_store(index_dir, backend, collection, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
+                       snapshot_every=snapshot_every, progress=progress)
     try:
         path, gallery = _gallery_of(store, index_dir, gallery_path)
         accepted = accepted_versions(gallery, str(path), list(exports), list(queries))

@@ -44,7 +44,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from .metadata import DB_NAME, DirectoryLock, Item, MetadataDB, NewItem
 log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25   # rebuild an index whose tombstones exceed this share
+WIDEN_FACTOR, WIDEN_TIMES = 4, 5   # a short filtered search is repeated with ef/nprobe x4, at most 5 times
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class GalleryStore(ABC):
 
     Contract: :meth:`add` and :meth:`delete` return only once the change is durable;
     :meth:`search` takes L2-normalisable ``(n, dim)`` float32 queries and returns, per
-    query, up to ``k`` hits best first.
+    query, up to ``k`` hits best first, only items of class ``label`` when it is given.
+    Implementations: :class:`FaissGalleryStore` here and
+    :class:`~.milvus_store.MilvusGalleryStore`.
     """
 
     dim: int
@@ -91,7 +94,7 @@ class GalleryStore(ABC):
     def delete(self, item_id: int) -> bool: ...
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]: ...
+    def search(self, queries: np.ndarray, k: int, label: int | None = None) -> list[list[Hit]]: ...
 
     @abstractmethod
     def get(self, item_id: int) -> Item | None: ...
@@ -111,6 +114,23 @@ class GalleryStore(ABC):
 
     def close(self) -> None:
         """Flush whatever makes the next start fast; nothing durable depends on it."""
+
+
+def widened(search_once: Callable[[int], list[list[Hit]]], k: int, approximate: bool) -> list[list[Hit]]:
+    """``search_once(widen)``, repeated with a wider search while some query got fewer than ``k`` hits.
+
+    A selective filter starves an approximate index of candidates: an HNSW walk or the
+    visited IVF lists may hold fewer than ``k`` matching items although the gallery has
+    more.  ``widen`` multiplies ``ef`` / ``nprobe`` by :data:`WIDEN_FACTOR` each time, at most
+    :data:`WIDEN_TIMES` times (bounded work); an exact index (``approximate`` False) runs once.
+    """
+    widen, hits = 1, search_once(1)
+    for _ in range(WIDEN_TIMES if approximate else 0):
+        if all(len(h) >= k for h in hits):
+            break
+        widen *= WIDEN_FACTOR
+        hits = search_once(widen)
+    return hits
 
 
 class ReadWriteLock:
@@ -200,6 +220,7 @@ class FaissGalleryStore(GalleryStore):
             self._refine = any(isinstance(st, faiss.IndexRefine) for st in stages)
             self._composed = len(stages) > 1
             self._removable = isinstance(stages[0], faiss.IndexFlatCodes)  # see the module docstring
+            self._approximate = self._hnsw or has_ivf(self._index)
             if has_ivf(self._index):
                 self.nprobe = min(self.nprobe, faiss.extract_index_ivf(self._index).nlist)
             self._reconcile()
@@ -273,7 +294,7 @@ class FaissGalleryStore(GalleryStore):
         self._selector = faiss.IDSelectorNot(batch)
         self._selector_refs = batch  # the Not selector does not own its argument
 
-    def _search_parameters(self, sel, keep: list):
+    def _search_parameters(self, sel, keep: list, widen: int = 1):
         """The parameter tree of a search filtered by ``sel`` (None: unfiltered); call under the lock."""
         import faiss
 
@@ -283,7 +304,7 @@ class FaissGalleryStore(GalleryStore):
             # (the translation points into id_map, which an add may move: made per search)
             sel = faiss.IDSelectorTranslated(self._index.id_map, sel)
             keep.append(sel)
-        return search_parameters(self._index.index, nprobe=self.nprobe, ef_search=self.ef_search,
+        return search_parameters(self._index.index, nprobe=self.nprobe * widen, ef_search=self.ef_search * widen,
                                  k_factor=self.k_factor, sel=sel, keep=keep)
 
     # ------------------------------------------------------------------ the interface
@@ -318,14 +339,32 @@ class FaissGalleryStore(GalleryStore):
         self._maybe_snapshot()
         return True
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, label: int | None = None) -> list[list[Hit]]:
         q = normalize_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
+        if label is None:
+            with self._lock.read():
+                keep: list = []  # faiss holds raw pointers to these during the search
+                params = (self._plain_params if self._selector is None
+                          else self._search_parameters(self._selector, keep))
+                return self._hits(*self._index.search(q, int(k), params=params))
+        return widened(lambda widen: self._search_label(q, int(k), int(label), widen), k, self._approximate)
+
+    def _search_label(self, q: np.ndarray, k: int, label: int, widen: int) -> list[list[Hit]]:
+        """A search among the live items of class ``label`` (their ids from SQLite: deleted ones are not there)."""
+        import faiss
+
+        ids = self.db.ids_with_label(label)
+        if not len(ids):
+            return [[] for _ in q]
+        batch = faiss.IDSelectorBatch(ids)
         with self._lock.read():
-            keep: list = []  # faiss holds raw pointers to these during the search
-            params = self._plain_params if self._selector is None else self._search_parameters(self._selector, keep)
-            scores, ids = self._index.search(q, int(k), params=params)
+            keep: list = [batch]
+            scores, found = self._index.search(q, k, params=self._search_parameters(batch, keep, widen))
+        return self._hits(scores, found)
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         meta = self.db.items(np.unique(ids[ids >= 0]))
         # An id deleted between the faiss search and the lookup is simply left out.
         return [[Hit(int(i), float(s), m.label, m.label_name, m.source)

@@ -1,0 +1,363 @@
+"""The Milvus backend: a gallery kept in one Milvus collection, behind the same :class:`~.store.GalleryStore`.
+
+The target is a URI (:func:`is_milvus_uri`):
+
+* a local path ending in ``.db`` — embedded Milvus Lite, which runs inside this process
+  and keeps its data in that folder (no server to run; one process at a time);
+* ``http://host:19530`` — a Milvus standalone or cluster (or ``milvus-lite server`` on
+  loopback).  The client code is the same; credentials come from
+  ``$EDGEQUERY_MILVUS_TOKEN`` (``user:password`` or an API key), never from a flag.
+
+One collection (``--collection``, default ``gallery``) holds everything the faiss backend
+keeps in ``gallery.sqlite``: per item its id, vector (L2-normalised, metric IP = cosine),
+label, label name, source, thumbnail (a base64 PNG: Milvus has no bytes field) and the time
+it was added; the gallery's own values (model_version, dim, data spec, classes, build
+progress, the next free id) are JSON in the collection's properties under ``edgequery.``.
+
+The guarantees the faiss store gives hold here too:
+
+* **acknowledged means flushed**: :meth:`MilvusGalleryStore.add` and ``delete`` return
+  after ``flush``, so the rows are sealed in Milvus' storage, not only in its write log;
+* **ids are never reused**: the next free id is a property, advanced (and flushed) *before*
+  the rows that use it are written, so a crash leaves a gap, never a second use.  The
+  server allocates ids, so **one server writes to a collection** (any number may read);
+* **building resumes**: ``edgequery index`` writes chunk ``lo..hi`` with ids ``lo+1..hi``
+  by *upsert* and then records the progress, so a chunk written twice after a kill is the
+  same rows, not duplicates;
+* **one model_version per collection**: it is recorded at creation and a build with
+  another gallery model is refused.
+
+Milvus Lite is a pure-Python engine (its vector search is faiss): every search call walks
+its row masks in Python, about 0.3 ms per 1000 rows, so it suits development and galleries
+of tens of thousands of items; ``benchmarks/gallery_search.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import EdgeQueryError
+from .faiss_index import normalize_rows
+from .metadata import Item, NewItem
+from .store import GalleryStore, Hit, widened
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "EDGEQUERY_MILVUS_TOKEN"
+DEFAULT_COLLECTION = "gallery"
+PROPERTY_PREFIX = "edgequery."
+MAX_TEXT = 65535          # the VARCHAR length every Milvus accepts
+INDEX_TYPES = {            # type -> its build parameters and their defaults
+    "FLAT": {},
+    "IVF_FLAT": {"nlist": 1024},
+    "IVF_SQ8": {"nlist": 1024},
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "AUTOINDEX": {},
+}
+_FIELDS = ["label", "label_name", "source", "added_at"]
+
+
+def is_milvus_uri(target: str | Path) -> bool:
+    """Whether ``target`` names a Milvus gallery (``*.db`` or a server URI) rather than a faiss directory."""
+    t = str(target)
+    return t.startswith(("http://", "https://", "tcp://", "unix:")) or t.rstrip("/").endswith(".db")
+
+
+def parse_index_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """``"HNSW,M=32,efConstruction=200"`` -> ``("HNSW", {"M": 32, "efConstruction": 200})`` (defaults filled in)."""
+    kind, *pairs = [p.strip() for p in str(spec).split(",")]
+    kind = kind.upper()
+    if kind not in INDEX_TYPES:
+        raise EdgeQueryError(f"Milvus index {spec!r}: unknown index type {kind!r}",
+                             f"use one of {', '.join(INDEX_TYPES)}, e.g. \"HNSW,M=32,efConstruction=200\"")
+    params = dict(INDEX_TYPES[kind])
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in params or not value.strip().isdigit() or int(value) < 1:
+            raise EdgeQueryError(f"Milvus index {spec!r}: {pair!r} is not a parameter of {kind}",
+                                 f"{kind} takes {', '.join(f'{k}=<positive int>' for k in params) or 'no parameters'}")
+        params[key] = int(value)
+    return kind, params
+
+
+def connect(uri: str, create: bool = False):
+    """A ``MilvusClient`` for ``uri``, with errors that say what to do."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise EdgeQueryError("the Milvus backend needs pymilvus and milvus-lite",
+                             'pip install "edgequery[milvus]"') from None
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # it logs every failure we report ourselves
+    local = not str(uri).startswith(("http://", "https://", "tcp://", "unix:"))
+    if local:
+        path = Path(uri)
+        if not create and not path.is_dir():
+            raise EdgeQueryError(f"no Milvus gallery at {uri}",
+                                 f"build one with `edgequery index --backend milvus --out {uri} ...`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = str(path.resolve())
+    try:
+        return MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
+    except Exception as exc:  # pymilvus raises its own hierarchy; the message is what matters
+        text = " ".join(str(exc).split())
+        if "lock" in text.lower():
+            raise EdgeQueryError(f"the Milvus gallery {uri} is in use by another process ({text[:200]})",
+                                 "stop that server or indexing run first; embedded Milvus opens in one process "
+                                 "at a time (serve it with `milvus-lite server` to share it)") from None
+        raise EdgeQueryError(f"cannot connect to Milvus at {uri}: {text[:300]}",
+                             "check the URI (a path ending in .db, or http://host:19530), that the server is up, "
+                             f"and ${TOKEN_ENV} for a server that needs credentials") from None
+
+
+def release(uri: str) -> None:
+    """Stop the embedded Milvus Lite of a local ``uri`` (flushes it and frees its lock); no-op for a server."""
+    if str(uri).startswith(("http://", "https://", "tcp://", "unix:")):
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(str(Path(uri).resolve()))
+
+
+def _thumbnail_text(png: bytes | None) -> str | None:
+    """The base64 of a thumbnail, shrunk (halving its side) until it fits a VARCHAR."""
+    if png is None:
+        return None
+    text = base64.b64encode(png).decode("ascii")
+    while len(text) > MAX_TEXT:
+        import io
+
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(png))
+        im = im.resize((max(1, im.width // 2), max(1, im.height // 2)))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+        png = buf.getvalue()
+        text = base64.b64encode(png).decode("ascii")
+    return text
+
+
+class MilvusCollection:
+    """One gallery collection: its rows and its properties (see the module docstring).
+
+    Used by ``edgequery index`` to build (:meth:`create`, :meth:`put`, :meth:`build_index`)
+    and by :class:`MilvusGalleryStore` to serve.
+    """
+
+    def __init__(self, uri: str, name: str = DEFAULT_COLLECTION, create: bool = False):
+        self.uri, self.name = str(uri), name
+        self.client = connect(self.uri, create=create)
+        self._props: dict[str, Any] | None = None
+        if not create and not self.exists():
+            self.close()
+            raise EdgeQueryError(f"Milvus at {uri} has no gallery collection {name!r}",
+                                 f"build it with `edgequery index --backend milvus --out {uri} --collection {name}`, "
+                                 "or pass the --collection it was built with")
+
+    # ------------------------------------------------------------------ the collection itself
+
+    def exists(self) -> bool:
+        return self.client.has_collection(self.name)
+
+    def drop(self) -> None:
+        if self.exists():
+            self.client.drop_collection(self.name)
+        self._props = None
+
+    def create(self, dim: int, **values: Any) -> None:
+        """A new, empty collection for ``dim``-d vectors, with ``values`` as its first properties."""
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+        schema.add_field("label", DataType.INT64, nullable=True)
+        schema.add_field("label_name", DataType.VARCHAR, max_length=MAX_TEXT, nullable=True)
+        schema.add_field("source", DataType.VARCHAR, max_length=MAX_TEXT)
+        schema.add_field("thumbnail", DataType.VARCHAR, max_length=MAX_TEXT, nullable=True)
+        schema.add_field("added_at", DataType.DOUBLE)
+        self.client.create_collection(self.name, schema=schema, consistency_level="Strong",
+                                      properties=self._encode({"format": "edgequery-gallery-milvus",
+                                                               "format_version": 1, "dim": int(dim), **values}))
+        self._props = None
+
+    # ------------------------------------------------------------------ properties (the gallery's values)
+
+    @staticmethod
+    def _encode(values: dict[str, Any]) -> dict[str, str]:
+        return {PROPERTY_PREFIX + k: json.dumps(v) for k, v in values.items()}
+
+    def _properties(self) -> dict[str, Any]:
+        if self._props is None:
+            raw = self.client.describe_collection(self.name).get("properties", {})
+            self._props = {k[len(PROPERTY_PREFIX):]: json.loads(v) for k, v in raw.items()
+                           if k.startswith(PROPERTY_PREFIX)}
+        return self._props
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._properties().get(key, default)
+
+    def set(self, **values: Any) -> None:
+        self.client.alter_collection_properties(self.name, properties=self._encode(values))
+        self._properties().update(json.loads(json.dumps(values)))
+
+    # ------------------------------------------------------------------ rows
+
+    def rows(self, ids: Sequence[int], vectors: np.ndarray, items: Sequence[NewItem], now: float) -> list[dict]:
+        return [{"id": int(i), "vector": v, "label": it.label, "label_name": it.label_name, "source": it.source,
+                 "thumbnail": _thumbnail_text(it.thumbnail), "added_at": now}
+                for i, v, it in zip(ids, vectors, items)]
+
+    def put(self, ids: Sequence[int], embeddings: np.ndarray, items: Sequence[NewItem]) -> None:
+        """Upsert rows (idempotent: the same ids written again are the same rows) and flush them."""
+        vectors = normalize_rows(embeddings)
+        for lo in range(0, len(ids), 4096):  # bounded gRPC messages
+            self.client.upsert(self.name, self.rows(ids[lo:lo + 4096], vectors[lo:lo + 4096], items[lo:lo + 4096],
+                                                    time.time()))
+        self.client.flush(self.name)
+
+    def count(self) -> int:
+        return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def embeddings(self, ids: Sequence[int]) -> np.ndarray:
+        rows = {r["id"]: r["vector"] for r in self.client.query(self.name, ids=[int(i) for i in ids],
+                                                                  output_fields=["vector"])}
+        return np.asarray([rows[int(i)] for i in ids], dtype=np.float32)
+
+    # ------------------------------------------------------------------ the vector index
+
+    def build_index(self, spec: str) -> None:
+        """(Re)build the vector index as ``spec`` (:func:`parse_index_spec`) and load the collection."""
+        kind, params = parse_index_spec(spec)
+        self.client.release_collection(self.name)
+        for name in self.client.list_indexes(self.name):
+            self.client.drop_index(self.name, name)
+        index_params = self.client.prepare_index_params()
+        # parameters nested under "params": the form every Milvus (Lite included) reads
+        index_params.add_index("vector", index_type=kind, metric_type="IP", params={"params": params})
+        self.client.create_index(self.name, index_params)
+        self.client.load_collection(self.name)
+
+    def load(self) -> None:
+        self.client.load_collection(self.name)
+
+    def close(self) -> None:
+        self.client.close()
+        release(self.uri)
+
+
+class MilvusGalleryStore(GalleryStore):
+    """A Milvus gallery collection opened for serving.
+
+    ``ef_search`` (HNSW) and ``nprobe`` (IVF) are the search-time trade-offs, as on faiss.
+    A search filtered by label is widened when it comes back short (:func:`~.store.widened`).
+    """
+
+    def __init__(self, uri: str, collection: str = DEFAULT_COLLECTION, nprobe: int = 16, ef_search: int = 128):
+        self.nprobe, self.ef_search = int(nprobe), int(ef_search)
+        self.col = MilvusCollection(uri, collection)
+        try:
+            if not self.col.get("complete", False):
+                done, total = self.col.get("build_done", 0), self.col.get("build_total", "?")
+                raise EdgeQueryError(f"the Milvus gallery {uri} ({collection}) is unfinished ({done} of {total} "
+                                     "images embedded)", "rerun the same `edgequery index` command to finish it")
+            self.dim = int(self.col.get("dim"))
+            self.model_version = str(self.col.get("model_version"))
+            self.index_spec = str(self.col.get("factory"))
+            self.kind, self.params = parse_index_spec(self.index_spec)
+            self.col.load()
+            self._write_lock = threading.Lock()  # id allocation: one writer per collection (module docstring)
+            self._count = self.col.count()
+        except BaseException:
+            self.col.close()
+            raise
+
+    def __len__(self) -> int:
+        return self._count
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        return self.col.get(key, default)
+
+    def add(self, embeddings: np.ndarray, items: Sequence[NewItem]) -> list[int]:
+        vectors = normalize_rows(embeddings)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"embeddings have {vectors.shape[1]} dims, the gallery {self.dim}")
+        with self._write_lock:
+            start = int(self.col.get("next_id"))
+            self.col.set(next_id=start + len(items))  # reserved before use: a crash leaves a gap, never a reuse
+            ids = list(range(start, start + len(items)))
+            self.col.put(ids, vectors, items)          # durable (flushed) from here on
+            self._count += len(ids)
+        return ids
+
+    def delete(self, item_id: int) -> bool:
+        with self._write_lock:
+            if not self.col.client.query(self.col.name, ids=[int(item_id)], output_fields=["id"]):
+                return False
+            self.col.client.delete(self.col.name, ids=[int(item_id)])
+            self.col.client.flush(self.col.name)          # durable from here on
+            self._count -= 1
+        return True
+
+    def _search_params(self, k: int, widen: int) -> dict[str, Any]:
+        if self.kind == "HNSW":
+            return {"params": {"ef": max(self.ef_search, k) * widen}}
+        if self.kind.startswith("IVF"):
+            return {"params": {"nprobe": min(self.nprobe * widen, self.params["nlist"])}}
+        return {}
+
+    def search(self, queries: np.ndarray, k: int, label: int | None = None) -> list[list[Hit]]:
+        q = normalize_rows(queries)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
+        flt = "" if label is None else f"label == {int(label)}"
+
+        def once(widen: int) -> list[list[Hit]]:
+            res = self.col.client.search(self.col.name, data=q, limit=int(k), filter=flt, output_fields=_FIELDS,
+                                         search_params=self._search_params(k, widen), anns_field="vector")
+            return [[Hit(int(h["id"]), float(h["distance"]), h["entity"].get("label"),
+                         h["entity"].get("label_name"), h["entity"]["source"]) for h in row] for row in res]
+
+        return widened(once, k, label is not None and self.kind not in ("FLAT", "AUTOINDEX"))
+
+    def _row(self, item_id: int, fields: list[str]) -> dict | None:
+        if not -(2**63) <= int(item_id) < 2**63:
+            return None
+        rows = self.col.client.query(self.col.name, ids=[int(item_id)], output_fields=fields)
+        return rows[0] if rows else None
+
+    def get(self, item_id: int) -> Item | None:
+        r = self._row(item_id, _FIELDS)
+        return None if r is None else Item(int(r["id"]), r.get("label"), r.get("label_name"), r["source"],
+                                           float(r["added_at"]))
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        r = self._row(item_id, ["thumbnail"])
+        return None if r is None or not r.get("thumbnail") else base64.b64decode(r["thumbnail"])
+
+    def describe(self) -> dict[str, Any]:
+        import pymilvus
+
+        d = {"engine": "milvus", "pymilvus_version": pymilvus.__version__,
+             "where": "server" if self.col.uri.startswith(("http", "tcp", "unix")) else "embedded (Milvus Lite)",
+             "collection": self.col.name, "factory": self.index_spec, "dim": self.dim,
+             "metric": "cosine (inner product of L2-normalised vectors)", "items": len(self)}
+        if self.kind == "HNSW":
+            d["ef_search"] = self.ef_search
+        if self.kind.startswith("IVF"):
+            d["nprobe"] = self.nprobe
+        return d
+
+    def close(self) -> None:
+        self.col.close()
