@@ -11,6 +11,12 @@ No test module imports another; what several need lives here:
   runs): its folder holds the ``model_card.json`` the server is started with;
 * ``tiny_index`` — a Flat index of the gallery split built with ``tiny_gallery``.  It is
   shared: open it read-only, or copy it (``shutil.copytree``) before serving or changing it;
+* ``gallery_copy`` — ``gallery_copy(backend, tmp_path) -> (index, flags)``: a fresh, writable
+  copy of the tiny gallery on ``faiss`` (a copy of ``tiny_index``), ``milvus-lite`` (embedded
+  Milvus Lite, a ``.db`` folder) or ``milvus-server`` (a new collection on ``milvus_server``),
+  and the ``edgequery serve`` flags that open it;
+* ``milvus_server`` — ``milvus-lite server`` in a subprocess on 127.0.0.1 (a real gRPC
+  Milvus endpoint): its URI;
 * ``serve`` — starts ``edgequery serve`` in a subprocess (:class:`Server`) and stops
   whatever is still running at the end of the session;
 * ``chromium`` — a headless Chromium (Debian's ``chromium``) driven over the DevTools
@@ -104,6 +110,68 @@ def tiny_index(tmp_path_factory, tiny_gallery) -> Path:
     return out
 
 
+GALLERY_BACKENDS = ("faiss", "milvus-lite", "milvus-server")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> str:
+    """``milvus-lite server`` on 127.0.0.1 (started on first use, stopped with SIGINT at the end): its URI."""
+    data = tmp_path_factory.mktemp("milvus_server")
+    port = free_port()
+    exe = Path(sys.executable).with_name("milvus-lite")
+    log = open(data.parent / f"milvus-server-{port}.log", "w")
+    proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data / "data"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError(f"milvus-lite server did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def gallery_copy(request, tiny_index, tiny_gallery):
+    """``gallery_copy(backend, tmp_path)``: a fresh writable copy of the tiny gallery.
+
+    It has ``index`` (what ``serve --index`` takes), ``engine`` (faiss or milvus),
+    ``collection`` and ``flags`` (the rest of what ``serve`` needs to open it).  faiss
+    copies ``tiny_index``; Milvus builds the same 200 images (a FLAT index: exact, like
+    faiss' Flat) with ``edgequery index``'s own code, embedded or on ``milvus_server``.
+    """
+    import shutil
+    import uuid
+    from types import SimpleNamespace
+
+    from edgequery.gallery.build import build_index
+
+    def copy(backend: str, tmp_path: Path) -> SimpleNamespace:
+        if backend == "faiss":
+            out = tmp_path / "index"
+            shutil.copytree(tiny_index, out, ignore=shutil.ignore_patterns("*.log", ".lock"))
+            return SimpleNamespace(index=str(out), engine="faiss", collection="gallery", flags=[])
+        if backend == "milvus-lite":
+            uri, collection = str(tmp_path / "gallery.db"), "gallery"
+        else:
+            uri, collection = request.getfixturevalue("milvus_server"), f"g_{uuid.uuid4().hex[:12]}"
+        build_index(tiny_gallery, "fashion-mnist", "FLAT", uri, progress=False, backend="milvus",
+                    collection=collection)
+        return SimpleNamespace(index=uri, engine="milvus", collection=collection, flags=["--collection", collection])
+
+    return copy
+
+
 # --------------------------------------------------------------------------- servers
 
 
@@ -125,13 +193,13 @@ class Server:
 
         from edgequery.gallery.guard import TOKEN_ENV
 
-        self.index = Path(index)
+        self.index = str(index)  # a directory or a Milvus URI
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         if token:
             env[TOKEN_ENV] = token
-        self.log_path = Path(log_dir or index) / f"server-{self.port}.log"
+        self.log_path = Path(log_dir) / f"server-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index), "--port", str(self.port),

@@ -1,5 +1,9 @@
 """The gallery HTTP API, tested against real ``edgequery serve`` processes on 127.0.0.1.
 
+Every test that talks to a gallery runs on each backend (``backend``): faiss, embedded
+Milvus Lite and a ``milvus-lite server`` on loopback; the tests do not know which one is
+behind the API, except where a backend's own mechanics are checked (faiss snapshots).
+
 Every server here but one is a subprocess running uvicorn (``serve`` in conftest.py), spoken
 to over loopback with httpx; the read-only test drives the app in process.  The durability
 test kills a server with SIGKILL right after writes were acknowledged and checks the writes
@@ -30,6 +34,7 @@ from edgequery.gallery.guard import TOKEN_ENV
 from edgequery.gallery.images import png_thumbnail
 from edgequery.models import model_from_checkpoint
 
+GALLERY_BACKENDS = ("faiss", "milvus-lite", "milvus-server")  # as conftest's gallery_copy knows them
 SPEC = DataSpec(resolution=32)  # the tiny models' input contract (mean/std are the defaults)
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -59,11 +64,18 @@ def copy_index(index, tmp_path):
     return out
 
 
+@pytest.fixture(scope="module", params=GALLERY_BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(tiny_index, tiny_query, serve, tmp_path_factory):
+def server(backend, gallery_copy, tiny_query, serve, tmp_path_factory):
     """The module's server: the query net vouched for by its checkpoint (--query); --export is tested (slow) below."""
-    s = serve(copy_index(tiny_index, tmp_path_factory.mktemp("served")), "--query", tiny_query,
-              "--max-upload-mb", "1", "--max-pixels", "1000000", token=TOKEN, log_dir=tmp_path_factory.mktemp("logs"))
+    g = gallery_copy(backend, tmp_path_factory.mktemp("served"))
+    s = serve(g.index, *g.flags, "--query", tiny_query, "--max-upload-mb", "1", "--max-pixels", "1000000",
+              token=TOKEN, log_dir=tmp_path_factory.mktemp("logs"))
+    s.engine = g.engine
     yield s
     s.stop()
 
@@ -92,7 +104,8 @@ def test_health_model_card_and_docs(server, ckpts):
     assert card["gallery"]["input"]["resolution"] == 32 and card["gallery"]["embedding"]["dim"] == 128
     accepted = {a["model_version"]: a["role"] for a in card["accepted_model_versions"]}
     assert accepted == {g["model_version"]: "gallery", q["model_version"]: "query"}
-    assert card["index"]["factory"] == "Flat" and card["index"]["items"] == 200
+    assert card["index"]["engine"] == server.engine and card["index"]["items"] == 200
+    assert card["index"]["factory"] == {"faiss": "Flat", "milvus": "FLAT"}[server.engine]
     assert card["writes_enabled"] is True and card["limits"]["max_pixels"] == 1_000_000
     assert "/v1/search" in httpx.get(server.url + "/openapi.json").json()["paths"]
     assert "swagger" in httpx.get(server.url + "/docs").text.lower()
@@ -109,6 +122,23 @@ def test_search_by_gallery_embedding_finds_the_item(server, models, data, ckpts)
         assert top["id"] == i + 1 and top["score"] > 0.999
         assert top["label"] == int(data.gallery.labels[i]) and top["source"] == f"fashion-mnist/gallery#{i}"
         assert [h["score"] for h in body["results"]] == sorted((h["score"] for h in body["results"]), reverse=True)
+
+
+def test_search_filtered_by_label_returns_that_class_nearest_first(server, models, data, ckpts):
+    version = load_checkpoint(ckpts[0])["model_version"]
+    gallery = torch.nn.functional.normalize(embed(models[0], data.gallery.images, SPEC), dim=1)
+    query = vec(models[0], data.query.images[:1])[0]
+    for label in (0, 7):
+        r = httpx.post(server.url + "/v1/search", json={"embedding": query, "model_version": version, "k": 5,
+                                                        "label": label})
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"]
+        members = (data.gallery.labels == label).nonzero().flatten()
+        scores = gallery[members] @ torch.nn.functional.normalize(torch.tensor([query]), dim=1)[0]
+        exact = (members[scores.argsort(descending=True)[:5]] + 1).tolist()  # ids are positions + 1
+        assert [h["id"] for h in hits] == exact and {h["label"] for h in hits} == {label}
+    r = httpx.post(server.url + "/v1/search", json={"embedding": query, "model_version": version, "label": 10})
+    assert r.status_code == 422 and "label" in r.json()["problem"]
 
 
 def test_query_model_embeddings_are_accepted(server, models, data, ckpts):
@@ -281,29 +311,36 @@ def test_concurrent_clients_in_a_bounded_loop(server, models, data, ckpts):
 # --------------------------------------------------------------------------- durability
 
 
-@pytest.mark.parametrize("factory", ["Flat", pytest.param("HNSW32", marks=pytest.mark.slow)])
-def test_acknowledged_writes_survive_kill_9(tiny_index, ckpts, data, models, serve, tmp_path, factory):
-    index = copy_index(tiny_index, tmp_path)
-    if factory != "Flat":
-        build_index(ckpts[0], "fashion-mnist", factory, index, progress=False)  # re-index, no re-embedding
-    snap = snapshot_path(index, factory)
-    snap_mtime = snap.stat().st_mtime_ns
+@pytest.mark.parametrize("graph", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["exact", "hnsw"])
+def test_acknowledged_writes_survive_kill_9(backend, gallery_copy, ckpts, data, models, serve, tmp_path, graph):
+    g = gallery_copy(backend, tmp_path)
+    factory = {"faiss": "Flat", "milvus": "FLAT"}[g.engine]
+    if graph:  # re-index the stored embeddings (no re-embedding) as a graph: deletes are tombstones on faiss
+        factory = {"faiss": "HNSW32", "milvus": "HNSW,M=16"}[g.engine]
+        s = build_index(ckpts[0], "fashion-mnist", factory, g.index, progress=False, backend=g.engine,
+                        collection=g.collection)
+        assert s["embedded_now"] == 0 and s["items"] == 200
+    if g.engine == "faiss":
+        snap = snapshot_path(g.index, factory)
+        snap_mtime = snap.stat().st_mtime_ns
     version = load_checkpoint(ckpts[0])["model_version"]
 
-    s = serve(index, "--snapshot-every", "1000000", token=TOKEN, log_dir=tmp_path)
+    s = serve(g.index, *g.flags, "--snapshot-every", "1000000", token=TOKEN, log_dir=tmp_path)
     new_png = png(data.query.images[5])
     r = httpx.post(s.url + "/v1/gallery", headers=AUTH, files={"images": ("new.png", new_png)},
                    data={"labels": "Bag"})
     assert r.status_code == 201, r.text
     new_id = r.json()["added"][0]["id"]
     assert httpx.delete(s.url + "/v1/gallery/10", headers=AUTH).status_code == 200
-    s.kill9()  # no shutdown hook, no snapshot: only what SQLite committed remains
+    s.kill9()  # no shutdown hook, no snapshot: only what was acknowledged as durable remains
     assert s.proc.returncode == -signal.SIGKILL
-    assert snap.stat().st_mtime_ns == snap_mtime  # the faiss snapshot never saw these writes
+    if g.engine == "faiss":
+        assert snap.stat().st_mtime_ns == snap_mtime  # the faiss snapshot never saw these writes
 
-    s = serve(index, token=TOKEN, log_dir=tmp_path)
+    s = serve(g.index, *g.flags, token=TOKEN, log_dir=tmp_path)
     try:
-        assert "caught up" in s.output() and "+1 added, -1 deleted" in s.output()
+        if g.engine == "faiss":
+            assert "caught up" in s.output() and "+1 added, -1 deleted" in s.output()
         assert httpx.get(f"{s.url}/v1/gallery/{new_id}").json()["label_name"] == "Bag"
         r = httpx.post(s.url + "/v1/search/image", files={"image": ("new.png", new_png)}, data={"k": "1"})
         assert r.json()["results"][0]["id"] == new_id
@@ -317,14 +354,15 @@ def test_acknowledged_writes_survive_kill_9(tiny_index, ckpts, data, models, ser
         s.stop()
 
 
-def test_read_only_server_refuses_writes(tiny_index, data, tmp_path):
+def test_read_only_server_refuses_writes(backend, gallery_copy, data, tmp_path):
     """In process (the app without uvicorn): the guard and routes of a server started without a token."""
     from fastapi.testclient import TestClient
 
     from edgequery.gallery.app import create_app
     from edgequery.gallery.service import open_service
 
-    service = open_service(copy_index(tiny_index, tmp_path), token=None, progress=False)
+    g = gallery_copy(backend, tmp_path)
+    service = open_service(g.index, token=None, progress=False, collection=g.collection)
     with TestClient(create_app(service)) as client:  # closes the service on exit (lifespan)
         assert client.get("/v1/model").json()["writes_enabled"] is False
         for headers in ({}, AUTH):
@@ -362,16 +400,23 @@ def test_an_export_card_vouches_for_its_query_model(tiny_index, tiny_export, ckp
     assert "compatible with gallery model_version ffff" in capsys.readouterr().err
 
 
-def test_serve_refuses_bad_setups(tiny_index, server, ckpts, tmp_path, monkeypatch, capsys):
+def test_serve_refuses_bad_setups(tiny_index, gallery_copy, ckpts, tmp_path, monkeypatch, capsys):
     from edgequery.commands import main
+    from edgequery.gallery.metadata import DirectoryLock
 
     index = copy_index(tiny_index, tmp_path)
+    busy = copy_index(tiny_index, tmp_path / "busy")
+    lock = DirectoryLock(busy)  # as a running server holds it
+    milvus = gallery_copy("milvus-lite", tmp_path / "m")
     g = load_checkpoint(ckpts[0], "gallery")
     other = tmp_path / "other_gallery.pt"
     save_checkpoint(other, {**g, "state_dict": {**g["state_dict"], "head.bias": g["state_dict"]["head.bias"] + 1}})
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     cases = [
-        (["--index", server.index], "in use by another edgequery process"),
+        (["--index", busy], "in use by another edgequery process"),
+        (["--index", tmp_path / "missing.db"], "no Milvus gallery at"),
+        (["--index", milvus.index, "--collection", "nope"], "has no gallery collection 'nope'"),
+        (["--index", milvus.index, "--gallery", other], "but the index"),
         (["--index", index, "--gallery", other], "but the index"),
         (["--index", index, "--export", tmp_path / "nothing"], "no model card"),
         (["--index", tmp_path / "missing"], "no gallery index"),
@@ -386,6 +431,7 @@ def test_serve_refuses_bad_setups(tiny_index, server, ckpts, tmp_path, monkeypat
     monkeypatch.setenv(TOKEN_ENV, "short")
     assert main(["serve", "--index", str(index)]) == 2
     assert "shorter than 16" in capsys.readouterr().err
+    lock.release()
 
 
 def test_serve_flags_default_to_the_servers_limits():

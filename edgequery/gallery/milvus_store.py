@@ -97,6 +97,8 @@ def connect(uri: str, create: bool = False):
         raise EdgeQueryError("the Milvus backend needs pymilvus and milvus-lite",
                              'pip install "edgequery[milvus]"') from None
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # it logs every failure we report ourselves
+    # Milvus Lite's in-process gRPC server logs a traceback for each optional RPC it lacks (AllocTimestamp)
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     local = not str(uri).startswith(("http://", "https://", "tcp://", "unix:"))
     if local:
         path = Path(uri)
@@ -159,6 +161,7 @@ class MilvusCollection:
         self.uri, self.name = str(uri), name
         self.client = connect(self.uri, create=create)
         self._props: dict[str, Any] | None = None
+        self._loaded = False
         if not create and not self.exists():
             self.close()
             raise EdgeQueryError(f"Milvus at {uri} has no gallery collection {name!r}",
@@ -228,9 +231,13 @@ class MilvusCollection:
         self.client.flush(self.name)
 
     def count(self) -> int:
+        """Live rows; before the vector index exists (a build) Milvus cannot query, so its row statistics."""
+        if not self.load():
+            return int(self.client.get_collection_stats(self.name)["row_count"])
         return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
+        self.load()
         rows = {r["id"]: r["vector"] for r in self.client.query(self.name, ids=[int(i) for i in ids],
                                                                   output_fields=["vector"])}
         return np.asarray([rows[int(i)] for i in ids], dtype=np.float32)
@@ -241,16 +248,22 @@ class MilvusCollection:
         """(Re)build the vector index as ``spec`` (:func:`parse_index_spec`) and load the collection."""
         kind, params = parse_index_spec(spec)
         self.client.release_collection(self.name)
+        self._loaded = False
         for name in self.client.list_indexes(self.name):
             self.client.drop_index(self.name, name)
         index_params = self.client.prepare_index_params()
         # parameters nested under "params": the form every Milvus (Lite included) reads
         index_params.add_index("vector", index_type=kind, metric_type="IP", params={"params": params})
         self.client.create_index(self.name, index_params)
-        self.client.load_collection(self.name)
+        self._loaded = False
+        self.load()
 
-    def load(self) -> None:
-        self.client.load_collection(self.name)
+    def load(self) -> bool:
+        """Load the collection for search and query once it has its vector index; whether it is loaded."""
+        if not self._loaded and self.client.list_indexes(self.name):
+            self.client.load_collection(self.name)
+            self._loaded = True
+        return self._loaded
 
     def close(self) -> None:
         self.client.close()
