@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from edgequery.artifacts.provenance import BenchmarkResult, Provenance, write_result
 from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
@@ -300,17 +300,23 @@ def train_seconds(ckpt: dict) -> float:
     return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)
 
 
+class Serving(NamedTuple):
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def serving(index: Path, *flags: str):
-    """``edgequery serve`` over ``index`` (and ``flags``) in a subprocess on a free loopback port; yields its
-    URL once healthy, stops it after.  Its output goes to ``server.log`` beside the index."""
+def serving(index: Path | str, *flags: str, log_dir: Path | None = None):
+    """``edgequery serve`` over ``index`` (a directory or a Milvus URI; and ``flags``) in a subprocess on a free
+    loopback port; yields its :class:`Serving` (URL, pid) once healthy, stops it after.  Its output goes to
+    ``server.log`` in ``log_dir`` (default: beside the index directory)."""
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    log_path = index.parent / "server.log"
+    log_path = Path(log_dir or Path(index).parent) / "server.log"
     with open(log_path, "w") as server_log:
         proc = subprocess.Popen([sys.executable, "-m", "edgequery.commands", "serve", "--index", str(index),
                                  "--port", str(port), "--log-level", "warning", *flags],
@@ -326,7 +332,7 @@ def serving(index: Path, *flags: str):
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
                 time.sleep(0.3)
-            yield url
+            yield Serving(url, proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         served = work / "index"
         shutil.copytree(index, served, ignore=shutil.ignore_patterns("*.log", ".lock"))
-        with _bench.serving(served, "--export", str(export)) as url:
+        with _bench.serving(served, "--export", str(export)) as (url, _pid):
             browser = browser_rows(url, export, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

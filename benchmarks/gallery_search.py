@@ -17,6 +17,14 @@ keeps the other sections of an earlier run of the same preset, each with that ru
              index (Flat and HNSW32), N concurrent httpx clients, a bounded number of
              requests per level; ``/v1/search`` (phone path: embedding in, JSON out) and
              ``/v1/search/image`` (server-side ResNet-101 forward).
+``scale``    faiss vs Milvus at ``--scale-sizes`` (100k and 1M) vectors with the structure of real
+             embeddings (:func:`structured_pool`: Fashion-MNIST's 70k images embedded by the
+             gallery model, then interpolations between same-class nearest neighbours up to the
+             size), 1000 held-out real embeddings as queries.  faiss Flat / IVF-Flat / HNSW32
+             as above; Milvus (HNSW, IVF_FLAT) embedded in this process and over a loopback
+             ``milvus-lite server``; then ``edgequery serve`` on each backend under
+             ``--scale-clients`` (1, 8, 32) concurrent clients.  Build time includes storing
+             the rows; memory is the resident-set growth of the process holding the index.
 
 For every index: build time (train + add), serialised size, batch throughput (all
 queries in one call, faiss on all cores), single-query latency (nq = 1, one faiss
@@ -27,6 +35,7 @@ exact neighbours are (``neighbour_cosines``): what limits quantised (PQ) recall 
     python benchmarks/gallery_search.py                               # all parts (the full run)
     python benchmarks/gallery_search.py --parts random --sizes 100000 # one part: the others are kept
     python benchmarks/gallery_search.py --preset quick                # 5.3 min at load 4: 20k vectors, tiny gallery
+    python benchmarks/gallery_search.py --parts scale --gallery G.pt  # faiss vs Milvus at 100k and 1M
 
 The committed sections took about 15 min together (the 1M-vector random set most of it;
 the real and server parts a few minutes with the gallery model trained).  The machine is
@@ -38,9 +47,11 @@ Quote ratios from one run.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +68,12 @@ K = 10
 TRAIN_SAMPLE = 102_400
 NPROBES, EF_SEARCHES = [1, 8, 32, 128], [16, 64, 256]
 K_FACTORS, RERANK_NPROBE = [1, 4, 16], 32
+# the scale part: swept far enough to pass recall@10 0.95 (the issue's bar)
+SCALE_EF, SCALE_NPROBE = [16, 32, 64, 128, 256], [4, 16, 64, 128]
+# built in this order; the last is what the servers open (and the loopback server measures)
+MILVUS_INDEXES = {"IVF_FLAT,nlist=1024": ("nprobe", [16, 64]),
+                  "HNSW,M=32,efConstruction=40": ("ef", [16, 64, 256])}   # = faiss HNSW32's graph
+RECALL_GOAL, QPS_GOAL, P99_GOAL_MS = 0.95, 1000, 20.0
 
 
 def factories(n: int) -> dict:
@@ -89,16 +106,21 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0]) & set(t)) / K for f, t in zip(found, truth)]))
 
 
-def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int) -> dict:
-    """Build each factory over ``base`` and measure it against exact search."""
+def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int, which: dict | None = None,
+                exact: list | None = None) -> dict:
+    """Build each factory (``which``, default :func:`factories`) over ``base`` and measure it against exact search.
+
+    The exact top-k ids (the Flat row's, which runs first) are appended to ``exact`` when given.
+    """
     import faiss
 
     from edgequery.gallery.faiss_index import make_faiss_index, train_faiss_index
 
     ids = np.arange(1, len(base) + 1, dtype=np.int64)
     results, truth = [], None
-    for factory, sweep in factories(len(base)).items():
+    for factory, sweep in (which or factories(len(base))).items():
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # building: all cores
+        rss0 = rss_mb()
         t0 = time.perf_counter()
         index = make_faiss_index(factory, DIM)
         if not index.is_trained:
@@ -108,6 +130,7 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
         for lo in range(0, len(base), 100_000):
             index.add_with_ids(base[lo:lo + 100_000], ids[lo:lo + 100_000])
         build_s = time.perf_counter() - t0
+        rss = rss_mb() - rss0
         size = int(faiss.serialize_index(index).nbytes)
         ps = faiss.ParameterSpace()
         for name, fixed in (sweep[2] if sweep else {}).items():
@@ -130,6 +153,7 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
                 lat.append(1000 * (time.perf_counter() - t))
             row = {"factory": factory, "param": sweep[0] if sweep else None, "value": value,
                    "build_s": round(build_s, 2), "bytes": size, "bytes_per_vector": round(size / len(base), 1),
+                   "rss_growth_mb": round(rss, 1),
                    "qps_batch": round(len(queries) / batch_s, 1),
                    "latency_ms_p50": round(float(np.percentile(lat, 50)), 4),
                    "latency_ms_p99": round(float(np.percentile(lat, 99)), 4),
@@ -139,7 +163,17 @@ def bench_index(base: np.ndarray, queries: np.ndarray, label: str, threads: int)
                      f"{row['qps_batch']:>9.0f} q/s batch  p50 {row['latency_ms_p50']:.3f} ms  "
                      f"build {row['build_s']:.1f}s  {row['bytes'] / 2**20:.0f} MiB")
         del index
+    if exact is not None:
+        exact.append(truth)
     return {"n": len(base), "dim": DIM, "queries": len(queries), "k": K, "results": results}
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of a process (Linux ``/proc``), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # --------------------------------------------------------------------------- real embeddings
@@ -240,7 +274,7 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
             create_index(Path(tmp) / "index", emb[base_idx], items, factory, info["model_version"],
                          gallery_path=gallery_path, data=info["data"], classes=classes)
             build_s = time.perf_counter() - t0
-            with _bench.serving(Path(tmp) / "index") as url:
+            with _bench.serving(Path(tmp) / "index") as (url, _pid):
                 queries = emb[query_idx].tolist()
 
                 def by_embedding(c, i):
@@ -270,37 +304,291 @@ def bench_server(gallery_path: Path, emb: np.ndarray, labels: np.ndarray, info: 
     return out
 
 
+# --------------------------------------------------------------------------- scale: faiss vs Milvus
+
+
+def structured_pool(emb: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors (and labels) with the structure of the real embeddings ``emb``.
+
+    The real vectors first; then, up to ``n``, points on the segment between a real vector and
+    one of its 10 nearest neighbours of the same class (uniform position), with isotropic
+    noise of a quarter of that segment's length: new points where the data lives, so
+    clusters, their spacing and the local dimension stay those of the model's embeddings
+    (``structure`` in the results compares them), unlike isotropic random vectors.
+    """
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    if n <= len(emb):
+        pick = np.sort(rng.choice(len(emb), n, replace=False))
+        return emb[pick], labels[pick]
+    neighbours = np.empty((len(emb), 10), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb[members])
+        _, nn = index.search(emb[members], 11)
+        neighbours[members] = members[nn[:, 1:]]
+    out = np.empty((n, emb.shape[1]), dtype=np.float32)
+    out_labels = np.empty(n, dtype=labels.dtype)
+    out[:len(emb)], out_labels[:len(emb)] = emb, labels
+    for lo in range(len(emb), n, 100_000):
+        m = min(100_000, n - lo)
+        i = rng.integers(len(emb), size=m)
+        j = neighbours[i, rng.integers(10, size=m)]
+        step = emb[j] - emb[i]
+        x = emb[i] + rng.random((m, 1), dtype=np.float32) * step
+        x += rng.standard_normal(x.shape, dtype=np.float32) * (
+            0.25 * np.linalg.norm(step, axis=1, keepdims=True) / np.sqrt(emb.shape[1]))
+        out[lo:lo + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out_labels[lo:lo + m] = labels[i]
+    return out, out_labels
+
+
+def structure(base: np.ndarray, queries: np.ndarray) -> dict:
+    """How a vector set is shaped: its queries' neighbour cosines and the PCA dimensions holding 90 % of variance."""
+    sample = base[np.random.default_rng(0).choice(len(base), min(len(base), 20_000), replace=False)]
+    var = np.linalg.svd(sample - sample.mean(0), compute_uv=False) ** 2
+    return {"neighbour_cosines": neighbour_cosines(base, queries),
+            "pca_dims_90pct_variance": int(np.searchsorted(np.cumsum(var) / var.sum(), 0.9) + 1)}
+
+
+def scale_factories(n: int) -> dict:
+    """faiss at scale: exact, IVF-Flat (the counterpart of Milvus' IVF_FLAT) and HNSW32, swept past recall 0.95."""
+    from edgequery.gallery.faiss_index import suggest_ivf
+
+    ivf = suggest_ivf(n) if int(suggest_ivf(n)[3:]) < 1024 else "IVF1024"
+    return {"Flat": None, f"{ivf},Flat": ("nprobe", SCALE_NPROBE, {}), "HNSW32": ("efSearch", SCALE_EF, {})}
+
+
+def milvus_rows(client, collection: str, spec: str, sweep: tuple[str, list[int]], queries: np.ndarray,
+                truth: np.ndarray, where: str, build_s: float, rss: float, latency_queries: int, label: str) -> list:
+    """Recall, batch throughput and single-query latency of a loaded Milvus collection over ``sweep``."""
+    rows = []
+    for value in sweep[1]:
+        params = {"params": {sweep[0]: value}}
+
+        def search(q):
+            return client.search(collection, data=q, limit=K, search_params=params, anns_field="vector",
+                                 output_fields=[])
+
+        search(queries[:10])  # warm-up
+        t0 = time.perf_counter()
+        found = np.full((len(queries), K), -1, dtype=np.int64)
+        for lo in range(0, len(queries), 250):  # bounded gRPC messages
+            for r, hits in enumerate(search(queries[lo:lo + 250])):
+                found[lo + r, :len(hits)] = [h["id"] for h in hits]
+        batch_s = time.perf_counter() - t0
+        lat = []
+        for q in queries[:latency_queries]:
+            t = time.perf_counter()
+            search(q[None])
+            lat.append(1000 * (time.perf_counter() - t))
+        row = {"engine": "milvus", "where": where, "index": spec, "param": sweep[0], "value": value,
+               "build_s": round(build_s, 2), "rss_growth_mb": round(rss, 1),
+               "qps_batch": round(len(queries) / batch_s, 1), "latency_queries": len(lat),
+               "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+               "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
+               "recall@10": round(recall_at_k(found, truth), 4)}
+        rows.append(row)
+        log.info(f"[{label}] milvus {where:<8} {spec:<28} {sweep[0]}={value:<4} recall@10 {row['recall@10']:.3f}  "
+                 f"{row['qps_batch']:>7.0f} q/s batch  p50 {row['latency_ms_p50']:.1f} ms")
+    return rows
+
+
+@contextmanager
+def milvus_lite_server(data_dir: Path):
+    """``milvus-lite server`` over ``data_dir`` on a free loopback port: yields (URI, pid)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(data_dir.parent / "milvus-server.log", "w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir",
+                                 str(data_dir), "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=out)
+        try:
+            deadline = time.time() + 600
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError("milvus-lite server did not start") from None
+                    time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}", proc.pid
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(300)
+
+
+def serve_levels(target: str, flags: list[str], queries: list, version: str, clients: list[int], requests: int,
+                 label: str, config: dict) -> list[dict]:
+    """``edgequery serve`` over ``target``: /v1/search latency at each concurrency level, and the server's memory."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="serve-") as logs, \
+            _bench.serving(target, *flags, log_dir=Path(logs)) as (url, pid):
+
+        def by_embedding(c, i):
+            return c.post("/v1/search", json={"embedding": queries[i % len(queries)], "model_version": version,
+                                              "k": K})
+
+        load_clients(url, 2, 10, by_embedding)  # warm-up
+        for n in clients:
+            row = {**config, "endpoint": "/v1/search", **load_clients(url, n, requests, by_embedding),
+                   "server_rss_mb": round(rss_mb(pid), 1)}
+            rows.append(row)
+            log.info(f"[{label}] serve {config} {n:>3} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                     f"{row['throughput_rps']} req/s")
+    return rows
+
+
+def bench_scale(n: int, emb: np.ndarray, labels: np.ndarray, info: dict, gallery: Path, args) -> dict:
+    """faiss vs Milvus (embedded and over loopback) at ``n`` structured vectors, then the server on each."""
+    from edgequery.gallery.build import create_index
+    from edgequery.gallery.metadata import NewItem
+    from edgequery.gallery.milvus_store import MilvusCollection
+
+    name = f"structured-{n // 1000}k" if n < 10**6 else f"structured-{n // 10**6}M"
+    base_idx, query_idx = split_real(emb)
+    base, base_labels = structured_pool(emb[base_idx], labels[base_idx], n)
+    queries = emb[query_idx]
+    out = {"data": f"{len(base_idx)} real embeddings of Fashion-MNIST by the gallery model {info['arch']} "
+                   f"(model_version {info['model_version']}), then interpolations between same-class nearest "
+                   f"neighbours up to {n} (structured_pool); {N_QUERIES} held-out real embeddings as queries",
+           "structure": structure(base, queries),
+           "structure_of_the_real_embeddings": structure(emb[base_idx], queries)}
+    exact: list = []
+    out["faiss"] = bench_index(base, queries, name, args.threads, scale_factories(n), exact)
+    truth = exact[0]
+    classes = info["classes"] or [str(i) for i in range(int(labels.max()) + 1)]
+    items = [NewItem(source=f"{name}#{i}", label=int(c), label_name=classes[int(c)]) for i, c in enumerate(base_labels)]
+    clients, requests = [int(c) for c in args.scale_clients.split(",")], args.scale_requests
+    lat_q = LATENCY_QUERIES if n < 10**6 else LATENCY_QUERIES // 4
+    qlist = queries.tolist()
+    out["milvus"], out["server"] = [], []
+    serve_q = {"version": info["model_version"], "clients": clients, "label": name}
+    with tempfile.TemporaryDirectory(prefix="gallery-scale-") as tmp:
+        # faiss behind the server: SQLite + HNSW32, as `edgequery index` makes it
+        t0 = time.perf_counter()
+        create_index(Path(tmp) / "faiss", base, items, "HNSW32", info["model_version"], gallery_path=gallery,
+                     data=info["data"], classes=classes, progress=False)
+        build = round(time.perf_counter() - t0, 1)
+        out["server"] += serve_levels(str(Path(tmp) / "faiss"), [], qlist, requests=requests,
+                                      config={"engine": "faiss", "where": "in process", "index": "HNSW32",
+                                              "ef_search": 128, "build_s": build}, **serve_q)
+        # Milvus Lite embedded in this process: every index type, swept
+        uri, specs = str(Path(tmp) / "gallery.db"), list(MILVUS_INDEXES)
+        rss0, t0 = rss_mb(), time.perf_counter()
+        create_index(uri, base, items, specs[0], info["model_version"], gallery_path=gallery, data=info["data"],
+                     classes=classes, progress=False, backend="milvus")
+        build_s = time.perf_counter() - t0
+        col = MilvusCollection(uri)
+        try:
+            col.load()
+            for i, spec in enumerate(specs):
+                if i:
+                    t0 = time.perf_counter()
+                    col.build_index(spec)
+                    build_s = time.perf_counter() - t0
+                out["milvus"] += milvus_rows(col.client, col.name, spec, MILVUS_INDEXES[spec], queries, truth,
+                                             "embedded", build_s, rss_mb() - rss0, lat_q, name)
+            col.set(factory=specs[-1])  # what the servers below open
+        finally:
+            col.close()
+        hnsw = {"engine": "milvus", "index": specs[-1], "ef_search": 128}
+        out["server"] += serve_levels(uri, [], qlist, requests=requests // 4 if n >= 10**6 else requests,
+                                      config={**hnsw, "where": "embedded"}, **serve_q)
+        # the same data behind a loopback milvus-lite server (a separate process, over gRPC)
+        with milvus_lite_server(Path(uri)) as (server_uri, pid):
+            from pymilvus import MilvusClient
+
+            client = MilvusClient(uri=server_uri)
+            t0 = time.perf_counter()
+            client.load_collection("gallery")
+            load_s = time.perf_counter() - t0
+            out["milvus"] += milvus_rows(client, "gallery", specs[-1], MILVUS_INDEXES[specs[-1]], queries, truth,
+                                         "server", load_s, rss_mb(pid), lat_q, name)
+            out["milvus"][-1]["build_s_is"] = "load time of the built collection; rss = the server process"
+            client.close()
+            out["server"] += serve_levels(server_uri, ["--collection", "gallery"], qlist,
+                                          requests=requests // 4 if n >= 10**6 else requests,
+                                          config={**hnsw, "where": "server"}, **serve_q)
+    out["goal"] = scale_goal(out)
+    return name, out
+
+
+def scale_goal(sec: dict) -> dict:
+    """The issue's bar: recall@10 >= 0.95 at >= 1000 single-process q/s, and server p99 < 20 ms at 32 clients."""
+    rows = [{"engine": "faiss", "where": "in process", "index": r["factory"], **r} for r in sec["faiss"]["results"]]
+    rows += sec["milvus"]
+    best = {}  # per engine and place: the fastest setting that reaches the recall bar
+    for r in rows:
+        key = f"{r['engine']} {r['where']} {r['index']}"
+        if r["recall@10"] >= RECALL_GOAL and r["qps_batch"] > best.get(key, {}).get("qps_batch", -1):
+            best[key] = {k: r[k] for k in ("param", "value", "recall@10", "qps_batch", "latency_ms_p50")}
+    at32 = {f"{r['engine']} {r['where']} {r['index']}": r["p99_ms"] for r in sec["server"] if r["clients"] == 32}
+    return {"recall_at_10_ge": RECALL_GOAL, "qps_ge": QPS_GOAL, "server_p99_ms_lt_at_32_clients": P99_GOAL_MS,
+            "fastest_setting_reaching_the_recall": best, "server_p99_ms_at_32_clients": at32,
+            "met_recall_and_qps_by": sorted(k for k, b in best.items() if b["qps_batch"] >= QPS_GOAL),
+            "met_p99_by": sorted(k for k, v in at32.items() if v < P99_GOAL_MS),
+            "met": any(b["qps_batch"] >= QPS_GOAL for b in best.values()) and any(v < P99_GOAL_MS
+                                                                                for v in at32.values())}
+
+
 # --------------------------------------------------------------------------- plot
 
 
 def plot(res: dict, path: Path) -> None:
+    """Recall vs throughput per vector set (faiss, and Milvus in the scale sets), and server latency per level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = res.get("index", {})
-    fig, axes = plt.subplots(1, len(sets) + (1 if "server" in res else 0), figsize=(5 * (len(sets) + 1), 4),
-                             squeeze=False)
-    for ax, (name, s) in zip(axes[0], sets.items()):
-        for factory in dict.fromkeys(r["factory"] for r in s["results"]):
-            rows = [r for r in s["results"] if r["factory"] == factory]
-            ax.plot([r["recall@10"] for r in rows], [r["qps_batch"] for r in rows], "o-", label=factory)
-        ax.set(xlabel="recall@10 vs exact", ylabel="queries/s (batch)", yscale="log", title=f"{name} (n={s['n']})")
-        ax.grid(alpha=.3)
-        ax.legend()
+    panels = [("index", name, s) for name, s in res.get("index", {}).items()]
+    panels += [("scale", name, s) for name, s in res.get("scale", {}).items()]
+    panels += [("scale-server", name, s) for name, s in res.get("scale", {}).items()]
     if "server" in res:
-        ax = axes[0][-1]
-        series = sorted({(r["factory"], r["endpoint"]) for r in res["server"]["levels"]})
-        for i, (factory, endpoint) in enumerate(series):
-            rows = [r for r in res["server"]["levels"] if r["factory"] == factory and r["endpoint"] == endpoint]
-            x = [r["clients"] for r in rows]
-            ax.plot(x, [r["p50_ms"] for r in rows], "o-", color=f"C{i}", label=f"{factory} {endpoint} p50")
-            ax.plot(x, [r["p99_ms"] for r in rows], "x--", color=f"C{i}", label="p99")
-        ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log",
-               title=f"server on loopback ({res['server']['index_items']} items)")
+        panels.append(("server", "server", res["server"]))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (kind, name, s) in zip(axes.flat, panels):
+        if kind in ("index", "scale"):
+            faiss_rows = s["results"] if kind == "index" else s["faiss"]["results"]
+            series = {f"faiss {f}": [r for r in faiss_rows if r["factory"] == f]
+                      for f in dict.fromkeys(r["factory"] for r in faiss_rows)}
+            for r in s.get("milvus", []):
+                series.setdefault(f"milvus {r['where']} {r['index'].split(',')[0]}", []).append(r)
+            for label, rs in series.items():
+                ax.plot([r["recall@10"] for r in rs], [r["qps_batch"] for r in rs],
+                        "o-" if label.startswith("faiss") else "s--", label=label)
+            ax.axvline(RECALL_GOAL, color="grey", lw=0.8, ls=":")
+            ax.set(xlabel="recall@10 vs exact", ylabel="queries/s (batch, one process)", yscale="log",
+                   title=f"{name} (n={s.get('n', s.get('faiss', {}).get('n'))})")
+        else:
+            levels = s["levels"] if kind == "server" else s["server"]
+            keys = list(dict.fromkeys(f"{r.get('engine', 'faiss')} {r.get('where', '')} {r.get('index', r.get('factory'))}"
+                                      f" {r['endpoint']}" for r in levels))
+            for i, key in enumerate(keys):
+                rs = [r for r in levels if f"{r.get('engine', 'faiss')} {r.get('where', '')} "
+                      f"{r.get('index', r.get('factory'))} {r['endpoint']}" == key]
+                x = [r["clients"] for r in rs]
+                ax.plot(x, [r["p50_ms"] for r in rs], "o-", color=f"C{i}", label=f"{key} p50")
+                ax.plot(x, [r["p99_ms"] for r in rs], "x--", color=f"C{i}", label="p99")
+            if kind == "scale-server":
+                ax.axhline(P99_GOAL_MS, color="grey", lw=0.8, ls=":")
+            items = s["index_items"] if kind == "server" else s["faiss"]["n"]
+            ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log",
+                   title=f"edgequery serve on loopback ({items} items)")
         ax.grid(alpha=.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -321,7 +609,8 @@ def neighbour_cosines(base: np.ndarray, queries: np.ndarray) -> dict:
 
 def parse(argv: list[str] | None):
     ap = _bench.parser(__doc__, {"quick": QUICK})
-    ap.add_argument("--parts", default="random,real,server", help="comma-separated: random, real, server")
+    ap.add_argument("--parts", default="random,real,server,scale",
+                    help="comma-separated: random, real, server, scale")
     ap.add_argument("--sizes", default="100000,1000000", help="random-vector index sizes")
     ap.add_argument("--gallery", type=Path, default=None,
                     help="gallery checkpoint for the real and server parts (default: bct_compat.py's ResNet-101)")
@@ -333,8 +622,13 @@ def parse(argv: list[str] | None):
     ap.add_argument("--image-requests", type=int, default=60, help="/v1/search/image requests per level")
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss threads for batch search (1: on a shared machine, OpenMP teams mostly wait)")
+    g = ap.add_argument_group("the scale part (faiss vs Milvus)")
+    g.add_argument("--scale-sizes", default="100000,1000000", help="structured-vector gallery sizes")
+    g.add_argument("--scale-clients", default="1,8,32", help="concurrency levels of `edgequery serve` per backend")
+    g.add_argument("--scale-requests", type=int, default=400,
+                   help="/v1/search requests per level (a quarter on Milvus at 1M, where a search takes ~0.3 s)")
     args = _bench.parse(ap, argv)
-    if not set(args.parts.split(",")) <= {"random", "real", "server"}:
+    if not set(args.parts.split(",")) <= {"random", "real", "server", "scale"}:
         ap.error(f"unknown part in {args.parts}")
     return args
 
@@ -345,8 +639,8 @@ def kept_sections(path: Path, preset: str) -> dict:
     if old is None or old.provenance.config.get("preset") != preset:
         return {"index": {}}
     prov = _bench.kept_provenance(old)
-    kept = {"index": {name: {**sec, "provenance": sec.get("provenance", prov)}
-                      for name, sec in old.results.get("index", {}).items()}}
+    kept = {part: {name: {**sec, "provenance": sec.get("provenance", prov)}
+                   for name, sec in old.results.get(part, {}).items()} for part in ("index", "scale")}
     if "server" in old.results:
         kept["server"] = {**old.results["server"], "provenance": old.results["server"].get("provenance", prov)}
     return kept
@@ -373,9 +667,17 @@ def main(argv: list[str] | None = None) -> Path:
                                       **bench_index(base, queries, name, args.threads)}
             measured.append(name)
             del base
-    if parts & {"real", "server"}:
+    if parts & {"real", "server", "scale"}:
         gallery = args.gallery or _bench.paragon_checkpoint(wf, args.cache, steps=args.gallery_steps)
         emb, labels, info = real_embeddings(gallery, args.cache, args.real_pool)
+    if "scale" in parts:
+        pool, pool_labels, _ = real_embeddings(gallery, args.cache, "all")
+        res.setdefault("scale", {})
+        for n in (int(v) for v in args.scale_sizes.split(",")):
+            with wf.stage(f"scale_{n}"):
+                name, sec = bench_scale(n, pool, pool_labels, info, gallery, args)
+            res["scale"][name] = sec
+            measured.append(name)
     if "real" in parts:
         base_idx, query_idx = split_real(emb)
         name = f"{info['arch']}-fashion-mnist-{len(base_idx) // 1000}k"
@@ -398,10 +700,10 @@ def main(argv: list[str] | None = None) -> Path:
         res["server"]["clients_note"] = ("clients are Python threads (httpx) on the same cores as the server; "
                                          "throughput is a floor, latency includes client-side contention")
         measured.append("server")
-    kept = [k for k in (*res["index"], "server") if k in res and k not in measured and
-            (res["index"].get(k) or res.get(k) or {}).get("provenance")]
+    sections = {**res["index"], **res.get("scale", {}), **({"server": res["server"]} if "server" in res else {})}
+    kept = [k for k, sec in sections.items() if k not in measured and sec.get("provenance")]
     for k in measured:
-        (res["index"].get(k) if k != "server" else res["server"]).pop("provenance", None)
+        sections[k].pop("provenance", None)
     if kept:
         notes.append(f"kept from an earlier run: {', '.join(kept)} (each section holds that run's provenance)")
     notes.append("indexes are built with all cores; single-query latency uses 1 faiss thread (as `edgequery serve` "
