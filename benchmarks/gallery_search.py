@@ -47,11 +47,9 @@ Quote ratios from one run.
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -396,35 +394,6 @@ def milvus_rows(client, collection: str, spec: str, sweep: tuple[str, list[int]]
     return rows
 
 
-@contextmanager
-def milvus_lite_server(data_dir: Path):
-    """``milvus-lite server`` over ``data_dir`` on a free loopback port: yields (URI, pid)."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(data_dir.parent / "milvus-server.log", "w") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("milvus-lite")), "server", "--data-dir",
-                                 str(data_dir), "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=out)
-        try:
-            deadline = time.time() + 600
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError("milvus-lite server did not start") from None
-                    time.sleep(0.2)
-            yield f"http://127.0.0.1:{port}", proc.pid
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(300)
-
-
 def serve_levels(target: str, flags: list[str], queries: list, version: str, clients: list[int], requests: int,
                  label: str, config: dict) -> list[dict]:
     """``edgequery serve`` over ``target``: /v1/search latency at each concurrency level, and the server's memory."""
@@ -450,7 +419,7 @@ def bench_scale(n: int, emb: np.ndarray, labels: np.ndarray, info: dict, gallery
     """faiss vs Milvus (embedded and over loopback) at ``n`` structured vectors, then the server on each."""
     from edgequery.gallery.build import create_index
     from edgequery.gallery.metadata import NewItem
-    from edgequery.gallery.milvus_store import MilvusCollection
+    from edgequery.gallery.milvus_store import MilvusCollection, lite_server
 
     name = f"structured-{n // 1000}k" if n < 10**6 else f"structured-{n // 10**6}M"
     base_idx, query_idx = split_real(emb)
@@ -503,7 +472,7 @@ def bench_scale(n: int, emb: np.ndarray, labels: np.ndarray, info: dict, gallery
         out["server"] += serve_levels(uri, [], qlist, requests=requests // 4 if n >= 10**6 else requests,
                                       config={**hnsw, "where": "embedded"}, **serve_q)
         # the same data behind a loopback milvus-lite server (a separate process, over gRPC)
-        with milvus_lite_server(Path(uri)) as (server_uri, pid):
+        with lite_server(Path(uri), Path(tmp) / "milvus-server.log") as (server_uri, pid):
             from pymilvus import MilvusClient
 
             client = MilvusClient(uri=server_uri)

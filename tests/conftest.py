@@ -116,29 +116,11 @@ GALLERY_BACKENDS = ("faiss", "milvus-lite", "milvus-server")
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory) -> str:
     """``milvus-lite server`` on 127.0.0.1 (started on first use, stopped with SIGINT at the end): its URI."""
+    from edgequery.gallery.milvus_store import lite_server
+
     data = tmp_path_factory.mktemp("milvus_server")
-    port = free_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    log = open(data.parent / f"milvus-server-{port}.log", "w")
-    proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data / "data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise AssertionError(f"milvus-lite server did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with lite_server(data / "data", data / "server.log", timeout=60) as (uri, _pid):
+        yield uri
 
 
 @pytest.fixture(scope="session")

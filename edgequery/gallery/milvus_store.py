@@ -38,17 +38,19 @@ import base64
 import json
 import logging
 import os
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import EdgeQueryError
 from .faiss_index import normalize_rows
 from .metadata import Item, NewItem
-from .store import GalleryStore, Hit, widened
+from .store import GalleryStore, Hit, finished_gallery, widened
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,44 @@ def release(uri: str) -> None:
     except ImportError:
         return
     server_manager_instance.release_server(str(Path(uri).resolve()))
+
+
+@contextmanager
+def lite_server(data_dir: str | Path, log_path: str | Path, timeout: float = 600) -> Iterator[tuple[str, int]]:
+    """``milvus-lite server`` over ``data_dir`` on a free port of 127.0.0.1: yields ``(URI, pid)``, stops it after.
+
+    A real gRPC Milvus endpoint for development, tests and benchmarks (no authentication:
+    keep it on loopback).  It is stopped with SIGINT, which flushes it.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("milvus-lite")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise EdgeQueryError(f"milvus-lite server did not start: {Path(log_path).read_text()[-500:]}",
+                                             f"check that {exe} runs and {data_dir} is writable") from None
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", proc.pid
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _thumbnail_text(png: bytes | None) -> str | None:
@@ -281,13 +321,7 @@ class MilvusGalleryStore(GalleryStore):
         self.nprobe, self.ef_search = int(nprobe), int(ef_search)
         self.col = MilvusCollection(uri, collection)
         try:
-            if not self.col.get("complete", False):
-                done, total = self.col.get("build_done", 0), self.col.get("build_total", "?")
-                raise EdgeQueryError(f"the Milvus gallery {uri} ({collection}) is unfinished ({done} of {total} "
-                                     "images embedded)", "rerun the same `edgequery index` command to finish it")
-            self.dim = int(self.col.get("dim"))
-            self.model_version = str(self.col.get("model_version"))
-            self.index_spec = str(self.col.get("factory"))
+            self.dim, self.model_version, self.index_spec = finished_gallery(self.col.get, f"{uri} ({collection})")
             self.kind, self.params = parse_index_spec(self.index_spec)
             self.col.load()
             self._write_lock = threading.Lock()  # id allocation: one writer per collection (module docstring)

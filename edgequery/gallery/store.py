@@ -116,6 +116,15 @@ class GalleryStore(ABC):
         """Flush whatever makes the next start fast; nothing durable depends on it."""
 
 
+def finished_gallery(get: Callable[..., Any], where: str) -> tuple[int, str, str]:
+    """``(dim, model_version, factory)`` of a gallery whose values ``get`` reads; an unfinished build is refused."""
+    if not get("complete", False):
+        done, total = get("build_done", 0), get("build_total", "?")
+        raise EdgeQueryError(f"the index at {where} is unfinished ({done} of {total} images embedded)",
+                             "rerun the same `edgequery index` command to finish it (it resumes)")
+    return int(get("dim")), str(get("model_version")), str(get("factory"))
+
+
 def widened(search_once: Callable[[int], list[list[Hit]]], k: int, approximate: bool) -> list[list[Hit]]:
     """``search_once(widen)``, repeated with a wider search while some query got fewer than ``k`` hits.
 
@@ -205,13 +214,7 @@ class FaissGalleryStore(GalleryStore):
         self._dir_lock = DirectoryLock(self.directory) if (self.directory / DB_NAME).is_file() else None
         try:
             self.db = MetadataDB(self.directory / DB_NAME)
-            if not self.db.get("complete", False):
-                done, total = self.db.get("build_done", 0), self.db.get("build_total", "?")
-                raise EdgeQueryError(f"the index at {self.directory} is unfinished ({done} of {total} images "
-                                     "embedded)", "rerun the same `edgequery index` command to finish it (it resumes)")
-            self.dim = int(self.db.get("dim"))
-            self.model_version = str(self.db.get("model_version"))
-            self.factory = str(self.db.get("factory"))
+            self.dim, self.model_version, self.factory = finished_gallery(self.db.get, str(self.directory))
             for stale in self.directory.glob(".index.*.tmp"):  # left by a snapshot cut short by a kill
                 stale.unlink(missing_ok=True)
             self._index = self._load()
