@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -350,6 +351,47 @@ def test_acknowledged_writes_survive_kill_9(backend, gallery_copy, ckpts, data, 
         assert httpx.get(s.url + "/healthz").json()["items"] == 200
         r = httpx.post(s.url + "/v1/gallery", headers=AUTH, files={"images": ("n2.png", new_png)})
         assert r.json()["added"][0]["id"] == new_id + 1  # ids are never reused
+    finally:
+        s.stop()
+
+
+def test_a_kill_9_during_a_stream_of_adds_loses_no_acknowledged_item(backend, gallery_copy, data, serve, tmp_path):
+    """Two clients add images back to back; the server is killed mid-stream; every 201 it sent is still there."""
+    g = gallery_copy(backend, tmp_path)
+    s = serve(g.index, *g.flags, token=TOKEN, log_dir=tmp_path)
+    acked, stop = [], threading.Event()
+
+    def adder(t):
+        with httpx.Client(base_url=s.url, timeout=30, headers=AUTH) as c:
+            for j in range(1000):
+                if stop.is_set():
+                    return
+                try:
+                    r = c.post("/v1/gallery", files={"images": ("a.png", png(data.query.images[(t + j) % 50]))},
+                               data={"sources": [f"stream/{t}/{j}"]})
+                except httpx.TransportError:
+                    return  # the server died under this request: it was never acknowledged
+                if r.status_code == 201:
+                    acked.append((r.json()["added"][0]["id"], f"stream/{t}/{j}"))
+
+    threads = [threading.Thread(target=adder, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while len(acked) < 6 and time.time() < deadline:
+        time.sleep(0.05)
+    s.kill9()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert len(acked) >= 6, s.output()[-2000:]
+
+    s = serve(g.index, *g.flags, log_dir=tmp_path)
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            for item_id, source in acked:
+                r = c.get(f"/v1/gallery/{item_id}")
+                assert r.status_code == 200 and r.json()["source"] == source, (item_id, r.text)
     finally:
         s.stop()
 
