@@ -149,8 +149,10 @@ def lite_server(data_dir: str | Path, log_path: str | Path, timeout: float = 600
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("milvus-lite")
     with open(log_path, "w") as out:
+        # SIGINT back to its default: a background job's children inherit it ignored, and it is how we stop it
         proc = subprocess.Popen([str(exe), "server", "--data-dir", str(data_dir), "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + timeout
             while True:
