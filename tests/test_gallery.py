@@ -332,6 +332,7 @@ def test_image_folder_build_records_files_and_classes(tiny_gallery, tmp_path):
         store.close()
     with pytest.raises(EdgeQueryError, match="neither a data set name nor a directory"):
         build_index(tiny_gallery, str(tmp_path / "nope"), "Flat", tmp_path / "x", progress=False)
+    assert not (tmp_path / "x" / DB_NAME).exists()  # refused before anything was written: a rerun starts afresh
 
 
 def test_index_cli_errors_are_one_line(tiny_gallery, tmp_path):

@@ -11,7 +11,8 @@ from edgequery.checkpoint import load_checkpoint, save_checkpoint
 from edgequery.errors import EdgeQueryError
 from edgequery.gallery.build import build_index
 from edgequery.gallery.metadata import DB_NAME, MetadataDB
-from edgequery.gallery.milvus_store import MilvusCollection, MilvusGalleryStore, is_milvus_uri, parse_index_spec
+from edgequery.gallery.milvus_store import (MilvusCollection, MilvusGalleryStore, backend_of, is_milvus_uri,
+                                            parse_index_spec)
 from edgequery.gallery.service import open_store
 
 
@@ -25,6 +26,11 @@ def test_index_specs_and_uris_are_checked_before_any_work(tiny_gallery, tmp_path
         with pytest.raises(EdgeQueryError, match=needle):
             parse_index_spec(spec)
     assert is_milvus_uri("g.db") and is_milvus_uri("http://10.0.0.1:19530") and not is_milvus_uri("gallery_index")
+    faiss_dir = tmp_path / "old.db"  # a faiss index directory that happens to be called *.db stays faiss
+    faiss_dir.mkdir()
+    (faiss_dir / DB_NAME).touch()
+    assert backend_of(faiss_dir) == "faiss" and backend_of(tmp_path / "new.db") == "milvus"
+    assert backend_of(tmp_path / "new.db", "faiss") == "faiss"
     assert main(["index", "--gallery", str(tiny_gallery), "--out", str(tmp_path / "g.db"),
                  "--milvus-index", "IVF_PQ"]) == 2
     assert "unknown index type" in capsys.readouterr().err
@@ -83,6 +89,12 @@ def test_milvus_reindex_reuses_embeddings_and_another_model_is_refused(tiny_gall
     finally:
         store.close()
 
+    with pytest.raises(EdgeQueryError, match="1024 lists for 200 vectors"):  # refused; the gallery stays servable
+        build_index(tiny_gallery, "fashion-mnist", "IVF_FLAT", g.index, progress=False, backend="milvus")
+    store = MilvusGalleryStore(g.index)
+    assert store.describe()["factory"] == "IVF_FLAT,nlist=8"
+    store.close()
+
     ck = load_checkpoint(tiny_gallery, "gallery")
     other = tmp_path / "other.pt"
     save_checkpoint(other, {**ck, "state_dict": {**ck["state_dict"], "head.weight": ck["state_dict"]["head.weight"] * 2}})
@@ -113,3 +125,27 @@ def test_a_filtered_search_on_an_approximate_index_still_fills_k(backend, factor
         assert store.search(q, 5, label=99) == [[], [], []]
     finally:
         store.close()
+
+
+def test_an_embedded_gallery_in_use_by_another_process_says_so(gallery_copy, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from edgequery.commands import main
+
+    g = gallery_copy("milvus-lite", tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pymilvus import MilvusClient; "
+                               f"MilvusClient({g.index!r}); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert main(["serve", "--index", g.index]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.2)
+    store = MilvusGalleryStore(g.index)  # the lock went with the process
+    assert len(store) == 200
+    store.close()

@@ -60,9 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..gallery.build import build_index
 
-    from ..gallery.milvus_store import is_milvus_uri
+    from ..gallery.milvus_store import backend_of
 
-    backend = args.backend or ("milvus" if is_milvus_uri(args.out) else "faiss")
+    backend = backend_of(args.out, args.backend)
     factory = args.milvus_index if backend == "milvus" else args.index_factory
     s = build_index(args.gallery, args.images, factory, args.out, batch_size=args.batch_size,
                     chunk=args.chunk, device=args.device, force=args.force, limit=args.limit, backend=backend,

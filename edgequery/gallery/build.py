@@ -183,7 +183,15 @@ class _MilvusTarget:
         self.col.set(build_done=hi)
 
     def finish(self, factory: str, progress: bool) -> None:
+        from .milvus_store import parse_index_spec
+
+        kind, params = parse_index_spec(factory)
+        n = int(self.col.get("build_total", 0))
+        if params.get("nlist", 0) > n:
+            raise EdgeQueryError(f"Milvus index {factory!r} has {params['nlist']} lists for {n} vectors",
+                                 f"use FLAT or HNSW for a gallery this small, or nlist={max(1, n // 39)} or fewer")
         t = time.time()
+        self.col.set(complete=False)  # from here until the new index is built and recorded: not servable
         self.col.build_index(factory)
         next_id = max(int(self.col.get("next_id", 1)), int(self.col.get("build_total", 0)) + 1)
         self.col.set(factory=factory, complete=True, built_at=time.time(), next_id=next_id)
@@ -218,9 +226,9 @@ def build_index(gallery_path: str | Path, images: str, factory: str, out: str | 
     t0 = time.time()
     gallery = _load_gallery(gallery_path, factory, chunk, batch_size, backend)
     device = resolve_device(device)
+    imgs, sources, desc, spec = resolve_images(images, gallery, limit)  # bad --images: refused before any write
     target = open_target(backend, out, collection, force)
     try:
-        imgs, sources, desc, spec = resolve_images(images, gallery, limit)
         if target.fresh:
             target.create(int(gallery["model"]["embed_dim"]), **_new_values(gallery, gallery_path, imgs, desc, spec))
         elif _check_existing(target, gallery, desc, factory, out):

@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import EdgeQueryError
 from .faiss_index import normalize_rows
 from .metadata import Item, NewItem
-from .store import GalleryStore, Hit, finished_gallery, widened
+from .store import EXACT_FALLBACK, GalleryStore, Hit, exact_hits, finished_gallery, widened
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,18 @@ def is_milvus_uri(target: str | Path) -> bool:
     """Whether ``target`` names a Milvus gallery (``*.db`` or a server URI) rather than a faiss directory."""
     t = str(target)
     return t.startswith(("http://", "https://", "tcp://", "unix:")) or t.rstrip("/").endswith(".db")
+
+
+def backend_of(target: str | Path, backend: str | None = None) -> str:
+    """``backend``, or the one ``target`` names: faiss for a faiss index directory (even one called ``*.db``),
+    Milvus for a ``*.db`` path or a server URI, faiss otherwise."""
+    from .metadata import DB_NAME
+
+    if backend:
+        return backend
+    if (Path(str(target)) / DB_NAME).is_file():
+        return "faiss"
+    return "milvus" if is_milvus_uri(target) else "faiss"
 
 
 def parse_index_spec(spec: str) -> tuple[str, dict[str, int]]:
@@ -113,7 +125,7 @@ def connect(uri: str, create: bool = False):
         return MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
     except Exception as exc:  # pymilvus raises its own hierarchy; the message is what matters
         text = " ".join(str(exc).split())
-        if "lock" in text.lower():
+        if local and ("lock" in text.lower() or "open local milvus failed" in text.lower()):
             raise EdgeQueryError(f"the Milvus gallery {uri} is in use by another process ({text[:200]})",
                                  "stop that server or indexing run first; embedded Milvus opens in one process "
                                  "at a time (serve it with `milvus-lite server` to share it)") from None
@@ -204,7 +216,12 @@ class MilvusCollection:
         self.client = connect(self.uri, create=create)
         self._props: dict[str, Any] | None = None
         self._loaded = False
-        if not create and not self.exists():
+        try:
+            missing = not create and not self.exists()
+        except BaseException:
+            self.close()
+            raise
+        if missing:
             self.close()
             raise EdgeQueryError(f"Milvus at {uri} has no gallery collection {name!r}",
                                  f"build it with `edgequery index --backend milvus --out {uri} --collection {name}`, "
@@ -250,7 +267,10 @@ class MilvusCollection:
                            if k.startswith(PROPERTY_PREFIX)}
         return self._props
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, fresh: bool = False) -> Any:
+        """A value of the gallery (``fresh``: read from Milvus now, not from this object's copy)."""
+        if fresh:
+            self._props = None
         return self._properties().get(key, default)
 
     def set(self, **values: Any) -> None:
@@ -308,8 +328,10 @@ class MilvusCollection:
         return self._loaded
 
     def close(self) -> None:
-        self.client.close()
-        release(self.uri)
+        try:
+            self.client.close()
+        finally:
+            release(self.uri)
 
 
 class MilvusGalleryStore(GalleryStore):
@@ -343,7 +365,7 @@ class MilvusGalleryStore(GalleryStore):
         if vectors.shape[1] != self.dim:
             raise ValueError(f"embeddings have {vectors.shape[1]} dims, the gallery {self.dim}")
         with self._write_lock:
-            start = int(self.col.get("next_id"))
+            start = int(self.col.get("next_id", fresh=True))
             self.col.set(next_id=start + len(items))  # reserved before use: a crash leaves a gap, never a reuse
             ids = list(range(start, start + len(items)))
             self.col.put(ids, vectors, items)          # durable (flushed) from here on
@@ -361,7 +383,7 @@ class MilvusGalleryStore(GalleryStore):
 
     def _search_params(self, k: int, widen: int) -> dict[str, Any]:
         if self.kind == "HNSW":
-            return {"params": {"ef": max(self.ef_search, k) * widen}}
+            return {"params": {"ef": max(self.ef_search, k) * widen}}  # widen: at most x64 (store.widened)
         if self.kind.startswith("IVF"):
             return {"params": {"nprobe": min(self.nprobe * widen, self.params["nlist"])}}
         return {}
@@ -378,7 +400,22 @@ class MilvusGalleryStore(GalleryStore):
             return [[Hit(int(h["id"]), float(h["distance"]), h["entity"].get("label"),
                          h["entity"].get("label_name"), h["entity"]["source"]) for h in row] for row in res]
 
-        return widened(once, k, label is not None and self.kind not in ("FLAT", "AUTOINDEX"))
+        if label is None or self.kind in ("FLAT", "AUTOINDEX"):
+            return once(1)
+        available = int(self.col.client.query(self.col.name, filter=flt, output_fields=["count(*)"])[0]["count(*)"])
+        if not available:
+            return [[] for _ in q]
+
+        def exact() -> list[list[Hit]]:
+            rows = self.col.client.query(self.col.name, filter=flt, output_fields=["vector", *_FIELDS],
+                                         limit=EXACT_FALLBACK)
+            items = {int(r["id"]): Item(int(r["id"]), r.get("label"), r.get("label_name"), r["source"],
+                                        float(r["added_at"])) for r in rows}
+            ids = np.array(list(items), dtype=np.int64)
+            vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+            return exact_hits(q, ids, vectors, int(k), lambda wanted: {int(i): items[int(i)] for i in wanted})
+
+        return widened(once, k, True, available, exact)
 
     def _row(self, item_id: int, fields: list[str]) -> dict | None:
         if not -(2**63) <= int(item_id) < 2**63:

@@ -107,11 +107,10 @@ def open_store(index: str | Path, backend: str | None = None, collection: str = 
                ef_search: int = 128, k_factor: float = 4.0, snapshot_every: int = 1000,
                progress: bool = True) -> GalleryStore:
     """The gallery at ``index``: a faiss index directory, or a Milvus URI (``backend`` None: told by the name)."""
-    from .milvus_store import MilvusGalleryStore, is_milvus_uri
+    from .milvus_store import MilvusGalleryStore, backend_of
     from .store import FaissGalleryStore
 
-    backend = backend or ("milvus" if is_milvus_uri(index) else "faiss")
-    if backend == "milvus":
+    if backend_of(index, backend) == "milvus":
         return MilvusGalleryStore(str(index), collection, nprobe=nprobe, ef_search=ef_search)
     return FaissGalleryStore(index, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor,
                              snapshot_every=snapshot_every, progress=progress)

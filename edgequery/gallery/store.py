@@ -56,7 +56,8 @@ from .metadata import DB_NAME, DirectoryLock, Item, MetadataDB, NewItem
 log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25   # rebuild an index whose tombstones exceed this share
-WIDEN_FACTOR, WIDEN_TIMES = 4, 5   # a short filtered search is repeated with ef/nprobe x4, at most 5 times
+WIDEN_FACTOR, WIDEN_TIMES = 4, 3   # a short filtered search is repeated with ef/nprobe x4, at most 3 times
+EXACT_FALLBACK = 4096              # ... and then, for a class this small or smaller, searched exactly
 
 
 @dataclass(frozen=True)
@@ -125,21 +126,38 @@ def finished_gallery(get: Callable[..., Any], where: str) -> tuple[int, str, str
     return int(get("dim")), str(get("model_version")), str(get("factory"))
 
 
-def widened(search_once: Callable[[int], list[list[Hit]]], k: int, approximate: bool) -> list[list[Hit]]:
-    """``search_once(widen)``, repeated with a wider search while some query got fewer than ``k`` hits.
+def widened(search_once: Callable[[int], list[list[Hit]]], k: int, approximate: bool, available: int,
+            exact: Callable[[], list[list[Hit]]]) -> list[list[Hit]]:
+    """``search_once(widen)``, repeated with a wider search while some query got fewer hits than it could.
 
     A selective filter starves an approximate index of candidates: an HNSW walk or the
     visited IVF lists may hold fewer than ``k`` matching items although the gallery has
-    more.  ``widen`` multiplies ``ef`` / ``nprobe`` by :data:`WIDEN_FACTOR` each time, at most
-    :data:`WIDEN_TIMES` times (bounded work); an exact index (``approximate`` False) runs once.
+    more (``available`` of them).  ``widen`` multiplies ``ef`` / ``nprobe`` by
+    :data:`WIDEN_FACTOR` each time, at most :data:`WIDEN_TIMES` times (bounded work: ef x64);
+    an exact index (``approximate`` False), or one that found all it could, runs once.  If
+    the search is still short and the class has at most :data:`EXACT_FALLBACK` items,
+    ``exact()`` compares the queries with each of them (bounded too).
     """
+    want = min(k, available)
     widen, hits = 1, search_once(1)
     for _ in range(WIDEN_TIMES if approximate else 0):
-        if all(len(h) >= k for h in hits):
-            break
+        if all(len(h) >= want for h in hits):
+            return hits
         widen *= WIDEN_FACTOR
         hits = search_once(widen)
+    if approximate and available <= EXACT_FALLBACK and not all(len(h) >= want for h in hits):
+        return exact()
     return hits
+
+
+def exact_hits(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
+               lookup: Callable[[np.ndarray], dict[int, Any]]) -> list[list[Hit]]:
+    """The top ``k`` of ``ids`` (unit ``vectors``) for each unit query, by brute force; ``lookup`` gives their items."""
+    scores = queries @ vectors.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    meta = lookup(ids[np.unique(top)])
+    return [[Hit(int(ids[j]), float(scores[r, j]), (m := meta[int(ids[j])]).label, m.label_name, m.source)
+             for j in row if int(ids[j]) in meta] for r, row in enumerate(top)]
 
 
 class ReadWriteLock:
@@ -352,16 +370,18 @@ class FaissGalleryStore(GalleryStore):
                 params = (self._plain_params if self._selector is None
                           else self._search_parameters(self._selector, keep))
                 return self._hits(*self._index.search(q, int(k), params=params))
-        return widened(lambda widen: self._search_label(q, int(k), int(label), widen), k, self._approximate)
-
-    def _search_label(self, q: np.ndarray, k: int, label: int, widen: int) -> list[list[Hit]]:
-        """A search among the live items of class ``label`` (their ids from SQLite: deleted ones are not there)."""
-        import faiss
-
-        ids = self.db.ids_with_label(label)
+        ids = self.db.ids_with_label(int(label))  # the live items of the class: deleted ones are not there
         if not len(ids):
             return [[] for _ in q]
+        import faiss
+
         batch = faiss.IDSelectorBatch(ids)
+        return widened(lambda widen: self._search_among(q, int(k), batch, widen), k, self._approximate, len(ids),
+                       lambda: exact_hits(q, ids, normalize_rows(self.db.embeddings(ids, self.dim)), int(k),
+                                          self.db.items))
+
+    def _search_among(self, q: np.ndarray, k: int, batch, widen: int) -> list[list[Hit]]:
+        """A search among the ids of the faiss selector ``batch``."""
         with self._lock.read():
             keep: list = [batch]
             scores, found = self._index.search(q, k, params=self._search_parameters(batch, keep, widen))
