@@ -89,8 +89,9 @@ class Memo:
         write_json(self.path, self.cache)
 
 
-def parse(argv: list[str] | None):
-    ap = _bench.parser(__doc__, {"quick": QUICK})
+def parse(argv: list[str] | None, doc: str | None = None, extra=None):
+    """The arguments (``extra(parser)`` adds a script's own: ``reward_noise.py`` shares these)."""
+    ap = _bench.parser(doc or __doc__, {"quick": QUICK})
     add_space_args(ap)
     ap.add_argument("--lut", type=Path, default=_bench.RESULTS / "lut-local-litert-r32-search.json",
                     help="the LUT searched with (default: the committed run's, measured with `edgequery profile` and "
@@ -125,6 +126,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--replot", action="store_true",
                     help="measure nothing: redraw search_ablation.png from the stored search_ablation.json")
+    if extra is not None:
+        extra(ap)
     args = _bench.parse(ap, argv)
     if args.lut is not None and str(args.lut) == "none":
         args.lut = None
@@ -233,8 +236,9 @@ def main(argv: list[str] | None = None) -> Path:
     base_ms = ab.baselines([*BASELINES, gallery_arch])
     budget = base_ms[args.budget] if args.budget in base_ms else float(args.budget)
     log.info("measured %s latency: %s; budget %.4f ms", ab.lut.runtime, base_ms, budget)
-    scorer = Memo(CandidateScorer(supernet, load_model(ab.gallery_path), ab.wf.splits, recal_batches=args.recal_batches,
-                                  device=args.device), args.cache / f"scores-{sck['model_version']}.json")
+    candidates = CandidateScorer(supernet, load_model(ab.gallery_path), ab.wf.splits, recal_batches=args.recal_batches,
+                                 device=args.device)
+    scorer = Memo(candidates, args.cache / f"scores-{sck['model_version']}-{candidates.protocol()}.json")
     fit = flops_budget(ab, budget, args.seed)
     searches = {r: run_search(ab, scorer, sck, r, r, "ms", budget) for r in ("r1", "r2", "r3")}
     searches["r3_flops"] = run_search(ab, scorer, sck, "r3_flops", "r3", "MFLOPs", fit["matched_mflops"])

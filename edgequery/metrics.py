@@ -50,12 +50,15 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray | torch.Tensor, level: flo
 @torch.no_grad()
 def retrieval_metrics(query_emb: torch.Tensor, query_labels: torch.Tensor,
                       gallery_emb: torch.Tensor, gallery_labels: torch.Tensor,
-                      ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 1024, ci: bool = False) -> dict:
+                      ks: tuple[int, ...] = DEFAULT_KS, chunk: int = 1024, ci: bool = False,
+                      exclude_self: bool = False) -> dict:
     """Recall@K for each K in ``ks`` and mAP@R, as fractions in [0, 1].
 
     Queries with no relevant item in the gallery count as misses for Recall and 0 for
     mAP@R (they are rare in class-level retrieval; their number is reported).  With
     ``ci``, ``recall@1_ci95`` and ``map@r_ci95`` hold 95 % bootstrap intervals (needs 1 in ``ks``).
+    ``exclude_self``: query ``i`` and gallery item ``i`` are the same image (leave-one-out:
+    every image is a query against all the others), so that pair is left out of the ranking.
     """
     if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
         raise ValueError(f"embedding shapes do not match: {tuple(query_emb.shape)} vs {tuple(gallery_emb.shape)}")
@@ -71,13 +74,20 @@ def retrieval_metrics(query_emb: torch.Tensor, query_labels: torch.Tensor,
     lookup = torch.zeros(int(max(ql.max(), gl.max())) + 1, dtype=torch.long)
     lookup[classes] = counts
     r = lookup[ql]
-    depth = min(max(int(r.max()), max(ks)), len(g))
+    if exclude_self:
+        if len(q) != len(g) or not torch.equal(ql, gl):
+            raise ValueError("exclude_self needs the same images, in the same order, as queries and gallery")
+        r = r - 1  # a query is not in its own gallery
+    depth = min(max(int(r.max()), max(ks)), len(g) - int(exclude_self))
 
     hits = {k: 0 for k in ks}
     hit1, aps = [], []
     ranks = torch.arange(1, depth + 1, dtype=torch.float32)
     for start in range(0, len(q), chunk):
         sim = q[start:start + chunk] @ g.T
+        if exclude_self:
+            rows = torch.arange(len(sim))
+            sim[rows, start + rows] = -torch.inf
         top = sim.topk(depth, dim=1).indices
         rel = (gl[top] == ql[start:start + chunk, None])
         for k in ks:

@@ -81,19 +81,28 @@ def reward_of(cfg: SearchConfig, m_het: float, m_hom: float, cost: float) -> flo
 class CandidateScorer:
     """M_het and M_hom of an arch with inherited supernet weights, on the validation split.
 
-    The validation split is cut in two: its first ``n_queries`` images are queries, the
-    rest the gallery.  The gallery model embeds that gallery once, at construction.
+    By default (``n_queries`` None) every validation image is a query against all the
+    others (leave-one-out): M_het ranks the gallery model's embeddings of the other images,
+    M_hom the candidate's own.  All of the split's images are queries at no extra cost (the
+    candidate embeds each once either way), so a score's standard error is about
+    sqrt(5)x smaller than with a fifth of them as queries.  ``n_queries`` = N instead cuts
+    the split: its first N images are queries, the rest the gallery.  The gallery model
+    embeds its side once, at construction.
     """
 
     def __init__(self, supernet, gallery_model: torch.nn.Module, splits: Splits, n_queries: int | None = None,
-                 recal_batches: int = 20, recal_batch_size: int = 128, device: str = "cpu"):
+                 recal_batches: int = 20, recal_batch_size: int = 128, device: str = "cpu", ci: bool = False):
         val = splits.val
         if len(val) < 20:
             raise EdgeQueryError(f"the validation split has {len(val)} images, too few to score candidates",
                                  "train with --n-val of at least a few hundred images")
-        n_q = n_queries or max(len(val) // 5, 1)
+        self.leave_one_out, self.ci = n_queries is None, ci
+        n_q = len(val) if self.leave_one_out else n_queries
+        if not self.leave_one_out and not 0 < n_q < len(val):
+            raise EdgeQueryError(f"{n_q} validation queries out of {len(val)} images",
+                                 f"pass between 1 and {len(val) - 1}, or none (every image a query, leave-one-out)")
         self.queries = val.subset(torch.arange(n_q))
-        self.gallery = val.subset(torch.arange(n_q, len(val)))
+        self.gallery = val if self.leave_one_out else val.subset(torch.arange(n_q, len(val)))
         self.supernet, self.splits, self.spec = supernet, splits, splits.spec
         self.recal_batches, self.recal_batch_size, self.device = recal_batches, recal_batch_size, device
         self.gallery_emb = embed(gallery_model, self.gallery, self.spec, device=device, desc="gallery model: val")
@@ -102,12 +111,18 @@ class CandidateScorer:
         net = self.supernet.subnet(arch, self.splits.train, self.spec, batches=self.recal_batches,
                                   batch_size=self.recal_batch_size)
         q = embed(net, self.queries, self.spec, device=self.device, show_progress=False)
-        qg = embed(net, self.gallery, self.spec, device=self.device, show_progress=False)
-        ql, gl = self.queries.labels, self.gallery.labels
-        return {"het": retrieval_metrics(q, ql, self.gallery_emb, gl), "hom": retrieval_metrics(q, ql, qg, gl)}
+        qg = q if self.leave_one_out else embed(net, self.gallery, self.spec, device=self.device, show_progress=False)
+        ql, gl, loo = self.queries.labels, self.gallery.labels, self.leave_one_out
+        return {"het": retrieval_metrics(q, ql, self.gallery_emb, gl, exclude_self=loo, ci=self.ci),
+                "hom": retrieval_metrics(q, ql, qg, gl, exclude_self=loo, ci=self.ci)}
+
+    def protocol(self) -> str:
+        """What the scores are of: ``loo-<n>`` (leave-one-out over n images) or ``q<n>-g<m>``."""
+        return (f"loo-{len(self.queries)}" if self.leave_one_out
+                else f"q{len(self.queries)}-g{len(self.gallery)}")
 
     def sizes(self) -> dict[str, int]:
-        return {"val_queries": len(self.queries), "val_gallery": len(self.gallery)}
+        return {"val_queries": len(self.queries), "val_gallery": len(self.gallery) - int(self.leave_one_out)}
 
 
 def pareto_front(candidates: list[dict]) -> list[dict]:

@@ -55,6 +55,26 @@ def test_matches_loop_reference_on_random_data():
     assert abs(m["map@r"] - _reference(q, ql, g, gl, 1)[1]) < 1e-6
 
 
+def test_leave_one_out_equals_each_query_against_all_the_other_images():
+    gen = torch.Generator().manual_seed(5)
+    x = F.normalize(torch.randn(60, 8, generator=gen), dim=1)
+    y = F.normalize(torch.randn(60, 8, generator=gen), dim=1)  # another model's embeddings of the same images
+    labels = torch.randint(0, 4, (60,), generator=gen)
+    for gallery in (x, y):  # homogeneous (the query itself would rank first) and heterogeneous
+        m = retrieval_metrics(x, labels, gallery, labels, ks=(1, 10), chunk=7, exclude_self=True)
+        r1 = r10 = ap = 0.0
+        for i in range(60):
+            others = torch.tensor([j for j in range(60) if j != i])
+            one, mean_ap = _reference(x[i:i + 1], labels[i:i + 1], gallery[others], labels[others], 1)
+            r1 += one
+            r10 += _reference(x[i:i + 1], labels[i:i + 1], gallery[others], labels[others], 10)[0]
+            ap += mean_ap
+        assert abs(m["recall@1"] - r1 / 60) < 1e-9 and abs(m["recall@10"] - r10 / 60) < 1e-9
+        assert abs(m["map@r"] - ap / 60) < 1e-6
+    with pytest.raises(ValueError, match="same images"):
+        retrieval_metrics(x[:5], labels[:5], x, labels, exclude_self=True)
+
+
 def test_compatibility_report_settings():
     gen = torch.Generator().manual_seed(0)
     labels_q, labels_g = torch.arange(10) % 5, torch.arange(50) % 5
