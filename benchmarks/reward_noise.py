@@ -21,7 +21,6 @@ import numpy as np
 
 import _bench
 from edgequery.search import CandidateScorer
-from edgequery.spaces.training import load_supernet
 from search_ablation import Ablation, load_model
 from search_ablation import parse as ablation_parse
 
@@ -34,10 +33,7 @@ def main(argv: list[str] | None = None):
     n_archs = args.archs
     prov = _bench.start(args)
     ab = Ablation(args)
-    sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
-                                          f"-t{args.supernet_steps}{ab.precision_tag}.pt", ab.gallery_path,
-                             ab.base_space, None, steps=args.supernet_steps, precision=args.precision)
-    supernet, sck = load_supernet(sn_path)
+    sn_path, supernet, sck = ab.supernet()
     gallery = load_model(ab.gallery_path)
     n_val = len(ab.wf.splits.val)
     scorers = {"split": CandidateScorer(supernet, gallery, ab.wf.splits, n_queries=n_val // 5,

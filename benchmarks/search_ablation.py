@@ -162,6 +162,14 @@ class Ablation:
         self.protocol = Protocol.of(self.lut)
         self._pred: dict[str, float] = {}
 
+    def supernet(self):
+        """The BCT supernet of the space (trained once, cached): ``(path, supernet, its checkpoint)``."""
+        a = self.args
+        path = self.wf.supernet(a.cache / f"supernet-mbv3-{self.tag}-{_bench.digest(self.base_space.config())}"
+                                          f"-t{a.supernet_steps}{self.precision_tag}.pt", self.gallery_path,
+                                self.base_space, None, steps=a.supernet_steps, precision=a.precision)
+        return (path, *load_supernet(path))
+
     def _profile_here(self) -> Path:
         a = self.args
         path = a.cache / f"lut-local-{a.runtime}-r{a.resolution}-{_bench.digest(self.base_space.config())}.json"
@@ -228,10 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     prov = _bench.start(args)
     ab = Ablation(args)
-    sn_path = ab.wf.supernet(args.cache / f"supernet-mbv3-{ab.tag}-{_bench.digest(ab.base_space.config())}"
-                                          f"-t{args.supernet_steps}{ab.precision_tag}.pt", ab.gallery_path,
-                             ab.base_space, None, steps=args.supernet_steps, precision=args.precision)
-    supernet, sck = load_supernet(sn_path)
+    _, supernet, sck = ab.supernet()
     gallery_arch = load_checkpoint(ab.gallery_path, "gallery")["model"]["arch"]
     base_ms = ab.baselines([*BASELINES, gallery_arch])
     budget = base_ms[args.budget] if args.budget in base_ms else float(args.budget)
