@@ -20,7 +20,8 @@ keeps the other sections of an earlier run of the same preset, each with that ru
 ``scale``    faiss vs Milvus at ``--scale-sizes`` (100k and 1M) vectors with the structure of real
              embeddings (:func:`structured_pool`: Fashion-MNIST's 70k images embedded by the
              gallery model, then interpolations between same-class nearest neighbours up to the
-             size), 1000 held-out real embeddings as queries.  faiss Flat / IVF-Flat / HNSW32
+             size), 1000 held-out real embeddings as queries; and the same on random unit
+             vectors (``--scale-data random``), the worst case.  faiss Flat / IVF-Flat / HNSW32
              as above; Milvus (HNSW, IVF_FLAT) embedded in this process and over a loopback
              ``milvus-lite server``; then ``edgequery serve`` on each backend under
              ``--scale-clients`` (1, 8, 32) concurrent clients.  Build time includes storing
@@ -415,21 +416,30 @@ def serve_levels(target: str, flags: list[str], queries: list, version: str, cli
     return rows
 
 
-def bench_scale(n: int, emb: np.ndarray, labels: np.ndarray, info: dict, gallery: Path, args) -> dict:
-    """faiss vs Milvus (embedded and over loopback) at ``n`` structured vectors, then the server on each."""
+def bench_scale(n: int, emb: np.ndarray, labels: np.ndarray, info: dict, gallery: Path, args,
+                kind: str = "structured") -> tuple[str, dict]:
+    """faiss vs Milvus (embedded and over loopback) at ``n`` vectors (``structured`` or ``random``), then the
+    server on each."""
     from edgequery.gallery.build import create_index
     from edgequery.gallery.metadata import NewItem
     from edgequery.gallery.milvus_store import MilvusCollection, lite_server
 
-    name = f"structured-{n // 1000}k" if n < 10**6 else f"structured-{n // 10**6}M"
+    name = f"{kind}-{n // 1000}k" if n < 10**6 else f"{kind}-{n // 10**6}M"
     base_idx, query_idx = split_real(emb)
-    base, base_labels = structured_pool(emb[base_idx], labels[base_idx], n)
-    queries = emb[query_idx]
-    out = {"data": f"{len(base_idx)} real embeddings of Fashion-MNIST by the gallery model {info['arch']} "
-                   f"(model_version {info['model_version']}), then interpolations between same-class nearest "
-                   f"neighbours up to {n} (structured_pool); {N_QUERIES} held-out real embeddings as queries",
-           "structure": structure(base, queries),
-           "structure_of_the_real_embeddings": structure(emb[base_idx], queries)}
+    if kind == "random":
+        base, queries = random_unit(n, seed=0), random_unit(N_QUERIES, seed=1)
+        base_labels = np.random.default_rng(0).integers(int(labels.max()) + 1, size=n)
+        out = {"data": f"{n} random unit vectors (normalised isotropic Gaussian) and {N_QUERIES} more as queries: "
+                       "the worst case for approximate search (no structure), labels drawn at random",
+               "structure": structure(base, queries)}
+    else:
+        base, base_labels = structured_pool(emb[base_idx], labels[base_idx], n)
+        queries = emb[query_idx]
+        out = {"data": f"{len(base_idx)} real embeddings of Fashion-MNIST by the gallery model {info['arch']} "
+                       f"(model_version {info['model_version']}), then interpolations between same-class nearest "
+                       f"neighbours up to {n} (structured_pool); {N_QUERIES} held-out real embeddings as queries",
+               "structure": structure(base, queries),
+               "structure_of_the_real_embeddings": structure(emb[base_idx], queries)}
     exact: list = []
     out["faiss"] = bench_index(base, queries, name, args.threads, scale_factories(n), exact)
     truth = exact[0]
@@ -593,7 +603,10 @@ def parse(argv: list[str] | None):
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss threads for batch search (1: on a shared machine, OpenMP teams mostly wait)")
     g = ap.add_argument_group("the scale part (faiss vs Milvus)")
-    g.add_argument("--scale-sizes", default="100000,1000000", help="structured-vector gallery sizes")
+    g.add_argument("--scale-sizes", default="100000,1000000", help="gallery sizes")
+    g.add_argument("--scale-data", default="structured,random",
+                   help="comma list: structured (real embeddings, interpolated up to the size), random (the worst "
+                        "case: isotropic unit vectors)")
     g.add_argument("--scale-clients", default="1,8,32", help="concurrency levels of `edgequery serve` per backend")
     g.add_argument("--scale-requests", type=int, default=400,
                    help="/v1/search requests per level (an eighth on Milvus at 1M, where a search takes ~0.3 s)")
@@ -643,11 +656,12 @@ def main(argv: list[str] | None = None) -> Path:
     if "scale" in parts:
         pool, pool_labels, _ = real_embeddings(gallery, args.cache, "all")
         res.setdefault("scale", {})
-        for n in (int(v) for v in args.scale_sizes.split(",")):
-            with wf.stage(f"scale_{n}"):
-                name, sec = bench_scale(n, pool, pool_labels, info, gallery, args)
-            res["scale"][name] = sec
-            measured.append(name)
+        for kind in args.scale_data.split(","):
+            for n in (int(v) for v in args.scale_sizes.split(",")):
+                with wf.stage(f"scale_{kind}_{n}"):
+                    name, sec = bench_scale(n, pool, pool_labels, info, gallery, args, kind)
+                res["scale"][name] = sec
+                measured.append(name)
     if "real" in parts:
         base_idx, query_idx = split_real(emb)
         name = f"{info['arch']}-fashion-mnist-{len(base_idx) // 1000}k"

@@ -35,6 +35,8 @@ def test_index_specs_and_uris_are_checked_before_any_work(tiny_gallery, tmp_path
                  "--milvus-index", "IVF_PQ"]) == 2
     assert "unknown index type" in capsys.readouterr().err
     assert not (tmp_path / "g.db").exists()  # refused before anything was written
+    assert main(["serve", "--backend", "milvus", "--index", str(tmp_path / "plain_dir")]) == 2
+    assert "a path ending in .db" in capsys.readouterr().err
 
 
 def test_a_milvus_build_killed_anywhere_resumes_to_the_same_gallery(tiny_gallery, tiny_index, tmp_path, monkeypatch):

@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else faiss)")
     p.add_argument("--index-factory", default="Flat", help=FACTORY_HELP)
     p.add_argument("--milvus-index", default="HNSW", help=MILVUS_HELP)
-    p.add_argument("--out", default="gallery_index",
-                   help="faiss: the index directory to write; milvus: the URI (gallery.db or http://host:19530)")
+    p.add_argument("--out", default=None,
+                   help="faiss: the index directory to write (default gallery_index/); milvus: the URI (default "
+                        "gallery.db: embedded; or http://host:19530)")
     p.add_argument("--collection", default="gallery", help="milvus: the collection to write")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=1024, help="images per committed (resumable) chunk")
@@ -62,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..gallery.milvus_store import backend_of
 
-    backend = backend_of(args.out, args.backend)
+    out = args.out or ("gallery.db" if args.backend == "milvus" else "gallery_index")
+    backend = backend_of(out, args.backend)
     factory = args.milvus_index if backend == "milvus" else args.index_factory
-    s = build_index(args.gallery, args.images, factory, args.out, batch_size=args.batch_size,
+    s = build_index(args.gallery, args.images, factory, out, batch_size=args.batch_size,
                     chunk=args.chunk, device=args.device, force=args.force, limit=args.limit, backend=backend,
                     collection=args.collection)
     log.info(f"wrote {s['out']}: {s['items']} items, {backend} {s['factory']}, gallery model_version "

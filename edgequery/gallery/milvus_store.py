@@ -116,6 +116,9 @@ def connect(uri: str, create: bool = False):
     local = not str(uri).startswith(("http://", "https://", "tcp://", "unix:"))
     if local:
         path = Path(uri)
+        if path.suffix != ".db":
+            raise EdgeQueryError(f"{uri} is neither a Milvus server URI nor a local Milvus gallery (a path ending "
+                                 "in .db)", "pass e.g. gallery.db (embedded Milvus Lite) or http://host:19530")
         if not create and not path.is_dir():
             raise EdgeQueryError(f"no Milvus gallery at {uri}",
                                  f"build one with `edgequery index --backend milvus --out {uri} ...`")
