@@ -115,7 +115,7 @@ GALLERY_BACKENDS = ("faiss", "milvus-lite", "milvus-server")
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory) -> str:
-    """``milvus-lite server`` on 127.0.0.1 (started on first use, stopped with SIGINT at the end): its URI."""
+    """``milvus-lite server`` on 127.0.0.1 (started on first use, stopped at the end): its URI."""
     from edgequery.gallery.milvus_store import lite_server
 
     data = tmp_path_factory.mktemp("milvus_server")
