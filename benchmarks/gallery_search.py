@@ -564,9 +564,9 @@ def plot(res: dict, path: Path) -> None:
                 ax.plot(x, [r["p99_ms"] for r in rs], "x--", color=f"C{i}", label="p99")
             if kind == "scale-server":
                 ax.axhline(P99_GOAL_MS, color="grey", lw=0.8, ls=":")
-            items = s["index_items"] if kind == "server" else s["faiss"]["n"]
+            what = f"{s['index_items']} items" if kind == "server" else name
             ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log",
-                   title=f"edgequery serve on loopback ({items} items)")
+                   title=f"edgequery serve on loopback ({what})")
         ax.grid(alpha=.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -610,6 +610,8 @@ def parse(argv: list[str] | None):
     g.add_argument("--scale-clients", default="1,8,32", help="concurrency levels of `edgequery serve` per backend")
     g.add_argument("--scale-requests", type=int, default=400,
                    help="/v1/search requests per level (an eighth on Milvus at 1M, where a search takes ~0.3 s)")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw gallery_search.png from the stored gallery_search.json")
     args = _bench.parse(ap, argv)
     if not set(args.parts.split(",")) <= {"random", "real", "server", "scale"}:
         ap.error(f"unknown part in {args.parts}")
@@ -631,6 +633,14 @@ def kept_sections(path: Path, preset: str) -> dict:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    if args.replot:
+        path = Path(args.out_dir) / "gallery_search.json"
+        stored = _bench.previous(path, "gallery_search")
+        if stored is None:
+            raise SystemExit(f"--replot: no gallery_search results in {path}")
+        plot(stored.results, path.with_suffix(".png"))
+        log.info("redrew %s from %s (nothing measured)", path.with_suffix(".png"), path)
+        return path
     prov = _bench.start(args)
     import faiss
 
