@@ -300,6 +300,17 @@ def train_seconds(ckpt: dict) -> float:
     return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)
 
 
+def replot(args, name: str, plot) -> Path:
+    """``--replot``: redraw ``<out-dir>/<name>.png`` from the stored ``<name>.json`` with ``plot``; measures nothing."""
+    path = Path(args.out_dir) / f"{name}.json"
+    stored = previous(path, name)
+    if stored is None:
+        raise SystemExit(f"--replot: no {name} results in {path}")
+    plot(stored.results, path.with_suffix(".png"))
+    log.info("redrew %s from %s (nothing measured)", path.with_suffix(".png"), path)
+    return path
+
+
 class Serving(NamedTuple):
     url: str
     pid: int

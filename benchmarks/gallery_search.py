@@ -634,13 +634,7 @@ def kept_sections(path: Path, preset: str) -> dict:
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     if args.replot:
-        path = Path(args.out_dir) / "gallery_search.json"
-        stored = _bench.previous(path, "gallery_search")
-        if stored is None:
-            raise SystemExit(f"--replot: no gallery_search results in {path}")
-        plot(stored.results, path.with_suffix(".png"))
-        log.info("redrew %s from %s (nothing measured)", path.with_suffix(".png"), path)
-        return path
+        return _bench.replot(args, "gallery_search", plot)
     prov = _bench.start(args)
     import faiss
 

@@ -227,13 +227,7 @@ class Ablation:
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     if args.replot:
-        path = args.out_dir / "search_ablation.json"
-        stored = _bench.previous(path, "search_ablation")
-        if stored is None:
-            raise SystemExit(f"--replot: no search_ablation results in {path}")
-        plot(stored.results, path.with_suffix(".png"))
-        log.info("redrew %s from %s (nothing measured)", path.with_suffix(".png"), path)
-        return path
+        return _bench.replot(args, "search_ablation", plot)
     prov = _bench.start(args)
     ab = Ablation(args)
     _, supernet, sck = ab.supernet()
