@@ -365,9 +365,7 @@ class MilvusGalleryStore(GalleryStore):
         return self.col.get(key, default)
 
     def add(self, embeddings: np.ndarray, items: Sequence[NewItem]) -> list[int]:
-        vectors = normalize_rows(embeddings)
-        if vectors.shape[1] != self.dim:
-            raise ValueError(f"embeddings have {vectors.shape[1]} dims, the gallery {self.dim}")
+        vectors = self.unit_rows(embeddings, "embeddings")
         with self._write_lock:
             start = int(self.col.get("next_id", fresh=True))
             self.col.set(next_id=start + len(items))  # reserved before use: a crash leaves a gap, never a reuse
@@ -393,9 +391,7 @@ class MilvusGalleryStore(GalleryStore):
         return {}
 
     def search(self, queries: np.ndarray, k: int, label: int | None = None) -> list[list[Hit]]:
-        q = normalize_rows(queries)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
+        q = self.unit_rows(queries, "queries")
         flt = "" if label is None else f"label == {int(label)}"
 
         def once(widen: int) -> list[list[Hit]]:

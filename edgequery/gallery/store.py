@@ -113,6 +113,13 @@ class GalleryStore(ABC):
         """A value recorded when the gallery was built (model card, classes, ...)."""
         return default
 
+    def unit_rows(self, x: np.ndarray, what: str) -> np.ndarray:
+        """``x`` L2-normalised (:func:`~.faiss_index.normalize_rows`), refused unless it has the gallery's dim."""
+        rows = normalize_rows(x)
+        if rows.shape[1] != self.dim:
+            raise ValueError(f"{what} have {rows.shape[1]} dims, the gallery {self.dim}")
+        return rows
+
     def close(self) -> None:
         """Flush whatever makes the next start fast; nothing durable depends on it."""
 
@@ -337,9 +344,7 @@ class FaissGalleryStore(GalleryStore):
         return self.db.get(key, default)
 
     def add(self, embeddings: np.ndarray, items: Sequence[NewItem]) -> list[int]:
-        vectors = normalize_rows(embeddings)
-        if vectors.shape[1] != self.dim:
-            raise ValueError(f"embeddings have {vectors.shape[1]} dims, the gallery {self.dim}")
+        vectors = self.unit_rows(embeddings, "embeddings")
         ids = self.db.insert(vectors, items)           # durable from here on
         with self._lock.write():
             self._index.add_with_ids(vectors, ids)
@@ -361,9 +366,7 @@ class FaissGalleryStore(GalleryStore):
         return True
 
     def search(self, queries: np.ndarray, k: int, label: int | None = None) -> list[list[Hit]]:
-        q = normalize_rows(queries)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries have {q.shape[1]} dims, the gallery {self.dim}")
+        q = self.unit_rows(queries, "queries")
         if label is None:
             with self._lock.read():
                 keep: list = []  # faiss holds raw pointers to these during the search
