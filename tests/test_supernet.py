@@ -170,6 +170,10 @@ def test_supernet_training_checkpoints_and_resumes(gallery, tmp_path, monkeypatc
         train_supernet(gallery_path, cfg, tmp_path / "d.pt", space="shufflenet", distill=1.0, splits=splits)
     resumed = train_supernet(gallery_path, cfg, tmp_path / "b.pt", space="shufflenet", splits=splits)
     assert resumed["model_version"] == straight["model_version"]  # same archs, same batches, same weights
+    distilled = train_supernet(gallery_path, cfg.model_copy(update={"epochs": 1}), tmp_path / "e.pt",
+                               space="shufflenet", sandwich=True, distill=1.0, splits=splits)
+    assert distilled["sampling"] == {"rule": "sandwich", "seed": 0, "distill": 1.0}
+    assert distilled["identity"]["distill"] == 1.0 and distilled["train"]["config"]["extra"]["distill"] == 1.0
 
     sn, ck = load_supernet(tmp_path / "b.pt")
     assert isinstance(sn, Supernet) and sn.space.name == "shufflenet" and not sn.training

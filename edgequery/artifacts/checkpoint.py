@@ -125,6 +125,7 @@ class Identity(Strict):
     bct: bool | None = None
     bct_weight: float | None = None
     sampling: str | None = None
+    distill: float | None = None          # a sandwich supernet's in-place distillation weight (when > 0)
     gallery_version: str | None = None
 
 
