@@ -28,13 +28,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts.checkpoint import Identity, TrainConfig
+from .artifacts.checkpoint import AUGMENTATIONS, Identity, TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ImageSet, Splits, to_model_input
 from .errors import EdgeQueryError
@@ -149,11 +149,12 @@ def epoch_batches(data: ImageSet, cfg: TrainConfig, epoch: int, dist: Dist) -> l
     return batches
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample random horizontal flip and translation by up to 1/8 of the side."""
+def augment(x: torch.Tensor, gen: torch.Generator, ops: Sequence[str] = AUGMENTATIONS) -> torch.Tensor:
+    """Per-sample random horizontal flip (``hflip`` in ``ops``) and translation by up to 1/8 of the side
+    (``shift``).  Both are drawn either way, so a run's random stream does not depend on ``ops``."""
     n = x.shape[0]
-    flip = torch.rand(n, generator=gen) < 0.5
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.25  # grid units: 2 = full side
+    flip = (torch.rand(n, generator=gen) < 0.5) & ("hflip" in ops)
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (0.25 if "shift" in ops else 0.0)  # grid units: 2 = side
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
     theta[:, 1, 1] = 1.0
@@ -237,7 +238,7 @@ def _train_epoch(train_model: nn.Module, step: StepFn, splits: Splits, cfg: Trai
         x = to_model_input(splits.train.images[idx], splits.spec, device)
         y = splits.train.labels[idx].to(device)
         if cfg.augment:
-            x = augment(x, gen)
+            x = augment(x, gen, cfg.augment)
         if cfg.random_erasing > 0:
             x = random_erase(x, cfg.random_erasing, gen)
         if bf16:

@@ -149,7 +149,7 @@ def _tampered(tmp_path, name, change):
 
 def test_checkpoint_schema_refuses_invented_keys_and_newer_versions(digits, tmp_path):
     ck = _run(digits, tmp_path / "f.pt", TrainConfig(epochs=1, batch_size=64))
-    assert ck["format_version"] == FORMAT_VERSION == CheckpointMeta.VERSION == 2
+    assert ck["format_version"] == FORMAT_VERSION == CheckpointMeta.VERSION == 3
     meta = checkpoint_meta(load_checkpoint(tmp_path / "f.pt"))
     assert meta.kind == "gallery" and meta.train.complete and meta.train.optimizer is not None
     assert "state_dict" not in meta.to_data() and "optimizer" not in meta.to_data()["train"]  # opaque: not data
@@ -180,12 +180,28 @@ def test_a_version_1_checkpoint_still_loads(tmp_path):
           "identity": {"arch": arch}, "compatible_with": {"gallery_version": "1" * 16}}
     torch.save(v1, tmp_path / "v1.pt")
     ck = load_checkpoint(tmp_path / "v1.pt", "query")
-    assert ck["format_version"] == 2 and ck["model"]["space"] == {"space": "mbv3"}  # its default configuration
+    assert ck["format_version"] == 3 and ck["model"]["space"] == {"space": "mbv3"}  # its default configuration
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(model_from_checkpoint(ck)(x), net(x))
     with pytest.raises(EdgeQueryError, match="format_version 0.*no upgrade path"):
         torch.save({**v1, "format_version": 0}, tmp_path / "v0.pt")
         load_checkpoint(tmp_path / "v0.pt")
+
+
+def test_a_version_2_checkpoint_reads_its_augment_flag_as_the_operations_it_meant(digits, tmp_path):
+    """Version 2 stored ``augment: true`` (flip and shift) or ``false``; version 3 names the operations."""
+    ck = _run(digits, tmp_path / "f.pt", TrainConfig(epochs=1, batch_size=64, augment=["shift"]))
+    assert ck["train"]["config"]["augment"] == ["shift"]
+    for flag, ops in ((True, ["hflip", "shift"]), (False, [])):
+        def to_v2(p, flag=flag):
+            p.update(format_version=2)
+            p["train"]["config"]["augment"] = flag
+        old = load_checkpoint(_tampered(tmp_path, f"v2-{flag}.pt", to_v2))
+        assert old["format_version"] == 3 and old["train"]["config"]["augment"] == ops
+        assert TrainConfig(epochs=1, batch_size=64, augment=ops).differs_from({**old["train"]["config"],
+                                                                               "augment": flag}) == []
+    with pytest.raises(ValueError, match="unknown augmentation 'vflip'"):
+        TrainConfig(augment=["vflip"])
 
 
 def test_the_checkpoint_schema_types_data_specs_and_train_configs(digits, tmp_path):

@@ -15,13 +15,17 @@ goes.
 Format history: version 1 had no ``model.space`` for query nets of a search space (the
 arch was parsed in the *default* space); reading a version-1 file fills in
 ``{"space": <name>}`` - the space's default configuration, which is what version 1 meant.
+Version 2 stored ``train.config.augment`` as a flag (``true`` meant horizontal flip and
+shift); version 3 names the operations (``["hflip", "shift"]``) and adds ``classifier``
+(what the frozen classifier BCT trains against is: trained, or class prototypes),
+``imported`` (a gallery model wrapped by ``edgequery import gallery``) and ``model.head``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ..data import DataSpec
 from .base import Artifact, Compat, Strict
@@ -49,6 +53,26 @@ def space_name_of(arch: str) -> str | None:
     return rest if prefix == "supernet" else prefix
 
 
+AUGMENTATIONS = ("hflip", "shift")
+"""The training augmentations :func:`edgequery.train.augment` applies: random horizontal flip, and a
+random shift by up to 1/8 of the side.  A flip is wrong for text and digits (a mirrored 2 is no 2)."""
+
+
+def augment_ops(value: Any) -> list[str]:
+    """``augment`` as the operations it names, in :data:`AUGMENTATIONS` order.  A flag (format 2's
+    ``true`` / ``false``) means all of them / none; ``"hflip,shift"`` and ``"none"`` are read too."""
+    if isinstance(value, bool):
+        return list(AUGMENTATIONS) if value else []
+    if isinstance(value, str):
+        value = [] if value.strip() in ("", "none") else [v.strip() for v in value.split(",")]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"augment must be a list of {', '.join(AUGMENTATIONS)}, got {value!r}")
+    unknown = [v for v in value if v not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}: use {', '.join(AUGMENTATIONS)} or none")
+    return [a for a in AUGMENTATIONS if a in value]
+
+
 class TrainConfig(Strict):
     """How a model is trained (``edgequery train ...`` flags); stored in ``train.config``, compared on resume."""
 
@@ -59,7 +83,8 @@ class TrainConfig(Strict):
     weight_decay: float = 5e-5
     optimizer: str = "sgd"          # sgd (momentum 0.9, nesterov) | adamw
     warmup_epochs: float = 0.3
-    augment: bool = True            # random horizontal flip + translation by up to 1/8
+    # random horizontal flip (hflip) and shift by up to 1/8 of the side (shift): AUGMENTATIONS
+    augment: Annotated[list[str], BeforeValidator(augment_ops)] = list(AUGMENTATIONS)
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # share of images with one random rectangle erased
     label_smoothing: float = 0.0    # of the classifier cross-entropy
     precision: Literal["auto", "fp32", "bf16"] = "fp32"       # fp32 | bf16 (autocast, channels-last) | auto: bf16 where the device is fast at it
@@ -77,7 +102,9 @@ class TrainConfig(Strict):
         keys = ("batch_size", "lr", "weight_decay", "optimizer", "seed", *length, "label_smoothing", "augment",
                 "random_erasing", "extra")
         mine = self.to_dict()
-        return [k for k in keys if stored.get(k, type(self).model_fields[k].default) != mine[k]]
+        theirs = {k: stored.get(k, type(self).model_fields[k].default) for k in keys}
+        theirs["augment"] = augment_ops(theirs["augment"])
+        return [k for k in keys if theirs[k] != mine[k]]
 
 
 # The gallery recipe: what `edgequery train gallery` does without tuning flags, and what the benchmarks'
@@ -98,6 +125,9 @@ class ModelSpec(Strict):
     scale: float = 16.0
     margin: float = 0.0
     space: SpaceConfig | None = None      # space.config() of a search-space arch or supernet
+    # the embedding head: "linear" (trunk features -> Linear -> L2 norm) or "none" (the trunk's own output,
+    # L2-normalised: an imported model whose embedding is its pooled features or a whole program's output)
+    head: Literal["linear", "none"] = "linear"
 
     @model_validator(mode="after")
     def _space_fits_arch(self):
@@ -160,6 +190,28 @@ class Sampling(Strict):
     distill: float = 0.0      # in-place distillation weight (sandwich only): towards the largest arch's embedding
 
 
+class ClassifierInfo(Strict):
+    """What a gallery checkpoint's frozen classifier (``classifier.weight``, the one BCT trains query nets
+    against) is: ``trained`` with the model, or ``prototypes`` - each class's mean embedding of labelled
+    images, L2-normalised, for a model trained without a classifier (a metric loss)."""
+
+    kind: Literal["trained", "prototypes"]
+    images: int | None = Field(None, ge=1)      # prototypes: how many labelled images made them
+    split: str | None = None                    # prototypes: which split of the checkpoint's data spec
+
+
+class ImportInfo(Strict):
+    """Where an imported gallery model came from (``edgequery import gallery``)."""
+
+    source: str                                 # the file imported (name)
+    source_sha256: str
+    format: Literal["state-dict", "torchscript", "exported-program"]
+    head: str | None = None                     # the embedding head's file (state-dict imports)
+    head_sha256: str | None = None
+    channel_order: Literal["rgb", "bgr"] = "rgb"  # what the model was trained on (bgr: conv1 flipped to take RGB)
+    imported_at: str
+
+
 class StoredInfo(Strict):
     """A *stored gallery*: a gallery model's embeddings of known images and its classifier, without
     its trunk (:mod:`edgequery.models.stored`).  Its ``model_version`` is the model's it came from;
@@ -176,7 +228,8 @@ class CheckpointMeta(Artifact):
     """Everything a checkpoint holds but its tensors (which ride along as opaque fields)."""
 
     FORMAT: ClassVar[str] = "edgequery-checkpoint"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
+    WRITTEN_WHEN_SET: ClassVar[tuple[str, ...]] = ("classifier", "imported")
     KIND: ClassVar[str] = "checkpoint"
     FIX: ClassVar[str] = "pass a file written by `edgequery train gallery|query|supernet`, or re-create it"
 
@@ -192,19 +245,24 @@ class CheckpointMeta(Artifact):
     reference_gallery: str | None = None  # the gallery trained against (with or without BCT)
     train: TrainState | None = None
     stored: StoredInfo | None = None      # a stored gallery (embeddings + classifier, no trunk)
+    classifier: ClassifierInfo | None = None  # galleries: what classifier.weight is (absent: trained)
+    imported: ImportInfo | None = None     # a gallery model imported, not trained here
     edgequery_version: str | None = None
     saved_at: str | None = None
     state_dict: Any = Field(exclude=True, repr=False)   # opaque: the weights
 
     @classmethod
     def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any] | None:
-        if version != 1:
+        if version not in (1, 2):
             return None
-        model = dict(data.get("model") or {})
-        name = space_name_of(str(model.get("arch", "")))
-        if name is not None and model.get("space") is None:
-            model["space"] = {"space": name}  # version 1 parsed such an arch in the space's default configuration
-        return {**data, "model": model, "format_version": 2}
+        if version == 1:
+            model = dict(data.get("model") or {})
+            name = space_name_of(str(model.get("arch", "")))
+            if name is not None and model.get("space") is None:
+                model["space"] = {"space": name}  # version 1 parsed such an arch in the space's default configuration
+            data = {**data, "model": model}
+        # version 2's train.config.augment flag is read by TrainConfig (augment_ops); nothing else changed
+        return {**data, "format_version": cls.VERSION}
 
     def to_payload(self) -> dict[str, Any]:
         """The dict ``torch.save`` writes: :meth:`to_data` plus the opaque tensors."""

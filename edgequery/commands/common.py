@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -59,8 +60,12 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, lr: float, weight_dec
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16: autocast + channels-last, about 2x faster on CPUs with AMX / AVX-512 BF16 and on "
                         "recent GPUs; auto picks bf16 where the device is fast at it")
-    g.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no flip/translation augmentation (flips are wrong for text and digits)")
+    g.add_argument("--augment", default=None, metavar="OPS",
+                   help="training augmentations, comma-separated: hflip (random horizontal flip), shift (random "
+                        "shift by up to 1/8 of the side), or none. Default: hflip,shift, but only shift for "
+                        "--dataset digits - a flip is wrong wherever a mirrored image is another thing (digits, "
+                        "text, signs, left/right parts): pass --augment shift for such data. Recorded in the "
+                        "checkpoint")
     g.add_argument("--random-erasing", type=float, default=random_erasing, metavar="P",
                    help="erase one random rectangle (2-25 %% of the image, filled with noise) in this share of the "
                         "training images (Zhong et al. 2017); 0 turns it off")
@@ -69,13 +74,37 @@ def add_train_args(p: argparse.ArgumentParser, steps: int, lr: float, weight_dec
     g.add_argument("--force", action="store_true", help="retrain over a finished checkpoint at --out")
 
 
-def train_config_from_args(args: argparse.Namespace, **extra):
+# data sets a horizontal flip turns into other things (a mirrored 2 or 7 is no digit)
+NO_FLIP_DATASETS = ("digits",)
+
+
+def augment_from_args(args: argparse.Namespace, dataset: str) -> list[str]:
+    """``--augment`` as operations; unset: hflip + shift, or shift alone on a data set flips are wrong for."""
+    from ..artifacts.checkpoint import AUGMENTATIONS, augment_ops
+    from ..errors import EdgeQueryError
+
+    if args.augment is None:
+        ops = [a for a in AUGMENTATIONS if not (a == "hflip" and dataset in NO_FLIP_DATASETS)]
+        logging.getLogger(__name__).info("augmentation: %s (the default for %s; --augment changes it)",
+                                         ",".join(ops) or "none", dataset)
+        return ops
+    try:
+        return augment_ops(args.augment)
+    except ValueError as exc:
+        raise EdgeQueryError(f"--augment {args.augment!r}: {exc}",
+                             "pass e.g. --augment hflip,shift, --augment shift or --augment none") from None
+
+
+def train_config_from_args(args: argparse.Namespace, dataset: str, **extra):
+    """The TrainConfig the training flags ask for; ``dataset`` (the data trained on) picks the default
+    augmentation."""
     from ..train import TrainConfig
 
     length = {"epochs": args.epochs} if args.epochs is not None else {"steps": args.steps}
     return TrainConfig(**length, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        label_smoothing=args.label_smoothing, optimizer=args.optimizer, precision=args.precision,
-                       augment=args.augment, random_erasing=args.random_erasing, seed=args.seed, device=args.device, extra=extra)
+                       augment=augment_from_args(args, dataset), random_erasing=args.random_erasing, seed=args.seed,
+                       device=args.device, extra=extra)
 
 
 def add_space_args(p: argparse.ArgumentParser, default: str | None = "mbv3", required: bool = False) -> None:

@@ -118,19 +118,22 @@ def _register_supernet(tsub: argparse._SubParsersAction) -> None:
 
 
 def _gallery_spec(args: argparse.Namespace):
-    """The data spec the flags ask for, on top of the gallery's own (``None``: the gallery's)."""
+    """The data spec the flags ask for, on top of the gallery's own (``None``: the gallery's), and the
+    data set trained on (which picks the default augmentation)."""
     from ..checkpoint import load_checkpoint
     from ..data import DataSpec
 
-    gallery = load_checkpoint(args.gallery, "gallery")
-    return spec_from_args(args, base=DataSpec.from_dict(gallery["data"]))
+    own = DataSpec.from_dict(load_checkpoint(args.gallery, "gallery")["data"])
+    spec = spec_from_args(args, base=own)
+    return spec, (spec or own).dataset
 
 
 def run_gallery(args: argparse.Namespace) -> int:
     from ..recipes import train_gallery
 
     extra = {"zero_init_residual": True} if args.zero_init_residual else {}
-    ck = train_gallery(spec_from_args(args), train_config_from_args(args, **extra), args.out, arch=args.arch,
+    spec = spec_from_args(args)
+    ck = train_gallery(spec, train_config_from_args(args, spec.dataset, **extra), args.out, arch=args.arch,
                        embed_dim=args.embed_dim, weights=args.weights, scale=args.scale, margin=args.margin,
                        force=args.force)
     log.info("wrote %s (gallery %s, model_version %s)", args.out, args.arch, ck["model_version"])
@@ -188,8 +191,9 @@ def run_query(args: argparse.Namespace) -> int:
             raise EdgeQueryError(f"--init-from-supernet needs a search-space arch, not {arch!r}",
                                  "pass --arch search.json or an mbv3:/shufflenet: arch string")
         init_state = supernet.extract(arch).state_dict()
-    ck = train_query(args.gallery, train_config_from_args(args), args.out, arch=arch, bct=args.bct,
-                     bct_weight=args.bct_weight, weights=args.weights, spec=_gallery_spec(args), force=args.force,
+    spec, dataset = _gallery_spec(args)
+    ck = train_query(args.gallery, train_config_from_args(args, dataset), args.out, arch=arch, bct=args.bct,
+                     bct_weight=args.bct_weight, weights=args.weights, spec=spec, force=args.force,
                      init_state=init_state, space=space)
     compat = ck["compatible_with"]
     log.info("wrote %s (query %s, model_version %s, %s)", args.out, ck["model"]["arch"], ck["model_version"],
@@ -201,8 +205,10 @@ def run_supernet(args: argparse.Namespace) -> int:
     from ..spaces.training import train_supernet
 
     space = space_from_args(args)
-    ck = train_supernet(args.gallery, train_config_from_args(args), args.out, space=space, sandwich=args.sandwich,
-                        bct_weight=args.bct_weight, distill=args.inplace_distill, spec=_gallery_spec(args), force=args.force)
+    spec, dataset = _gallery_spec(args)
+    ck = train_supernet(args.gallery, train_config_from_args(args, dataset), args.out, space=space,
+                        sandwich=args.sandwich, bct_weight=args.bct_weight, distill=args.inplace_distill, spec=spec,
+                        force=args.force)
     log.info("wrote %s (%s supernet, %s, model_version %s, compatible with gallery %s)", args.out, space.name,
              space.describe(), ck["model_version"], ck["compatible_with"]["gallery_version"])
     return 0
