@@ -17,11 +17,12 @@ from .. import __version__
 from ..errors import EdgeQueryError
 from ..log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
 
-COMMAND_MODULES = ("data", "train", "eval", "profile", "search", "demo", "index", "serve", "export")
+COMMAND_MODULES = ("data", "train", "imports", "eval", "profile", "search", "demo", "index", "serve", "export")
 
 EPILOG = """\
 stages, in order:
   edgequery train gallery            ResNet-101 gallery model           -> gallery.pt
+   or edgequery import gallery       your own embedding model, as it is -> gallery.pt
   edgequery train query --bct        small query net, BCT-compatible    -> query.pt
   edgequery train supernet           weight-sharing supernet, BCT       -> supernet.pt
   edgequery eval                     paragon / homogeneous / heterogeneous retrieval

@@ -36,10 +36,17 @@ EPILOG = ('examples: edgequery index --gallery gallery.pt --images fashion-mnist
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="embed gallery images with the gallery model and index them (faiss or Milvus)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("--gallery", required=True, help="gallery checkpoint (edgequery train gallery)")
+    p.add_argument("--gallery", required=True,
+                   help="gallery checkpoint (edgequery train gallery, or edgequery import gallery for your own model)")
     p.add_argument("--images", default="fashion-mnist",
                    help="fashion-mnist or digits (the gallery split of the gallery model's data spec), or an "
                         "ImageFolder directory <root>/<class>/<image>")
+    p.add_argument("--from-embeddings", metavar="FILE", default=None,
+                   help="index your gallery's embeddings as they are, instead of embedding --images: a .npy "
+                        "(N x D floats; ids = row numbers), a .npz (embeddings, optional ids and labels) or a "
+                        ".parquet (columns embedding, optional id and label). They must come from the --gallery "
+                        "model (edgequery import gallery wraps yours): the index takes its model_version, and "
+                        "query nets trained against it are served. Hits' source is the id")
     p.add_argument("--backend", choices=["faiss", "milvus"], default=None,
                    help="where the gallery lives (default: milvus when --out ends in .db or is an http:// URI, "
                         "else faiss)")
@@ -66,9 +73,19 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ("gallery.db" if args.backend == "milvus" else "gallery_index")
     backend = backend_of(out, args.backend)
     factory = args.milvus_index if backend == "milvus" else args.index_factory
-    s = build_index(args.gallery, args.images, factory, out, batch_size=args.batch_size,
-                    chunk=args.chunk, device=args.device, force=args.force, limit=args.limit, backend=backend,
-                    collection=args.collection)
+    if args.from_embeddings:
+        from ..errors import EdgeQueryError
+        from ..gallery.build import index_vectors
+
+        if args.force or args.limit is not None:
+            raise EdgeQueryError("--force and --limit do not apply to --from-embeddings",
+                                 "write to a new --out (or --collection), and index the whole file")
+        s = index_vectors(args.gallery, args.from_embeddings, factory, out, backend=backend,
+                          collection=args.collection)
+    else:
+        s = build_index(args.gallery, args.images, factory, out, batch_size=args.batch_size,
+                        chunk=args.chunk, device=args.device, force=args.force, limit=args.limit, backend=backend,
+                        collection=args.collection)
     log.info(f"wrote {s['out']}: {s['items']} items, {backend} {s['factory']}, gallery model_version "
              f"{s['model_version']} ({s['embedded_now']} embedded now, {s['seconds']}s)")
     return 0

@@ -15,6 +15,8 @@ The work is in two stages, each resumable:
 Running again with the same gallery model and images but another ``--index-factory``
 (``--milvus-index``) re-indexes the stored embeddings without embedding anything again.
 
+Embeddings computed elsewhere (``--from-embeddings``, :func:`index_vectors`) skip stage 1.
+
 Images (``--images``): ``fashion-mnist`` or ``digits`` mean the *gallery split* of the
 gallery model's own data spec (same seed and sizes as in training, so the query split
 stays held out); anything else is an ImageFolder directory (``root/<class>/<image>``),
@@ -305,6 +307,27 @@ def _embed_rest(target, gallery: dict, gallery_path: str | Path, imgs: ImageSet,
 def _summary(target, out: str | Path, factory: str, embedded: int, t0: float) -> dict[str, Any]:
     return {"out": str(out), "items": target.count(), "factory": factory, "model_version": target.get("model_version"),
             "dim": target.get("dim"), "embedded_now": embedded, "seconds": round(time.time() - t0, 1)}
+
+
+def index_vectors(gallery_path: str | Path, vectors: str | Path, factory: str, out: str | Path,
+                  progress: bool = True, backend: str = "faiss", collection: str = DEFAULT_COLLECTION
+                  ) -> dict[str, Any]:
+    """Index gallery embeddings computed elsewhere (``--from-embeddings``, :mod:`.vectors`) by the model
+    ``gallery_path`` holds, without embedding anything; returns a summary.  Each item's ``source`` is its
+    id from the file."""
+    from .vectors import read_vectors
+
+    t0 = time.time()
+    gallery = _load_gallery(gallery_path, factory, 1, 1, backend)
+    got = read_vectors(vectors, int(gallery["model"]["embed_dim"]), list(gallery.get("classes") or []))
+    items = [NewItem(source=got.ids[i], label=None if got.labels is None else got.labels[i],
+                     label_name=None if got.labels is None else got.classes[got.labels[i]])
+             for i in range(len(got.ids))]
+    create_index(out, got.embeddings, items, factory, gallery["model_version"], gallery_path=gallery_path,
+                 data=gallery["data"], classes=got.classes, progress=progress, backend=backend,
+                 collection=collection)
+    return {"out": str(out), "items": len(items), "factory": factory, "model_version": gallery["model_version"],
+            "dim": int(gallery["model"]["embed_dim"]), "embedded_now": 0, "seconds": round(time.time() - t0, 1)}
 
 
 def finish_index(db: MetadataDB, out: Path, factory: str, progress: bool = True) -> None:

@@ -36,23 +36,30 @@ class CosineClassifier(nn.Module):
         return f"classes={self.weight.shape[0]}, dim={self.weight.shape[1]}, scale={self.scale}, margin={self.margin}"
 
 
+HEADS = ("linear", "none")
+
+
 class EmbeddingNet(nn.Module):
     """``trunk`` -> ``Linear(feature_dim, embed_dim)`` -> L2 normalisation.
 
     ``forward`` returns the normalised embedding (what gets exported and indexed);
-    ``classifier`` is only used by training losses.
+    ``classifier`` is only used by training losses.  ``head="none"`` drops the linear
+    layer (the embedding is the trunk's own output, normalised): an imported model whose
+    embedding is its pooled features (:mod:`.imported`).
     """
 
     def __init__(self, trunk: nn.Module, feature_dim: int, embed_dim: int, num_classes: int,
-                 scale: float = 16.0, margin: float = 0.0):
+                 scale: float = 16.0, margin: float = 0.0, head: str = "linear"):
         super().__init__()
+        if head not in HEADS or (head == "none" and embed_dim != feature_dim):
+            raise ValueError(f"head {head!r} with {feature_dim}-d features and a {embed_dim}-d embedding")
         self.trunk = trunk
-        self.head = nn.Linear(feature_dim, embed_dim)
+        self.head = nn.Linear(feature_dim, embed_dim) if head == "linear" else nn.Identity()
         self.classifier = CosineClassifier(embed_dim, num_classes, scale, margin)
 
     @property
     def embed_dim(self) -> int:
-        return self.head.out_features
+        return self.classifier.weight.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.trunk(x)), dim=1)

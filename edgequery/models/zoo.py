@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import EdgeQueryError
 from .heads import EmbeddingNet
+from .program import PROGRAM_FORMATS, PROGRAM_KEY, ProgramTrunk
 
 BASELINE_ARCHS = ("resnet101", "resnet101_small_input", "mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -92,6 +93,8 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
         except Exception as exc:  # torch raises many types for a bad file
             raise EdgeQueryError(f"cannot read weights file {path}: {exc}",
                                  "pass a torchvision state dict saved with torch.save(model.state_dict())") from None
+        if isinstance(state, dict) and all(isinstance(k, str) and k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}  # saved from (Distributed)DataParallel
         if isinstance(state, dict) and "format" in state:
             # an edgequery gallery/query checkpoint (validated like any other): start from its trunk
             from ..checkpoint import checkpoint_meta
@@ -101,7 +104,11 @@ def load_pretrained_trunk(name: str, weights: str) -> tuple[nn.Module, int]:
             if name.startswith("mobilenet_v3"):  # our trunk names pre_logits.{0,1} as torchvision's classifier
                 state = {k.replace("pre_logits.0.", "classifier.0."): v for k, v in state.items()}
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        state = _fit_stem(name, net, state)
+        if not isinstance(state, dict):
+            raise EdgeQueryError(f"{path} holds a {type(state).__name__}, not a state dict",
+                                 "save the weights with torch.save(model.state_dict(), path)")
+        # the ImageNet classifier (or an embedding layer in its place, of another size) is not the trunk's
+        state = _fit_stem(name, net, {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.3"))})
         missing, unexpected = net.load_state_dict(state, strict=False)
         # The ImageNet classifier is discarded anyway; anything else missing means a wrong file.
         # A small-input ResNet keeps its own 3x3 conv1 (an ImageNet conv1 does not fit it).
@@ -138,13 +145,20 @@ def _fit_stem(name: str, net: nn.Module, state: dict) -> dict:
 
 
 def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: str | None = None,
-                        scale: float = 16.0, margin: float = 0.0, space=None) -> EmbeddingNet:
-    """Any embedding net by arch name: a torchvision baseline or a search-space arch string.
+                        scale: float = 16.0, margin: float = 0.0, space=None, head: str = "linear",
+                        program: torch.Tensor | None = None) -> EmbeddingNet:
+    """Any embedding net by arch name: a torchvision baseline, a search-space arch string, or an imported
+    program (``torchscript`` / ``exported-program``, whose serialised bytes are ``program``).
 
     ``space`` (a search space, its ``config()`` dict or name) is the space a search-space
     arch belongs to; without it the arch is read in that space's default configuration.
+    ``head`` ``none``: no linear head (the trunk's output is the embedding, :class:`EmbeddingNet`).
     """
-    if ":" in arch:
+    if arch in PROGRAM_FORMATS:
+        if program is None:
+            raise EdgeQueryError(f"an imported {arch} model needs its program's bytes", "load it from its checkpoint")
+        trunk, dim = ProgramTrunk(arch, program), embed_dim
+    elif ":" in arch:
         from ..spaces import build_trunk_from_string
 
         trunk, dim = build_trunk_from_string(arch, space)
@@ -152,11 +166,11 @@ def build_embedding_net(arch: str, embed_dim: int, num_classes: int, weights: st
         trunk, dim = load_pretrained_trunk(arch, weights)
     else:
         trunk, dim = build_trunk(arch)
-    return EmbeddingNet(trunk, dim, embed_dim, num_classes, scale, margin)
+    return EmbeddingNet(trunk, dim, embed_dim, num_classes, scale, margin, head)
 
 
 def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0, margin: float = 0.0,
-               space=None) -> dict:
+               space=None, head: str = "linear") -> dict:
     """The ``model`` entry of a checkpoint: enough to rebuild the net anywhere.
 
     A search-space arch is stored canonically, with its space's whole configuration
@@ -169,7 +183,7 @@ def model_spec(arch: str, embed_dim: int, num_classes: int, scale: float = 16.0,
         parsed_space, parsed = parse_arch(arch, space)
         arch, config = str(parsed), parsed_space.config()
     return {"arch": arch, "embed_dim": embed_dim, "num_classes": num_classes, "scale": scale, "margin": margin,
-            "space": config}
+            "space": config, "head": head}
 
 
 def model_from_checkpoint(ckpt: dict) -> EmbeddingNet:
@@ -186,6 +200,7 @@ def model_from_checkpoint(ckpt: dict) -> EmbeddingNet:
         return StoredGallery.from_checkpoint(ckpt)
     spec = ckpt["model"]
     net = build_embedding_net(spec["arch"], spec["embed_dim"], spec["num_classes"],
-                              scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0), space=spec.get("space"))
+                              scale=spec.get("scale", 16.0), margin=spec.get("margin", 0.0), space=spec.get("space"),
+                              head=spec.get("head", "linear"), program=ckpt["state_dict"].get(PROGRAM_KEY))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()
