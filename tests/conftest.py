@@ -9,6 +9,7 @@ No test module imports another; what several need lives here:
 * ``tiny_query`` — a 1-epoch query net trained with BCT against ``tiny_gallery``;
 * ``tiny_export`` — a real ``edgequery export`` of ``tiny_query`` (ONNX only, a few timing
   runs): its folder holds the ``model_card.json`` the server is started with;
+* ``digits_folder`` — scikit-learn's digits as an ImageFolder of PNG files (a user's own data);
 * ``tiny_index`` — a Flat index of the gallery split built with ``tiny_gallery``.  It is
   shared: open it read-only, or copy it (``shutil.copytree``) before serving or changing it;
 * ``gallery_copy`` — ``gallery_copy(backend, tmp_path) -> (index, flags)``: a fresh, writable
@@ -108,6 +109,22 @@ def tiny_index(tmp_path_factory, tiny_gallery) -> Path:
     out = tmp_path_factory.mktemp("tiny_index") / "index"
     build_index(tiny_gallery, "fashion-mnist", "Flat", out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """scikit-learn's 1797 digits written as an ImageFolder (``<root>/<digit>/<n>.png``, 8x8 grey PNGs): a
+    user's own small labelled image set, from images a package ships."""
+    from PIL import Image
+
+    from edgequery.data import load_digits
+
+    root = tmp_path_factory.mktemp("digits_folder") / "digits"
+    d = load_digits()
+    for i, (img, label) in enumerate(zip(d.images, d.labels.tolist())):
+        (root / d.classes[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy(), "L").save(root / d.classes[label] / f"{i:04d}.png")
+    return root
 
 
 GALLERY_BACKENDS = ("faiss", "milvus-lite", "milvus-server")
