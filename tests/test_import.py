@@ -5,6 +5,8 @@ here) with a linear embedding head, or a whole module saved with TorchScript / t
 the data is scikit-learn's digits written as an ImageFolder of PNG files (``digits_folder``).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,75 @@ def test_an_index_from_the_users_own_embeddings(tiny_gallery, tmp_path, capsys):
     assert main(["index", "--gallery", str(tiny_gallery), "--from-embeddings", str(tmp_path / "dup.npz"),
                  "--out", str(tmp_path / "dup-index")]) == 2
     assert "ids are not unique" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the whole flow on the user's data
+
+
+def run(*argv):
+    code = main(["-q", *map(str, argv)])
+    assert code == 0, f"edgequery {' '.join(map(str, argv))} exited {code}"
+
+
+@pytest.mark.slow
+def test_the_users_model_and_folder_go_import_search_retrain_export_index_serve(user_resnet, digits_folder, tmp_path,
+                                                                                serve):
+    """import (ResNet-101 state dict + head, prototype classifier) -> supernet -> profile -> search ->
+    retrain with BCT -> export -> index the user's own gallery embeddings -> serve -> /v1/search with the
+    exported net's embedding.  Digits: a flip makes another digit, so training says --augment shift."""
+    import httpx
+    import onnxruntime as ort
+
+    weights, head, original = user_resnet
+    d = tmp_path
+    data = ["--dataset", "folder", "--data-root", digits_folder, "--resolution", 32, "--n-val", 100,
+            "--n-query", 100, "--n-gallery", 300]
+    train = ["--epochs", 1, "--batch-size", 64, "--augment", "shift"]
+    run("import", "gallery", "--model", weights, "--head", head, *data, "--prototype-images", 20,
+        "--out", d / "gallery.pt")
+    gck = load_checkpoint(d / "gallery.pt", "gallery")
+    assert gck["classifier"]["kind"] == "prototypes" and gck["classes"] == [str(i) for i in range(10)]
+
+    space = ["--space", "mbv3", "--space-option", "resolutions=32", "--space-option", "depths=2",
+             "--space-option", "kernels=3", "--space-option", "expands=3,4"]  # a small space: a quick profile
+    run("train", "supernet", *space, "--gallery", d / "gallery.pt", "--out", d / "supernet.pt", *train)
+    assert load_checkpoint(d / "supernet.pt", "supernet")["train"]["config"]["augment"] == ["shift"]
+    run("profile", "--supernet", d / "supernet.pt", "--runtime", "onnxruntime", "--resolution", 32, "--threads", 1,
+        "--warmup", 2, "--runs", 5, "--min-seconds", 0, "--rounds", 1, "--out", d / "lut.json")
+    run("search", "--supernet", d / "supernet.pt", "--gallery", d / "gallery.pt", "--lut", d / "lut.json",
+        "--latency-budget", "1000ms", "--population", 4, "--generations", 2, "--recal-batches", 2,
+        "--out", d / "search.json")
+    run("train", "query", "--arch", d / "search.json", "--gallery", d / "gallery.pt", "--out", d / "query.pt", *train)
+    qck = load_checkpoint(d / "query.pt", "query")
+    assert qck["compatible_with"]["gallery_version"] == gck["model_version"]
+    assert qck["data"]["dataset"] == "folder" and qck["train"]["config"]["augment"] == ["shift"]
+
+    run("export", "--query", d / "query.pt", "--gallery", d / "gallery.pt", "--formats", "onnx", "--threads", 1,
+        "--runs", 5, "--warmup", 2, "--parity-images", 16, "--out", d / "export")
+    card = json.loads((d / "export" / "model_card.json").read_text())
+    assert card["input"]["mean"] == list(gck["data"]["mean"]) and card["input"]["resolution"] == 32
+
+    # the user's gallery, embedded by their own model (not by edgequery), with their own ids
+    spec, splits = splits_of(digits_folder)
+    gallery_emb = original(to_model_input(splits.gallery.images, spec)).numpy()
+    ids = np.array([f"item-{i}" for i in range(len(gallery_emb))])
+    np.savez(d / "theirs.npz", embeddings=gallery_emb, ids=ids,
+             labels=np.array([str(int(v)) for v in splits.gallery.labels]))
+    run("index", "--gallery", d / "gallery.pt", "--from-embeddings", d / "theirs.npz", "--out", d / "index")
+
+    onnx_file = next(f["file"] for f in card["files"] if f["format"] == "onnx")
+    session = ort.InferenceSession(str(d / "export" / onnx_file))
+    x = to_model_input(splits.query.images[:1], spec).numpy()
+    query = session.run(None, {session.get_inputs()[0].name: x})[0][0]
+    s = serve(d / "index", "--export", d / "export", log_dir=d)
+    try:
+        r = httpx.post(s.url + "/v1/search", json={"embedding": query.tolist(), "model_version": card["model_version"],
+                                                   "k": 5})
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"]
+        assert len(hits) == 5 and all(h["source"].startswith("item-") for h in hits)
+        assert {h["label_name"] for h in hits} <= {str(i) for i in range(10)}
+        assert httpx.post(s.url + "/v1/search", json={"embedding": query.tolist(), "model_version": "0" * 16}
+                          ).status_code == 409
+    finally:
+        s.stop()

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supernet", help="take the space (and its choice lists) from this supernet checkpoint")
     p.add_argument("--resolution", help="input resolution(s) of the archs to cover, e.g. 32 or 24,28,32 "
                                         "(default: the space's largest)")
-    p.add_argument("--embed-dim", type=int, default=128, help="embedding size of the query nets")
+    p.add_argument("--embed-dim", type=int, default=None,
+                   help="embedding size of the query nets (default: the --supernet's, else 128)")
     p.add_argument("--out", help="LUT file (default lut-<device>-<runtime>.json)")
     p.add_argument("--jobs", type=int, default=2, help="processes converting block files (timing is sequential)")
     p.add_argument("--force", action="store_true", help="measure again from scratch over an existing --out")
@@ -132,7 +133,8 @@ def _resolutions(text: str | None, space) -> list[int]:
 
 
 def _space(args):
-    """The space to profile: the supernet's, or ``--space`` / ``--space-option`` (default mbv3)."""
+    """The space to profile: the supernet's, or ``--space`` / ``--space-option`` (default mbv3); and the
+    embedding size: ``--embed-dim``, else the supernet's, else 128."""
     from ..spaces import get_space, space_from_config
 
     if args.supernet:
@@ -143,20 +145,21 @@ def _space(args):
                                  "pass either --supernet or --space/--space-option")
         from ..checkpoint import load_checkpoint
 
-        return space_from_config(load_checkpoint(args.supernet, "supernet")["model"]["space"])
-    return get_space(args.space or "mbv3", **parse_space_options(args.space_option))
+        model = load_checkpoint(args.supernet, "supernet")["model"]
+        return space_from_config(model["space"]), args.embed_dim or model["embed_dim"]
+    return get_space(args.space or "mbv3", **parse_space_options(args.space_option)), args.embed_dim or 128
 
 
 def run_profile(args: argparse.Namespace) -> int:
     from ..latency import Protocol, parse_device, profile
 
     device = parse_device(args.device, benchmark_binary=args.benchmark_binary)
-    space = _space(args)
+    space, embed_dim = _space(args)
     out = args.out or f"lut-{device.name}-{args.runtime}.json"
     lut = profile(space, _resolutions(args.resolution, space), device, args.runtime,
                   Protocol(args.threads, args.warmup, args.runs, args.min_seconds, args.rounds, args.flush_kb,
                            args.rounds_over), out,
-                  embed_dim=args.embed_dim, jobs=args.jobs, force=args.force,
+                  embed_dim=embed_dim, jobs=args.jobs, force=args.force,
                   allow_other_device=args.allow_other_device)
     print(summary(lut, top=5))
     return 0
