@@ -234,6 +234,21 @@ def bct_checkpoints(wf, cache: Path, gallery_steps: int | None, query_steps: int
     return gallery_path, queries
 
 
+def prototype_gallery(wf, cache: Path, gallery_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The gallery checkpoint ``gallery_path`` with a prototype classifier instead of its trained one: each
+    class's mean embedding of the validation images (the ones a stored paragon holds besides the test
+    split), L2-normalised (:func:`edgequery.models.imported.with_prototype_classifier`); and what made it."""
+    from edgequery.checkpoint import load_checkpoint
+    from edgequery.models.imported import with_prototype_classifier
+
+    gallery = load_checkpoint(gallery_path, "gallery")
+    path = cache / f"{gallery_path.stem}-prototypes-val{len(wf.splits.val)}.pt"
+    if not path.exists():
+        with_prototype_classifier(gallery, wf.splits.val, path, "val")
+    made = load_checkpoint(path, "gallery")
+    return path, {"checkpoint": path.name, **made["classifier"], "model_version": made["model_version"]}
+
+
 def query_checkpoint_path(cache: Path, name: str, spec, steps: int, gallery_version: str) -> Path:
     """Where a benchmark keeps the query net ``name`` (e.g. ``mobilenet_v3_small-bct-s0``) trained ``steps``
     on ``spec`` against the gallery ``gallery_version``: one name, so every script reuses the same net."""

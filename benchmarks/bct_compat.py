@@ -10,6 +10,13 @@ Writes ``<out-dir>/bct_compat.json`` (``benchmarks/results/`` by default) and ``
     python benchmarks/bct_compat.py                  # the full run: 8 query nets on 59k images
     python benchmarks/bct_compat.py --preset quick   # 1000 images, 20 steps, MBv3-small: checks the script
 
+``--settings`` picks the query nets' training: ``nobct``, ``bct`` (against the gallery model's trained
+classifier) and ``bct-prototypes`` (against a *prototype classifier*: each class's mean gallery
+embedding of the 1000 validation images, L2-normalised - what ``edgequery import gallery`` gives a
+model trained without a classifier; the stored paragon holds embeddings of those images, not of the
+training split).  A run of other settings or archs than the defaults writes
+``bct_compat-<settings>-<archs>.json`` instead, so it never replaces the full file.
+
 Each query net trains ``--query-steps`` (2300: 5 epochs of 59k at batch 128).  A claim that BCT
 lifts heterogeneous Recall@1 is made (``claims``) only where every seed's CI with BCT lies
 above every seed's CI without it.  Each training run checkpoints per epoch into the cache, so a
@@ -26,29 +33,52 @@ from edgequery.evaluate import format_report
 from edgequery.workflow import Workflow
 
 QUICK = {**_bench.BCT_QUICK, "query_archs": "mobilenet_v3_small"}
+SETTINGS = ("nobct", "bct", "bct-prototypes")
+ARCHS = "mobilenet_v3_small,mobilenet_v3_large"
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = _bench.parser(__doc__, {"quick": QUICK})
     _bench.add_bct_args(ap)
-    ap.add_argument("--query-archs", default="mobilenet_v3_small,mobilenet_v3_large", help="comma list")
+    ap.add_argument("--query-archs", default=ARCHS, help="comma list")
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help=f"comma list of {', '.join(SETTINGS)} (see above)")
     ap.add_argument("--device", default="cpu")
     args = _bench.parse(ap, argv)
+    settings = [t for t in SETTINGS if t in args.settings.split(",")]
+    if not settings or len(settings) != len(args.settings.split(",")):
+        ap.error(f"--settings {args.settings!r}: use a comma list of {', '.join(SETTINGS)}")
     prov = _bench.start(args)
 
     spec = _bench.bct_spec(args)
     wf = Workflow(spec, args.device)
     archs = args.query_archs.split(",")
-    gallery_path, queries = _bench.bct_checkpoints(wf, args.cache, args.gallery_steps, args.query_steps, archs,
-                                                   _bench.seeds(args.seeds))
-    names = {key: f"{key[0]}-{'bct' if key[1] else 'nobct'}-s{key[2]}" for key in queries}
+    seeds = _bench.seeds(args.seeds)
+    gallery_path, queries = _bench.bct_checkpoints(
+        wf, args.cache, args.gallery_steps, args.query_steps, archs, seeds,
+        bcts=[b for b, t in ((False, "nobct"), (True, "bct")) if t in settings])
+    queries = {(arch, "bct" if bct else "nobct", seed): path for (arch, bct, seed), path in queries.items()}
+    prototypes = None
+    if "bct-prototypes" in settings:
+        proto_gallery, prototypes = _bench.prototype_gallery(wf, args.cache, gallery_path)
+        gver = load_checkpoint(gallery_path, "gallery")["model_version"]
+        for arch in archs:
+            for seed in seeds:
+                name = f"{arch}-bct-prototypes-s{seed}"
+                path = _bench.query_checkpoint_path(args.cache, name, wf.spec, args.query_steps, gver)
+                queries[(arch, "bct-prototypes", seed)] = wf.query(path, proto_gallery, arch, True, None,
+                                                                   name=f"train_query_{name}",
+                                                                   steps=args.query_steps, seed=seed)
+    names = {key: f"{key[0]}-{key[1]}-s{key[2]}" for key in queries}
     reports = wf.evaluate({names[key]: path for key, path in queries.items()}, gallery_path)
     results = []
-    for (arch, bct, seed), path in queries.items():
-        report = reports[names[(arch, bct, seed)]]
-        print(format_report(report, f"\n{names[(arch, bct, seed)]}"), flush=True)
+    for (arch, setting, seed), path in queries.items():
+        report = reports[names[(arch, setting, seed)]]
+        print(format_report(report, f"\n{names[(arch, setting, seed)]}"), flush=True)
         ckpt = load_checkpoint(path, "query")
-        results.append({"query_arch": arch, "bct": bct, "seed": seed, "checkpoint": path.name,
+        results.append({"query_arch": arch, "bct": setting != "nobct", "seed": seed, "checkpoint": path.name,
+                        "classifier": None if setting == "nobct" else setting.removeprefix("bct-").replace(
+                            "bct", "trained"),
                         **_bench.r1_row(report["heterogeneous"]),
                         "homogeneous": _bench.r1_row(report["homogeneous"]),
                         "baselines": _bench.baselines_of(report),
@@ -65,13 +95,17 @@ def main(argv: list[str] | None = None) -> Path:
                     **_bench.r1_row(first["paragon"])},
         "baselines": _bench.baselines_of(first),
         "query_steps": args.query_steps,
+        "prototype_classifier": prototypes,
         "results": results,
         "summary": summary(results),
         "claims": claims(results, first["paragon"]),
         "warnings": first["warnings"],
         "stages": wf.stages,   # status reused / ran / resumed and wall seconds of each stage this run
     }
-    path = _bench.write(args, "bct_compat", body, prov, notes=first["warnings"])
+    default = settings == list(SETTINGS) and args.query_archs == ARCHS
+    variant = "" if default else "-" + "+".join(settings) + "-" + "+".join(a.replace("mobilenet_v3_", "mbv3")
+                                                                            for a in archs)
+    path = _bench.write(args, "bct_compat", body, prov, notes=first["warnings"], variant=variant)
     plot(results, first["paragon"]["recall@1"], first["baselines"]["raw_pixel_knn"]["recall@1"],
          path.with_suffix(".png"))
     return path
@@ -81,7 +115,8 @@ def _settings(results: list[dict]) -> dict[str, list[dict]]:
     """The rows of each (arch, BCT) setting, over seeds."""
     out: dict[str, list[dict]] = {}
     for r in results:
-        out.setdefault(f"{r['query_arch']}-{'bct' if r['bct'] else 'nobct'}", []).append(r)
+        setting = "nobct" if not r["bct"] else "bct" if r.get("classifier", "trained") == "trained" else "bct-prototypes"
+        out.setdefault(f"{r['query_arch']}-{setting}", []).append(r)
     return out
 
 
@@ -101,16 +136,22 @@ def claims(results: list[dict], paragon: dict) -> dict[str, dict]:
     out = {}
     for arch in dict.fromkeys(r["query_arch"] for r in results):
         with_bct, without = settings.get(f"{arch}-bct"), settings.get(f"{arch}-nobct")
-        if not with_bct:
-            continue
-        own = [r["homogeneous"] for r in with_bct]
-        out[arch] = {
-            "bct_vs_no_bct_het": _bench.compare(with_bct, without) if without else None,
-            "bct_het_vs_hom": _bench.compare(with_bct, own),
-            "bct_het_vs_paragon": _bench.compare(with_bct, paragon_row),
-            "bct_het_gap_to_paragon_points": round(100 * (paragon["recall@1"] - _bench.seed_summary(with_bct)
-                                                          ["recall_at_1_mean"]), 2),
-        }
+        protos = settings.get(f"{arch}-bct-prototypes")
+        out[arch] = {}
+        if with_bct:
+            own = [r["homogeneous"] for r in with_bct]
+            out[arch].update({
+                "bct_vs_no_bct_het": _bench.compare(with_bct, without) if without else None,
+                "bct_het_vs_hom": _bench.compare(with_bct, own),
+                "bct_het_vs_paragon": _bench.compare(with_bct, paragon_row),
+                "bct_het_gap_to_paragon_points": round(100 * (paragon["recall@1"] - _bench.seed_summary(with_bct)
+                                                              ["recall_at_1_mean"]), 2)})
+        if protos:
+            out[arch].update({
+                "prototypes_vs_trained_classifier_het": _bench.compare(protos, with_bct) if with_bct else None,
+                "prototypes_vs_no_bct_het": _bench.compare(protos, without) if without else None,
+                "prototypes_het_gap_to_paragon_points": round(100 * (paragon["recall@1"] - _bench.seed_summary(
+                    protos)["recall_at_1_mean"]), 2)})
     return out
 
 
@@ -135,8 +176,8 @@ def plot(results: list[dict], paragon_r1: float, raw_r1: float, path: Path) -> N
             hi.append(100 * max(c[1] for c in s["recall_at_1_ci95_per_seed"]) - means[-1])
         ax.bar([x + (i - 0.5) * width for x in range(len(settings))], means, width, yerr=[lo, hi], capsize=3,
                label=setting, color=colour)
-    labels = [name.replace("mobilenet_v3_", "MBv3-").replace("-nobct", "\nno BCT").replace("-bct", "\nBCT")
-              for name in settings]
+    labels = [name.replace("mobilenet_v3_", "MBv3-").replace("-nobct", "\nno BCT").replace(
+        "-bct-prototypes", "\nBCT, prototypes").replace("-bct", "\nBCT") for name in settings]
     ax.set_xticks(range(len(settings)), labels)
     ax.axhline(100 * paragon_r1, color="#555555", lw=1, label=f"paragon {100 * paragon_r1:.1f}")
     ax.axhline(100 * raw_r1, color="k", lw=0.8, ls="--", label=f"raw-pixel kNN {100 * raw_r1:.1f}")
