@@ -6,6 +6,7 @@ the data is scikit-learn's digits written as an ImageFolder of PNG files (``digi
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -231,7 +232,7 @@ def test_the_users_model_and_folder_go_import_search_retrain_export_index_serve(
             "--n-query", 100, "--n-gallery", 300]
     train = ["--epochs", 1, "--batch-size", 64, "--augment", "shift"]
     run("import", "gallery", "--model", weights, "--head", head, *data, "--prototype-images", 20,
-        "--out", d / "gallery.pt")
+        "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", d / "gallery.pt")  # the user's pre-processing
     gck = load_checkpoint(d / "gallery.pt", "gallery")
     assert gck["classifier"]["kind"] == "prototypes" and gck["classes"] == [str(i) for i in range(10)]
 
@@ -252,10 +253,12 @@ def test_the_users_model_and_folder_go_import_search_retrain_export_index_serve(
     run("export", "--query", d / "query.pt", "--gallery", d / "gallery.pt", "--formats", "onnx", "--threads", 1,
         "--runs", 5, "--warmup", 2, "--parity-images", 16, "--out", d / "export")
     card = json.loads((d / "export" / "model_card.json").read_text())
-    assert card["input"]["mean"] == list(gck["data"]["mean"]) and card["input"]["resolution"] == 32
+    assert card["input"]["mean"] == [0.5] * 3 and card["input"]["std"] == [0.25] * 3  # carried to the app
+    assert card["input"]["resolution"] == 32
 
     # the user's gallery, embedded by their own model (not by edgequery), with their own ids
     spec, splits = splits_of(digits_folder)
+    spec = replace(spec, mean=(0.5,) * 3, std=(0.25,) * 3)
     gallery_emb = original(to_model_input(splits.gallery.images, spec)).numpy()
     ids = np.array([f"item-{i}" for i in range(len(gallery_emb))])
     np.savez(d / "theirs.npz", embeddings=gallery_emb, ids=ids,
