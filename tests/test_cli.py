@@ -219,3 +219,18 @@ def test_a_small_image_folder_gets_a_compatible_query_net(tmp_path):
     assert het["recall@1_ci95"][0] > 5 * chance, het
     assert het_nobct["recall@1"] < 3 * chance, het_nobct
     assert het["recall@1_ci95"][0] > het_nobct["recall@1_ci95"][1]
+
+
+def test_augmentation_is_explicit_and_no_flip_is_the_default_for_digits():
+    """A mirrored digit is another digit (or none): --dataset digits trains with shifts only unless told."""
+    import argparse
+
+    from edgequery.commands.common import augment_from_args
+    from edgequery.errors import EdgeQueryError
+
+    assert augment_from_args(argparse.Namespace(augment=None), "digits") == ["shift"]
+    assert augment_from_args(argparse.Namespace(augment=None), "folder") == ["hflip", "shift"]
+    assert augment_from_args(argparse.Namespace(augment="shift,hflip"), "digits") == ["hflip", "shift"]
+    assert augment_from_args(argparse.Namespace(augment="none"), "fashion-mnist") == []
+    with pytest.raises(EdgeQueryError, match="--augment 'flip': unknown augmentation 'flip'"):
+        augment_from_args(argparse.Namespace(augment="flip"), "folder")
