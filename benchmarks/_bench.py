@@ -315,9 +315,10 @@ def train_seconds(ckpt: dict) -> float:
     return round(sum(h["seconds"] for h in ckpt["train"]["history"]), 1)
 
 
-def replot(args, name: str, plot) -> Path:
-    """``--replot``: redraw ``<out-dir>/<name>.png`` from the stored ``<name>.json`` with ``plot``; measures nothing."""
-    path = Path(args.out_dir) / f"{name}.json"
+def replot(args, name: str, plot, variant: str = "") -> Path:
+    """``--replot``: redraw ``<out-dir>/<name><variant>.png`` from the stored ``<name><variant>.json`` (a run of
+    benchmark ``name``, see :func:`write`) with ``plot``; measures nothing."""
+    path = Path(args.out_dir) / f"{name}{variant}.json"
     stored = previous(path, name)
     if stored is None:
         raise SystemExit(f"--replot: no {name} results in {path}")

@@ -75,6 +75,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the 2 cores are shared with other jobs; 2 threads then thrash)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw the PNG of the --sandwich / --inplace-distill run from its JSON")
     return _bench.parse(ap, argv)
 
 
@@ -92,6 +94,9 @@ def distinct_archs(space, n: int, seed: int) -> list:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
+    rule = ("-sandwich" if args.sandwich else "") + (f"-distill{args.inplace_distill:g}" if args.inplace_distill else "")
+    if args.replot:
+        return _bench.replot(args, "supernet_rank", plot, variant=rule)
     prov = _bench.start(args)
     torch.set_num_threads(args.threads)
     gspec = _bench.paragon_spec(args.gallery_n_train)
@@ -108,7 +113,6 @@ def main(argv: list[str] | None = None) -> Path:
 
     space = space_from_args(args)
     tag = f"{args.space}-{_bench.data_tag(spec)}-g{gallery['model_version']}"
-    rule = ("-sandwich" if args.sandwich else "") + (f"-distill{args.inplace_distill:g}" if args.inplace_distill else "")
     sn_path = wf.supernet(args.cache / f"supernet-{tag}-e{args.supernet_epochs}{rule}.pt", gallery_path, space,
                           args.supernet_epochs, sandwich=args.sandwich, distill=args.inplace_distill)
     supernet, sn_ckpt = load_supernet(sn_path)
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
     notes = [f"Kendall tau over {len(rows)} archs has a wide confidence interval: read p_value",
              "seconds are wall-clock on a machine whose cores may be shared (see provenance.load_average)"]
     path = _bench.write(args, "supernet_rank", body, prov, notes, variant=rule)
-    plot(rows, correlations, path.with_suffix(".png"), args.space)
+    plot(body, path.with_suffix(".png"))
     return path
 
 
@@ -191,12 +195,16 @@ def rank_correlations(rows: list[dict]) -> dict:
     }
 
 
-def plot(rows: list[dict], correlations: dict, path: Path, space: str) -> None:
+def plot(results: dict, path: Path) -> None:
+    """Inherited vs stand-alone heterogeneous Recall@1 of every arch, titled with the supernet's rule and tau."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows, correlations = results["archs"], results["correlations"]
+    sn = results["supernet"]
+    rule = sn["sampling"] + (f" + in-place distillation {sn['distill']:g}" if sn.get("distill") else "")
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     x = [100 * r["standalone"]["het_r1"] for r in rows]
     ax.scatter(x, [100 * r["inherited"]["het_r1"] for r in rows], label="inherited, BN recalibrated", zorder=3)
@@ -207,7 +215,7 @@ def plot(rows: list[dict], correlations: dict, path: Path, space: str) -> None:
     c = correlations["het_r1_inherited_vs_standalone"]
     title = (f"Kendall tau = {c['tau']:.2f} (p = {c['p_value']:.2f})" if c["tau"] is not None
              else "Kendall tau undefined")
-    ax.set_title(f"{space} supernet ranking, {title}", fontsize=9)
+    ax.set_title(f"{results['space']['space']} supernet ({rule}) ranking, {title}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
