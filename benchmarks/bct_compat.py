@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> Path:
         "warnings": first["warnings"],
         "stages": wf.stages,   # status reused / ran / resumed and wall seconds of each stage this run
     }
-    default = settings == list(SETTINGS) and args.query_archs == ARCHS and args.prototype_archs == PROTOTYPE_ARCHS
+    preset_archs = QUICK["query_archs"] if args.preset == "quick" else ARCHS
+    default = settings == list(SETTINGS) and args.query_archs == preset_archs and args.prototype_archs == PROTOTYPE_ARCHS
     variant = "" if default else "-" + "+".join(settings) + "-" + "+".join(a.replace("mobilenet_v3_", "mbv3")
                                                                             for a in archs)
     path = _bench.write(args, "bct_compat", body, prov, notes=first["warnings"], variant=variant)
