@@ -28,6 +28,7 @@ No test module imports another; what several need lives here:
 Session fixtures are made on first use, so a run that needs none of them pays nothing.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -43,6 +44,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n 2` (the README's test command): one intra-op thread per worker, so two workers share
     # two cores instead of four threads fighting over them (subprocesses inherit it).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# pymilvus runs logging.config.dictConfig when first imported: that shuts down every logging handler made so
+# far and disables every logger that exists. Imported mid-test (the first Milvus test of a worker), it broke
+# pytest's log capture for the rest of that worker ("I/O operation on closed file"); imported here, before
+# any test or edgequery logger exists, it changes nothing.
+with contextlib.suppress(ImportError):
+    import pymilvus  # noqa: F401
 
 TINY_SPEC = dict(resolution=32, n_train=256, n_val=0, n_query=50, n_gallery=200)
 
