@@ -35,6 +35,7 @@ from edgequery.workflow import Workflow
 
 QUICK = {**_bench.BCT_QUICK, "query_archs": "mobilenet_v3_small"}
 SETTINGS = ("nobct", "bct", "bct-prototypes")
+CLASSIFIER = {"nobct": None, "bct": "trained", "bct-prototypes": "prototypes"}  # the frozen classifier of each
 ARCHS = "mobilenet_v3_small,mobilenet_v3_large"
 PROTOTYPE_ARCHS = "mobilenet_v3_small"  # the question (prototypes vs the trained classifier) asked of one arch
 
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(format_report(report, f"\n{names[(arch, setting, seed)]}"), flush=True)
         ckpt = load_checkpoint(path, "query")
         results.append({"query_arch": arch, "bct": setting != "nobct", "seed": seed, "checkpoint": path.name,
-                        "classifier": None if setting == "nobct" else setting.removeprefix("bct-").replace(
-                            "bct", "trained"),
+                        "classifier": CLASSIFIER[setting],
                         **_bench.r1_row(report["heterogeneous"]),
                         "homogeneous": _bench.r1_row(report["homogeneous"]),
                         "baselines": _bench.baselines_of(report),
@@ -123,7 +123,8 @@ def _settings(results: list[dict]) -> dict[str, list[dict]]:
     """The rows of each (arch, BCT) setting, over seeds."""
     out: dict[str, list[dict]] = {}
     for r in results:
-        setting = "nobct" if not r["bct"] else "bct" if r.get("classifier", "trained") == "trained" else "bct-prototypes"
+        classifier = r.get("classifier", "trained") if r["bct"] else None  # rows before prototypes had none
+        setting = next(t for t, c in CLASSIFIER.items() if c == classifier)
         out.setdefault(f"{r['query_arch']}-{setting}", []).append(r)
     return out
 

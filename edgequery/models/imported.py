@@ -37,7 +37,7 @@ from ..artifacts.checkpoint import GALLERY_MODEL
 from ..data import DataSpec, ImageSet, load_splits
 from ..errors import EdgeQueryError
 from ..files import sha256_file
-from .heads import EmbeddingNet
+from .heads import CosineClassifier, EmbeddingNet
 from .program import PROGRAM_FORMATS, ProgramTrunk
 from .zoo import load_pretrained_trunk, model_spec
 
@@ -62,6 +62,18 @@ def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes
         raise EdgeQueryError("a class's embeddings average to zero: its prototype has no direction",
                              "check that the model and its pre-processing (--mean/--std/--resolution) are right")
     return F.normalize(sums, dim=1)
+
+
+def prototype_classifier(model: nn.Module, images: ImageSet, spec: DataSpec, num_classes: int, scale: float,
+                         margin: float, what: str, device: str = "cpu") -> CosineClassifier:
+    """A cosine classifier whose weights are the :func:`class_prototypes` of ``images`` embedded by ``model``."""
+    from ..evaluate import embed
+
+    emb = embed(model, images, spec, device=device, desc=f"prototypes: embedding {len(images)} {what} images")
+    classifier = CosineClassifier(emb.shape[1], num_classes, scale, margin)
+    with torch.no_grad():
+        classifier.weight.copy_(class_prototypes(emb, images.labels, num_classes))
+    return classifier
 
 
 def prototype_images(train: ImageSet, per_class: int | None, seed: int = 0) -> ImageSet:
@@ -170,7 +182,6 @@ def import_gallery(model_file: str | Path, out: str | Path, spec: DataSpec, fmt:
     from the training split of ``spec``; returns the written checkpoint."""
     from ..checkpoint import save_checkpoint
     from ..data import to_model_input
-    from ..evaluate import embed
     from ..train import resolve_device
 
     out = Path(out)
@@ -182,12 +193,9 @@ def import_gallery(model_file: str | Path, out: str | Path, spec: DataSpec, fmt:
                               to_model_input(splits.train.images[:8], spec))
     images = prototype_images(splits.train, per_class)
     t0 = time.time()
-    emb = embed(net, images, spec, device=device, desc=f"prototypes: embedding {len(images)} training images")
-    protos = class_prototypes(emb, images.labels, splits.num_classes)
     mspec["num_classes"] = splits.num_classes
-    net.classifier = type(net.classifier)(mspec["embed_dim"], splits.num_classes, mspec["scale"], mspec["margin"])
-    with torch.no_grad():
-        net.classifier.weight.copy_(protos)
+    net.classifier = prototype_classifier(net, images, spec, splits.num_classes, mspec["scale"], mspec["margin"],
+                                          "training", device)
     log.info("prototypes of %d classes from %d training images (%.0f s)", splits.num_classes, len(images),
              time.time() - t0)
     payload = {
@@ -211,14 +219,12 @@ def with_prototype_classifier(gallery: dict[str, Any], images: ImageSet, out: st
     classifier with BCT against prototypes of the same model.  A stored gallery keeps its
     ``model_version`` (its embeddings are the same model's); a trained one gets a new one."""
     from ..checkpoint import save_checkpoint
-    from ..evaluate import embed
     from .zoo import model_from_checkpoint
 
-    spec = DataSpec.from_dict(gallery["data"])
-    model = model_from_checkpoint(gallery)
-    emb = embed(model, images, spec, device=device, desc=f"prototypes: embedding {len(images)} {split} images")
-    protos = class_prototypes(emb, images.labels, gallery["model"]["num_classes"])
-    state = {**gallery["state_dict"], "classifier.weight": protos}
+    m = gallery["model"]
+    classifier = prototype_classifier(model_from_checkpoint(gallery), images, DataSpec.from_dict(gallery["data"]),
+                                      m["num_classes"], m.get("scale", 16.0), m.get("margin", 0.0), split, device)
+    state = {**gallery["state_dict"], "classifier.weight": classifier.weight.detach()}
     keep = ("kind", "model", "data", "classes", "identity", "compatible_with", "train", "stored", "imported")
     payload = {k: gallery[k] for k in keep if gallery.get(k) is not None}
     payload.update(state_dict=state, classifier={"kind": "prototypes", "images": len(images), "split": split})
