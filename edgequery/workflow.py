@@ -4,19 +4,21 @@ A :class:`Workflow` holds the data (a :class:`~edgequery.data.DataSpec`; its spl
 loaded once, on first use), the device, and a record of every stage it ran.  One method
 per stage:
 
-==============  ==================================================  ======================
+==============  ==================================================  ==========================
 method          stage                                               artifact
-==============  ==================================================  ======================
+==============  ==================================================  ==========================
 ``gallery``     train the gallery model (ResNet-101)                ``gallery.pt``
 ``query``       train a query net with or without BCT; also the     ``query-*.pt``
                 retraining of a searched arch
 ``supernet``    train the BCT supernet of a search space            ``supernet.pt``
 ``profile``     measure the per-block latency table on a device     ``lut-*.json``
 ``search``      evolutionary search under a budget                  ``search.json``
+``measure``     whole nets timed as the LUT was (predicted vs       ``latency-measured.json``
+                measured)
 ``evaluate``    paragon / homogeneous / heterogeneous retrieval     reports (dicts)
 ``export``      TFLite + ONNX, parity-checked, with a model card    ``export/<name>/``
 ``index``       faiss index of the gallery split                    ``gallery_index/``
-==============  ==================================================  ======================
+==============  ==================================================  ==========================
 
 Every stage is idempotent.  A finished artifact made with the same settings is reused
 (status ``reused``); an unfinished one is resumed (``resumed``: the library calls
@@ -36,6 +38,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, is_dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -200,6 +203,38 @@ class Workflow:
         with self.stage(name, path, status):
             return profile(space, resolutions, parse_device(device), runtime, protocol, path, jobs=jobs,
                            workdir=workdir, allow_other_device=allow_other_device)
+
+    def measure(self, path: str | Path, lut_path: str | Path, space, nets: dict[str, Any], resolution: int,
+                name: str = "measure_nets") -> dict[str, Any]:
+        """Export whole nets (``nets``: label -> parsed arch of ``space``, or a name such as
+        ``mobilenet_v3_small`` at ``resolution``) and time them as the LUT at ``lut_path`` was timed, on
+        this machine; writes (or reuses, when made for the same nets and table) ``path``: each net's
+        measured and, for archs of the space, LUT-predicted latency."""
+        from .files import read_json, write_json
+        from .latency import Protocol, load_lut, measure_archs, parse_device
+
+        path = Path(path)
+        lut = load_lut(lut_path)
+        wanted = {"lut": Path(lut_path).name, "lut_measured_at": lut.measured_at,
+                  "nets": {label: str(a) for label, a in nets.items()}}
+        if path.is_file():
+            old = read_json(path, "measured latencies")
+            if {k: old.get(k) for k in wanted} == wanted:
+                with self.stage(name, path, "reused"):
+                    return old
+        with self.stage(name, path):
+            protocol = Protocol.of(lut)
+            timed = measure_archs(list(nets.values()), parse_device("local"), lut.runtime, protocol,
+                                  path.with_name(path.stem + ".work"), embed_dim=lut.embed_dim,
+                                  resolution=resolution, space=space)
+            rows = [{"label": label, "arch": str(a),
+                     "predicted_ms": None if isinstance(a, str) else round(lut.predict(a, space), 5),
+                     **{k: t[k] for k in ("median_ms", "p10_ms", "p90_ms")}}
+                    for (label, a), t in zip(nets.items(), timed)]
+            out = {**wanted, "runtime": lut.runtime, "threads": lut.threads, "protocol": protocol.to_dict(),
+                   "measured": rows}
+            write_json(path, out)
+        return out
 
     def search(self, path: str | Path, cfg, run: Callable[[], Any], expect: dict[str, Any] | None = None,
                name: str = "search") -> dict[str, Any]:
@@ -376,6 +411,7 @@ class DemoConfig:
     generations: int = 4
     deploy: bool = True
     profile_jobs: int = 2
+    measured_nets: int = 10             # archs of the search timed end to end (the report's predicted vs measured)
 
     def spec(self):
         from .data import DataSpec
@@ -388,6 +424,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Every stage into ``cfg.out`` (see ``edgequery demo --help``); returns and writes ``summary.json``."""
     from .data import ensure_fashion_mnist
     from .files import write_json
+    from .sysinfo import machine_info
 
     t0 = time.time()
     out = Path(cfg.out)
@@ -416,6 +453,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                         search and str(out / search["lut"]))
     summary["stages"] = wf.stages
     summary["seconds"] = {**wf.seconds(), "total": round(time.time() - t0, 1)}
+    summary["config"] = _plain(asdict(cfg))
+    summary["machine"] = machine_info()
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(out / "summary.json", summary)
     log.info("demo: heterogeneous Recall@1 %s; wrote %s", json.dumps(
         {k: round(100 * v["heterogeneous"]["recall@1"], 2) for k, v in reports.items()}), out / "summary.json")
@@ -455,10 +495,26 @@ def demo_search(wf: Workflow, cfg: DemoConfig, out: Path, gallery_path: Path) ->
     scfg = SearchConfig(budget=budget, cost_unit="ms", population=cfg.population, generations=cfg.generations)
     result = wf.search_files(out / "search.json", supernet_path, gallery_path, lut_path, scfg)
     chosen = result["chosen"]
+    wf.measure(out / "latency-measured.json", lut_path, space, measured_nets(result, space, cfg), cfg.resolution)
     query_path = wf.query(out / "query-searched-bct.pt", gallery_path, chosen["arch"], True, cfg.query_epochs,
                           name="train_query_searched", space=result.get("space"))
     return {"query": str(query_path), "arch": chosen["arch"], "budget_ms": budget, "lut": lut_path.name,
             "predicted_ms": chosen["latency_ms"], "supernet_m_het": chosen["m_het"], "supernet_m_hom": chosen["m_hom"]}
+
+
+def measured_nets(result: dict[str, Any], space, cfg: DemoConfig) -> dict[str, Any]:
+    """What the demo times end to end: the chosen arch, the rest of the search's Pareto front, other
+    evaluated archs up to ``cfg.measured_nets`` in all (predicted vs measured), and the MobileNetV3
+    baseline (measured only: it is not an arch of the space)."""
+    import numpy as np
+
+    front = [c["arch"] for c in result["pareto_front"] if c["arch"] != result["chosen"]["arch"]]
+    rest = [c["arch"] for c in result["history"] if c["arch"] not in front and c["arch"] != result["chosen"]["arch"]]
+    rest = list(dict.fromkeys(rest))
+    pick = np.random.default_rng(0).permutation(len(rest))[:max(0, cfg.measured_nets - 1 - len(front))]
+    archs = {"chosen": result["chosen"]["arch"], **{f"front {i + 1}": a for i, a in enumerate(front)},
+             **{f"evaluated {i + 1}": rest[j] for i, j in enumerate(sorted(pick))}}
+    return {**{label: space.parse(a) for label, a in archs.items()}, cfg.query_arch: cfg.query_arch}
 
 
 def demo_deploy(wf: Workflow, out: Path, query_path: Path, gallery_path: Path, lut: str | None) -> dict[str, Any]:

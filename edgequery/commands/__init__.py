@@ -17,7 +17,8 @@ from .. import __version__
 from ..errors import EdgeQueryError
 from ..log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
 
-COMMAND_MODULES = ("data", "train", "imports", "eval", "profile", "search", "demo", "index", "serve", "export")
+COMMAND_MODULES = ("data", "train", "imports", "eval", "profile", "search", "demo", "index", "serve", "export",
+                   "report")
 
 EPILOG = """\
 stages, in order:
@@ -32,7 +33,8 @@ stages, in order:
   edgequery export / verify          TFLite + ONNX, parity-checked, model card -> export/<name>/
   edgequery index                    embed the gallery, build the faiss index -> gallery_index/
   edgequery serve                    HTTP search API + demo page over an index
-  edgequery demo                     gallery, query nets (BCT / no BCT) and eval, small, in one folder
+  edgequery demo                     every stage, small, in one folder, ending with its report
+  edgequery report                   one self-contained HTML page of a run folder -> report.html
 
 run `edgequery COMMAND --help` for each command's options.
 """

@@ -12,7 +12,8 @@ budget (default: the median predicted latency of random archs, so that it binds)
 the chosen arch retrained with BCT -> evaluation of every query net against the gallery ->
 the deployable query net (the searched one, else MobileNetV3 with BCT) exported to TFLite
 and ONNX with parity checks and a model card (``export/``) -> the gallery split indexed
-with faiss (``gallery_index/``), ready for ``edgequery serve``.
+with faiss (``gallery_index/``), ready for ``edgequery serve`` -> the run's HTML report
+(``report.html``, :mod:`edgequery.report`), whose path it prints last.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "evaluate paragon / homogeneous / heterogeneous retrieval of every query net; "
                                    "export the deployable query net to TFLite and ONNX (parity-checked, with a "
                                    "model card) and index the gallery split with faiss for `edgequery serve`. "
-                                   "All into --out; rerunning reuses finished stages.",
+                                   "All into --out; rerunning reuses finished stages. Ends by writing the run's "
+                                   "self-contained HTML report (--out/report.html, see `edgequery report`) and "
+                                   "printing its path.",
                        formatter_class=HelpFormatter)
     p.add_argument("--out", default=str(d.out), help="output folder")
     p.add_argument("--device", default=d.device)
@@ -78,6 +81,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import format_report
+    from ..report import write_run_report
     from ..workflow import run_demo
 
     cfg = config_from_args(args)
@@ -89,4 +93,5 @@ def run(args: argparse.Namespace) -> int:
     if "deploy" in summary:
         d = summary["deploy"]
         log.info("serve it: edgequery serve --index %s --export %s", d["index"], d["export"])
+    print(f"\nreport: {write_run_report(cfg.out)}")
     return 0

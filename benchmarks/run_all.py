@@ -1,0 +1,324 @@
+"""Regenerate every benchmark result, then one HTML page over all of them (``index.html``).
+
+    python benchmarks/run_all.py --preset quick        # every script's quick preset -> benchmarks/results-quick/
+    python benchmarks/run_all.py --preset full         # the committed results -> benchmarks/results/ (hours)
+    python benchmarks/run_all.py --index-only          # only rewrite benchmarks/results/index.html
+    python benchmarks/run_all.py --preset full --only bct_compat,supernet_rank   # some steps
+
+The steps run in order, each a subprocess (the scripts' own progress shows), each resumable:
+the scripts keep their trained nets and tables in ``--cache`` and reuse them when rerun, so a
+killed ``run_all`` picks up where it stopped.  Later steps use earlier ones' files (the search's
+latency table, the searched net that ``export_runtime`` times), so the order is fixed.
+
+``--preset quick`` runs each script's quick preset (tiny data and training: it checks that every
+script runs end to end and draws its figures; the figures are not measurements) into
+``benchmarks/results-quick/``, never over the committed results.  ``--preset full`` reruns the
+commands the committed results were made with.  Both end by writing ``index.html`` in the output
+folder and ``run_all.json`` (which steps ran, their wall times, the machine).
+
+``index.html`` is self-contained (plots embedded, no scripts): per results file its provenance
+(commit, command, machine, wall time), its figure and its key figures with 95 % intervals, and a
+*paper vs ours* section that sets CMP-NAS's findings beside the measured ones, with the verdict
+each file's own comparisons give (a difference counts only where the intervals say so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import _bench
+from edgequery.report import Page, pct
+
+log = logging.getLogger("edgequery.benchmarks.run_all")
+QUICK_RESULTS = _bench.HERE / "results-quick"
+SEARCH_LUT = "lut-local-litert-r32-search.json"
+
+
+@dataclass
+class Step:
+    """One command of the run: ``args`` after ``python`` (a script, or ``-m edgequery ...``)."""
+
+    name: str
+    args: list[str]
+    quick: bool = True                      # run with --preset quick in the quick run
+    full: bool = True
+    extra: Callable[[Path, Path], list[str]] | None = None   # (out_dir, cache) -> arguments known only then
+    cache_flag: bool = True                 # the script takes --cache / --out-dir
+    produces: list[str] = field(default_factory=list)
+
+
+def searched_query(out: Path, cache: Path) -> list[str]:
+    """export_runtime times the headline net: search_ablation's searched R3 net, seed 0, from the cache."""
+    res = json.loads((out / "search_ablation.json").read_text())["results"]
+    net = next(r for r in res["retrained"] if r["net"] == "searched_r3" and r["seed"] == 0)
+    return ["--gallery", str(_bench.STORED_PARAGON), "--searched-query", str(cache / net["checkpoint"])]
+
+
+def search_lut_args(out: Path, cache: Path) -> list[str]:
+    return ["--out", str(out / SEARCH_LUT)]
+
+
+STEPS = [
+    Step("paragon", ["benchmarks/paragon.py"], produces=["paragon.json"]),
+    Step("timing_protocol", ["benchmarks/timing_protocol.py"], produces=["timing_protocol.json"]),
+    Step("lut_accuracy", ["benchmarks/lut_accuracy.py"], produces=["lut_accuracy.json"]),
+    Step("search_lut", ["-m", "edgequery", "profile", "--device", "local", "--runtime", "litert", "--space", "mbv3",
+                        "--resolution", "32"], quick=False, cache_flag=False, extra=search_lut_args,
+         produces=[SEARCH_LUT]),
+    Step("search_lut_calibration", ["-m", "edgequery", "profile", "validate", "--n", "10", "--calibrate"],
+         quick=False, cache_flag=False, extra=lambda out, cache: ["--lut", str(out / SEARCH_LUT)]),
+    Step("bct_compat", ["benchmarks/bct_compat.py"], produces=["bct_compat.json"]),
+    Step("supernet_rank", ["benchmarks/supernet_rank.py", "--threads", "1"], produces=["supernet_rank.json"]),
+    Step("supernet_rank_sandwich", ["benchmarks/supernet_rank.py", "--threads", "1", "--sandwich"], quick=False,
+         produces=["supernet_rank-sandwich.json"]),
+    Step("supernet_rank_sandwich_distill", ["benchmarks/supernet_rank.py", "--threads", "1", "--sandwich",
+                                            "--inplace-distill", "1.0"], quick=False,
+         produces=["supernet_rank-sandwich-distill1.json"]),
+    Step("search_ablation", ["benchmarks/search_ablation.py"], produces=["search_ablation.json"]),
+    Step("reward_noise", ["benchmarks/reward_noise.py"], quick=False, produces=["reward_noise.json"]),
+    Step("export_runtime", ["benchmarks/export_runtime.py", "--resolutions", "32,224"], extra=searched_query,
+         produces=["export_runtime.json"]),
+    Step("search_224", ["benchmarks/search_224.py"], produces=["search_224.json"]),
+    Step("demo_gallery", ["benchmarks/demo_gallery.py"], produces=["demo_gallery.json"]),
+    Step("gallery_search", ["benchmarks/gallery_search.py"], produces=["gallery_search.json"]),
+    Step("browser_demo", ["benchmarks/browser_demo.py"], produces=["browser_demo.json"]),
+]
+
+
+def command(step: Step, preset: str, out: Path, cache: Path) -> list[str]:
+    args = [sys.executable, *step.args]
+    if step.cache_flag:
+        args += ["--out-dir", str(out), "--cache", str(cache)]
+        if preset == "quick":
+            args += ["--preset", "quick"]
+    if step.extra and not (preset == "quick" and step.name == "export_runtime"):  # quick: it trains its own nets
+        args += step.extra(out, cache)
+    return args
+
+
+def run_steps(steps: list[Step], preset: str, out: Path, cache: Path, keep_going: bool) -> list[dict[str, Any]]:
+    done = []
+    for i, step in enumerate(steps, 1):
+        cmd = command(step, preset, out, cache)
+        log.info("[%d/%d] %s: %s", i, len(steps), step.name, " ".join(cmd))
+        t0 = time.time()
+        code = subprocess.call(cmd, cwd=_bench.HERE.parent)
+        rec = {"step": step.name, "command": " ".join(cmd[1:]), "exit_code": code,
+               "seconds": round(time.time() - t0, 1)}
+        done.append(rec)
+        log.info("[%d/%d] %s: %s in %.0f s", i, len(steps), step.name, "done" if code == 0 else f"FAILED ({code})",
+                 rec["seconds"])
+        if code and not keep_going:
+            raise SystemExit(f"{step.name} failed (exit {code}); fix it and rerun: finished steps reuse their caches "
+                             "(or --keep-going to run the rest anyway)")
+    return done
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["quick", "full"], default="quick")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help=f"where results go (default: {QUICK_RESULTS.name}/ for quick, results/ for full)")
+    ap.add_argument("--cache", type=Path, default=_bench.CACHE, help="the scripts' trained nets and tables")
+    ap.add_argument("--only", default=None, help="comma-separated step names (default: all of the preset's): "
+                                                 + ", ".join(s.name for s in STEPS))
+    ap.add_argument("--keep-going", action="store_true", help="run the remaining steps after one fails")
+    ap.add_argument("--index-only", action="store_true", help="run nothing; rewrite index.html from the results")
+    args = ap.parse_args(argv)
+    from edgequery.log import NORMAL, setup_logging
+
+    setup_logging(NORMAL)
+    out = args.out_dir or (QUICK_RESULTS if args.preset == "quick" else _bench.RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.index_only:
+        steps = [s for s in STEPS if (s.quick if args.preset == "quick" else s.full)]
+        if args.only:
+            names = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = sorted(set(names) - {s.name for s in STEPS})
+            if unknown:
+                raise SystemExit(f"--only {args.only}: no step {unknown}; steps: {', '.join(s.name for s in STEPS)}")
+            steps = [s for s in steps if s.name in names]
+        prov = _bench.Provenance.start(config={"preset": args.preset, "out_dir": str(out), "cache": str(args.cache),
+                                               "only": args.only, "keep_going": args.keep_going})
+        done = run_steps(steps, args.preset, out, args.cache, args.keep_going)
+        _bench.write(argparse.Namespace(out_dir=out, preset="full", note=[]), "run_all",
+                     {"preset": args.preset, "steps": done, "seconds": round(sum(d["seconds"] for d in done), 1)},
+                     prov, notes=[] if args.preset == "full" else [
+                         "--preset quick: every script's quick preset, a check that each runs end to end; the "
+                         "figures are not measurements"])
+    path = write_index(out)
+    log.info("wrote %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------- index.html
+
+
+def load_results(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every benchmark results file in ``folder`` (the provenance envelope), by file stem."""
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("format") == "edgequery-benchmark":
+            found[path.stem] = data
+    return found
+
+
+def ci_text(row: dict[str, Any], key: str = "recall_at_1") -> str:
+    ci = row.get(f"{key}_ci95")
+    return f"{pct(row[key])} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else pct(row.get(key))
+
+
+def seeds_text(s: dict[str, Any]) -> str:
+    """A seed summary (``recall_at_1_mean``, ``recall_at_1_ci95_per_seed``) as ``86.6 % (seeds: [85.6, 89.7], ...)``."""
+    cis = ", ".join(f"[{100 * a:.1f}, {100 * b:.1f}]" for a, b in s["recall_at_1_ci95_per_seed"])
+    return f"{pct(s['recall_at_1_mean'])} (per seed: {cis})"
+
+
+def paper_vs_ours(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows: finding, the paper's figure, ours (from the results files), verdict (from their comparisons)."""
+    rows = []
+    bct = results.get("bct_compat", {}).get("results")
+    if bct:
+        s, c = bct["summary"], bct["claims"]
+        ours = "; ".join(f"{a.replace('mobilenet_v3_', 'MBv3-')}: het R@1 without BCT "
+                         f"{pct(s[f'{a}-nobct']['heterogeneous']['recall_at_1_mean'])}, with BCT "
+                         f"{seeds_text(s[f'{a}-bct']['heterogeneous'])}" for a in c if f"{a}-bct" in s)
+        agree = all(v.get("bct_vs_no_bct_het") == "higher" for v in c.values())
+        rows.append(["BCT is necessary: without it heterogeneous retrieval fails",
+                     "a query net trained without compatibility retrieves almost nothing from the gallery",
+                     ours, "agree" if agree else "not shown: " + json.dumps({k: v.get('bct_vs_no_bct_het')
+                                                                             for k, v in c.items()})])
+    sa = results.get("search_ablation", {}).get("results")
+    if sa:
+        f = sa["3_flops_vs_het"]
+        weaker = abs(f["spearman_flops_vs_het_r1"]) < abs(f["spearman_flops_vs_hom_r1"])
+        rows.append(["heterogeneous accuracy does not follow FLOPs",
+                     "FLOPs and heterogeneous accuracy correlate weakly among subnets",
+                     f"Spearman FLOPs vs het R@1 {f['spearman_flops_vs_het_r1']:.2f}, vs hom R@1 "
+                     f"{f['spearman_flops_vs_hom_r1']:.2f}, over {f['n']} archs ({f['scored_with']})",
+                     "agree: weaker for het than hom" if weaker else "disagree: het follows FLOPs as much as hom"])
+        r = {x["net"]: x for x in sa["1_rewards"]}
+        comp = sa["1_rewards_compared"]
+        verdicts = set(comp.values())
+        verdict = ("cannot tell: every difference is within the noise" if verdicts == {"within the noise"}
+                   else "; ".join(f"{k}: {v}" for k, v in comp.items()))
+        rows.append(["reward R3 (het + hom) beats R1 (het) and R2 (hom)", "R3 best on both benchmarks",
+                     "; ".join(f"{n.replace('searched_', '').upper()}: {seeds_text(x)}" for n, x in r.items()),
+                     verdict])
+        h = sa["headline"]
+        gi = h.get("het_gap_to_paragon_points_interval")
+        rows.append(["cost reduction within a small accuracy loss of the paragon",
+                     "80x fewer FLOPs at 0.3 % (DeepFashion2); 23x at 1.6 % (IJB-C)",
+                     f"measured latency {h['latency_ratio_vs_gallery']}x lower than ResNet-101 (LiteRT, 1 thread) at "
+                     f"{h['het_gap_to_paragon_points']} points below the paragon (interval "
+                     f"{gi[0]} to {gi[1]} points)" if gi else f"ratio {h['latency_ratio_vs_gallery']}x",
+                     "met" if h["goal"]["met"] else
+                     f"not met (goal >= {h['goal']['latency_ratio_ge']}x within {h['goal']['het_gap_le_points']} "
+                     "points): the gap cannot be resolved to half a point with 1000 test queries"])
+    return rows
+
+
+def section_of(page: Page, name: str, data: dict[str, Any], folder: Path) -> None:
+    res, prov = data.get("results", {}), data.get("provenance", {})
+    page.section(name, name)
+    m = prov.get("machine") or {}
+    page.items([f"command: {prov.get('command', '?')}",
+                f"commit {str(prov.get('git_commit', '?'))[:10]}{' (dirty)' if prov.get('git_dirty') else ''}, "
+                f"{prov.get('started_at', '?')}, {float(prov.get('seconds') or 0) / 60:.1f} min, load "
+                f"{(prov.get('load_average') or {}).get('start', '?')}",
+                f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, kernel {m.get('kernel', '?')}"])
+    for note in data.get("notes", []):
+        page.text(note, "note")
+    png = folder / f"{name}.png"
+    if png.is_file():
+        page.figure(png.read_bytes(), f"{name}.png, drawn by the script from {name}.json", name=name)
+    rows = key_rows(res)
+    if rows:
+        page.table(["figure", "value"], rows, name=name)
+
+
+def key_rows(res: dict[str, Any]) -> list[list[str]]:
+    """A results file's comparable figures: Recall@1 rows with intervals, claims, goals, correlations."""
+    rows = []
+    if "recall_at_1" in res:
+        rows.append(["Recall@1", ci_text(res)])
+    base = (res.get("baselines") or {}).get("raw_pixel_knn")
+    if base:
+        rows.append(["raw-pixel kNN Recall@1 (baseline)", ci_text(base) if "recall_at_1" in base
+                     else pct(base.get("recall@1"))])
+    for key in ("summary",):
+        for label, s in (res.get(key) or {}).items():
+            for setting in ("heterogeneous", "homogeneous"):
+                if isinstance(s, dict) and isinstance(s.get(setting), dict) and "recall_at_1_mean" in s[setting]:
+                    rows.append([f"{label}, {setting}", seeds_text(s[setting])])
+    for label, verdict in _flatten(res.get("claims") or {}):
+        rows.append([f"claim: {label}", str(verdict)])
+    for key in [k for k in res if k.endswith("_compared")]:
+        for label, verdict in _flatten(res[key]):
+            rows.append([f"{key}: {label}", str(verdict)])
+    for label, value in _flatten(res.get("correlations") or {}):
+        rows.append([f"correlation: {label}", f"{value:.3f}" if isinstance(value, float) else str(value)])
+    goal = res.get("goal")
+    if isinstance(goal, dict):
+        rows.append(["goal", json.dumps(goal)[:300]])
+    if isinstance(res.get("headline"), dict):
+        h = res["headline"]
+        rows.append(["headline", f"{h.get('latency_ratio_vs_gallery')}x lower latency than ResNet-101, "
+                                 f"{h.get('het_gap_to_paragon_points')} points below the paragon"])
+    return rows
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def write_index(folder: Path) -> Path:
+    """``<folder>/index.html`` over every results file in ``folder``."""
+    results = load_results(folder)
+    page = Page("edgequery benchmarks", f"{len(results)} results files in {folder.name}/, each written whole by its "
+                "script (commit, command, machine, load). Timings compare only within one machine fingerprint.")
+    page.section("Overview", "overview")
+    page.table(["results file", "commit", "started", "minutes", "machine (kernel)"],
+               [[n, str(d["provenance"].get("git_commit", ""))[:10], d["provenance"].get("started_at", ""),
+                 f"{float(d['provenance'].get('seconds') or 0) / 60:.1f}",
+                 f"{(d['provenance'].get('machine') or {}).get('cpu', '?')} "
+                 f"({(d['provenance'].get('machine') or {}).get('kernel', '?')})"] for n, d in results.items()],
+               numeric=(3,), name="overview")
+    page.section("Paper vs ours", "paper-vs-ours")
+    rows = paper_vs_ours(results)
+    if rows:
+        page.table(["finding (CMP-NAS, CVPR 2021)", "paper", "ours (95 % intervals)", "verdict"], rows,
+                   name="paper-vs-ours",
+                   caption="Verdicts come from the results files' own comparisons: A beats B only where every seed's "
+                           "interval of A lies above every seed's interval of B. The paper counts FLOPs, we measure "
+                           "latency; its data sets are DeepFashion2 and IJB-C, ours Fashion-MNIST at 32 px.")
+    else:
+        page.text("bct_compat.json and search_ablation.json are not in this folder.", "missing")
+    for name, data in results.items():
+        section_of(page, name, data, folder)
+    page.footer = "python benchmarks/run_all.py --index-only rewrites this page from the results files."
+    path = folder / "index.html"
+    path.write_text(page.render(), encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    main()
