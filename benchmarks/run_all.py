@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=["quick", "full"], default="quick")
     ap.add_argument("--out-dir", type=Path, default=None,
-                    help=f"where results go (default: {QUICK_RESULTS.name}/ for quick, results/ for full)")
+                    help=f"where results go (default: {QUICK_RESULTS.name}/ for quick, results/ for full and "
+                         "--index-only)")
     ap.add_argument("--cache", type=Path, default=_bench.CACHE, help="the scripts' trained nets and tables")
     ap.add_argument("--only", default=None, help="comma-separated step names (default: all of the preset's): "
                                                  + ", ".join(s.name for s in STEPS))
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     from edgequery.log import NORMAL, setup_logging
 
     setup_logging(NORMAL)
-    out = args.out_dir or (QUICK_RESULTS if args.preset == "quick" else _bench.RESULTS)
+    out = args.out_dir or (QUICK_RESULTS if args.preset == "quick" and not args.index_only else _bench.RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     if not args.index_only:
         steps = [s for s in STEPS if (s.quick if args.preset == "quick" else s.full)]
@@ -204,11 +205,20 @@ def paper_vs_ours(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     if sa:
         f = sa["3_flops_vs_het"]
         weaker = abs(f["spearman_flops_vs_het_r1"]) < abs(f["spearman_flops_vs_hom_r1"])
+        ours = (f"inherited weights: Spearman FLOPs vs het R@1 {f['spearman_flops_vs_het_r1']:.2f}, vs hom R@1 "
+                f"{f['spearman_flops_vs_hom_r1']:.2f}, over {f['n']} archs ({f['scored_with']})")
+        verdict = "agree: weaker for het than hom" if weaker else "disagree: het follows FLOPs as much as hom"
+        rank = results.get("supernet_rank", {}).get("results")
+        tau = (rank or {}).get("correlations", {}).get("flops_vs_standalone_het_r1")
+        if tau:
+            n = len(rank.get("archs", [])) or "?"
+            ours += f"; {n} stand-alone nets: Kendall tau FLOPs vs het R@1 {tau['tau']:.2f} (p {tau['p_value']:.2g})"
+            if tau["p_value"] < 0.05 and tau["tau"] > 0:
+                verdict = ("mixed: among stand-alone trained nets het accuracy does rise with FLOPs; among "
+                           "inherited-weight scores " + ("it follows FLOPs less than hom does" if weaker else
+                                                         "it follows them as much as hom does"))
         rows.append(["heterogeneous accuracy does not follow FLOPs",
-                     "FLOPs and heterogeneous accuracy correlate weakly among subnets",
-                     f"Spearman FLOPs vs het R@1 {f['spearman_flops_vs_het_r1']:.2f}, vs hom R@1 "
-                     f"{f['spearman_flops_vs_hom_r1']:.2f}, over {f['n']} archs ({f['scored_with']})",
-                     "agree: weaker for het than hom" if weaker else "disagree: het follows FLOPs as much as hom"])
+                     "FLOPs and heterogeneous accuracy correlate weakly among subnets", ours, verdict])
         r = {x["net"]: x for x in sa["1_rewards"]}
         comp = sa["1_rewards_compared"]
         verdicts = set(comp.values())
@@ -270,6 +280,8 @@ def key_rows(res: dict[str, Any]) -> list[list[str]]:
             rows.append([f"{key}: {label}", str(verdict)])
     for label, value in _flatten(res.get("correlations") or {}):
         rows.append([f"correlation: {label}", f"{value:.3f}" if isinstance(value, float) else str(value)])
+    for step in res.get("steps") or []:
+        rows.append([f"step {step['step']}", f"{step['seconds'] / 60:.1f} min, exit {step['exit_code']}"])
     goal = res.get("goal")
     if isinstance(goal, dict):
         rows.append(["goal", json.dumps(goal)[:300]])
@@ -293,7 +305,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def write_index(folder: Path) -> Path:
     """``<folder>/index.html`` over every results file in ``folder``."""
     results = load_results(folder)
-    page = Page("edgequery benchmarks", f"{len(results)} results files in {folder.name}/, each written whole by its "
+    page = Page("edgequery benchmarks", f"{len(results)} results files, each written whole by its "
                 "script (commit, command, machine, load). Timings compare only within one machine fingerprint.")
     page.section("Overview", "overview")
     page.table(["results file", "commit", "started", "minutes", "machine (kernel)"],

@@ -107,7 +107,7 @@ def machine_text(m: dict[str, Any] | None) -> str:
     if not m:
         return "not recorded (a run folder from before reports)"
     return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('os', '')} {m.get('kernel', '')}, "
-            f"{m.get('host', '')}; torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} threads)"
+            f"{m.get('host', '')}; torch {m.get('torch', '?')}, {m.get('torch_threads', '?')} torch thread(s)"
             f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}")
 
 
@@ -163,13 +163,17 @@ def accuracy_plot(reports: dict[str, Any], summary: dict[str, Any]) -> bytes:
             m = report[key]
             lo, hi = (100 * x for x in m["recall@1_ci95"])
             ax.errorbar(100 * m["recall@1"], i + dy, xerr=[[100 * m["recall@1"] - lo], [hi - 100 * m["recall@1"]]],
-                        fmt="o", color=colour, capsize=3, label=label[1] if i == 0 else None)
-    ax.set_yticks(range(len(reports)), [net_title(n, summary) for n in reports])
+                        fmt="o", color=colour, capsize=3, label=label if i == 0 else None)
+    ax.set_yticks(range(len(reports)), [_short(net_title(n, summary)) for n in reports])
     ax.invert_yaxis()
     ax.set_xlabel("Recall@1 (%)")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / len(reports)), ncol=4, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return figure_png(fig)
+
+
+def _short(text: str, width: int = 42) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def search_section(page: Page, summary: dict[str, Any], search: dict[str, Any] | None,
