@@ -37,7 +37,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -410,6 +410,7 @@ class DemoConfig:
     query_arch: str = "mobilenet_v3_small"
     search: bool = True
     supernet_epochs: int = 4
+    space_options: dict[str, list] = field(default_factory=dict)   # narrowed choice lists of the mbv3 space
     runtime: str = "onnxruntime"
     latency_budget: str | None = None   # e.g. "0.4ms"; None: the median predicted latency of random archs
     population: int = 12
@@ -483,9 +484,10 @@ def demo_search(wf: Workflow, cfg: DemoConfig, out: Path, gallery_path: Path) ->
     from .search import SearchConfig, parse_budget
     from .spaces import get_space
 
-    supernet_path = wf.supernet(out / "supernet.pt", gallery_path, "mbv3", cfg.supernet_epochs)
+    full = get_space("mbv3", **cfg.space_options)
+    supernet_path = wf.supernet(out / "supernet.pt", gallery_path, full, cfg.supernet_epochs)
     # a quick protocol: the demo shows the pipeline; `edgequery profile` defaults are for real tables
-    space = restricted_space(get_space("mbv3"), [cfg.resolution])
+    space = restricted_space(full, [cfg.resolution])
     lut_path = out / f"lut-local-{cfg.runtime}.json"
     wf.profile(lut_path, space, [cfg.resolution], cfg.runtime,
                Protocol(threads=1, warmup=5, runs=20, min_seconds=0.02, rounds=1), jobs=cfg.profile_jobs,

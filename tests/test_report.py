@@ -4,6 +4,8 @@ every figure and table present, every image decoded, nothing loaded from elsewhe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import sys
@@ -103,18 +105,24 @@ def test_the_benchmarks_index_renders_every_result_in_chromium(chromium):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """``edgequery demo`` end to end, as small as it goes (minutes): every stage the report reads."""
+    """``edgequery demo`` end to end, as small as it goes (a narrowed space: 25 blocks to time): every stage the
+    report reads; its last line names the report."""
     from edgequery.commands import main
 
     out = tmp_path_factory.mktemp("demo") / "run"
-    code = main(["demo", "--out", str(out), "--n-train", "400", "--gallery-steps", "10", "--gallery-n-train", "1000",
-                 "--query-epochs", "1", "--supernet-epochs", "1", "--population", "4", "--generations", "1"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--out", str(out), "--n-train", "400", "--gallery-steps", "10", "--gallery-n-train",
+                     "1000", "--query-epochs", "1", "--supernet-epochs", "1", "--population", "4", "--generations",
+                     "1", "--space-option", "widths=0.5", "--space-option", "kernels=3,5", "--space-option",
+                     "expands=3"])
     assert code == 0
+    assert printed.getvalue().rstrip().splitlines()[-1] == f"report: {out / 'report.html'}"
     return out
 
 
 @pytest.mark.slow
-def test_the_demo_ends_with_its_report_and_the_report_renders_in_chromium(demo_run, chromium, capsys):
+def test_the_demo_ends_with_its_report_and_the_report_renders_in_chromium(demo_run, chromium):
     report = demo_run / "report.html"
     assert report.is_file(), "edgequery demo writes its report"
     html = report.read_text()
