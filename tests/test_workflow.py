@@ -133,6 +133,32 @@ def test_search_stage_reuses_a_finished_search_and_refuses_other_settings(tmp_pa
         wf.search(out, other, must_not_run)
 
 
+def test_the_demo_times_the_chosen_arch_its_pareto_front_other_archs_and_the_baseline(tmp_path):
+    from edgequery.search import EvolutionSearch, SearchConfig
+    from edgequery.spaces import get_space
+    from edgequery.workflow import DemoConfig, measured_nets
+
+    space = get_space("mbv3")
+
+    def score(arch):
+        v = int(hashlib.sha1(str(arch).encode()).hexdigest()[:6], 16) / 0xFFFFFF
+        return {"het": {"recall@1": v, "map@r": v}, "hom": {"recall@1": v ** 2, "map@r": v ** 2}}
+
+    cfg = SearchConfig(budget=1e6, cost_unit="MFLOPs", population=8, generations=2)
+    out = tmp_path / "search.json"
+    result = Workflow(None).search(out, cfg, lambda: EvolutionSearch(  # a stand-in cost: the budget admits all
+        space, cfg, lambda a: float(len(str(a))), score, out).run(progress=False))
+    nets = measured_nets(result, space, DemoConfig(measured_nets=5))
+    labels = list(nets)
+    assert labels[0] == "chosen" and str(nets["chosen"]) == result["chosen"]["arch"]
+    front = {c["arch"] for c in result["pareto_front"]} - {result["chosen"]["arch"]}
+    assert {str(nets[k]) for k in labels if k.startswith("front")} == front
+    of_space = [str(a) for k, a in nets.items() if k != "mobilenet_v3_small"]
+    assert len(of_space) == len(set(of_space)) == max(5, 1 + len(front))
+    assert set(of_space) <= {c["arch"] for c in result["history"]}
+    assert nets["mobilenet_v3_small"] == "mobilenet_v3_small"
+
+
 def test_index_stage_builds_then_reuses(tiny_gallery, tiny_spec, tmp_path):
     wf = Workflow(tiny_spec)
     first = wf.index(tiny_gallery, tmp_path / "index")
