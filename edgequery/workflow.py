@@ -216,6 +216,7 @@ class Workflow:
         path = Path(path)
         lut = load_lut(lut_path)
         wanted = {"lut": Path(lut_path).name, "lut_measured_at": lut.measured_at,
+                  "lut_calibration": lut.calibration.model_dump(mode="json") if lut.calibration else None,
                   "nets": {label: str(a) for label, a in nets.items()}}
         if path.is_file():
             old = read_json(path, "measured latencies")
@@ -510,9 +511,9 @@ def demo_search(wf: Workflow, cfg: DemoConfig, out: Path, gallery_path: Path) ->
 
 
 def measured_nets(result: dict[str, Any], space, cfg: DemoConfig) -> dict[str, Any]:
-    """What the demo times end to end: the chosen arch, the rest of the search's Pareto front, other
-    evaluated archs up to ``cfg.measured_nets`` in all (predicted vs measured), and the MobileNetV3
-    baseline (measured only: it is not an arch of the space)."""
+    """What the demo times end to end: the chosen arch and the rest of the search's Pareto front (all of
+    it), then other evaluated archs until there are ``cfg.measured_nets`` archs of the space (predicted vs
+    measured), and the query-net baseline (measured only: it is not an arch of the space)."""
     import numpy as np
 
     front = [c["arch"] for c in result["pareto_front"] if c["arch"] != result["chosen"]["arch"]]

@@ -145,8 +145,8 @@ def test_the_demo_ends_with_its_report_and_the_report_renders_in_chromium(demo_r
 def test_a_run_without_search_or_export_says_so_instead_of_failing(demo_run, tmp_path):
     from edgequery.report import run_report
 
-    run = tmp_path / "run"
-    run.mkdir()
+    run = tmp_path / "run"   # the whole folder, moved: a rerun with --no-search --no-deploy leaves older files
+    shutil.copytree(demo_run, run)
     summary = json.loads((demo_run / "summary.json").read_text())
     summary["search"] = None
     summary.pop("deploy")
@@ -154,4 +154,19 @@ def test_a_run_without_search_or_export_says_so_instead_of_failing(demo_run, tmp
     (run / "summary.json").write_text(json.dumps(summary))
     html = run_report(run).render()
     assert html.count('class="missing"') == 5   # search, LUT, blocks, retrieval grid, export
-    assert 'data-figure="accuracy"' in html
+    assert 'data-figure="accuracy"' in html and 'data-figure="pareto"' not in html
+
+
+@pytest.mark.slow
+def test_a_moved_run_folder_reports_its_own_files(demo_run, tmp_path):
+    from edgequery.report import write_run_report
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(demo_run, moved)
+    shutil.rmtree(demo_run / "gallery_index.bak", ignore_errors=True)
+    (demo_run / "gallery_index").rename(demo_run / "gallery_index.bak")   # the original is gone
+    try:
+        html = write_run_report(moved).read_text()
+    finally:
+        (demo_run / "gallery_index.bak").rename(demo_run / "gallery_index")
+    assert 'data-figure="retrieval-grid"' in html and 'class="missing"' not in html

@@ -85,18 +85,23 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import EdgeQueryError
     from ..evaluate import format_report
     from ..report import write_run_report
+    from ..report.run import net_title
     from ..workflow import run_demo
 
     cfg = config_from_args(args)
     summary = run_demo(cfg)
-    titles = {"bct": f"{cfg.query_arch} with BCT", "no_bct": f"{cfg.query_arch} without BCT",
-              "searched": f"searched {(summary['search'] or {}).get('arch')} with BCT"}
     for name, report in summary["eval"].items():
-        print(format_report(report, f"\n{titles[name]}"))
+        print(format_report(report, f"\n{net_title(name, summary)}"))
     if "deploy" in summary:
         d = summary["deploy"]
         log.info("serve it: edgequery serve --index %s --export %s", d["index"], d["export"])
-    print(f"\nreport: {write_run_report(cfg.out)}")
+    try:
+        path = write_run_report(cfg.out)
+    except EdgeQueryError as exc:   # the run itself is finished and kept: say why its page is missing
+        log.warning("no report: %s (%s); the run is complete in %s", exc.problem, exc.fix, cfg.out)
+        return 0
+    print(f"\nreport: {path}")
     return 0

@@ -10,7 +10,7 @@ from .common import HelpFormatter
 log = logging.getLogger(__name__)
 
 DESCRIPTION = ("Write one HTML file for a folder `edgequery demo` wrote: the stages (status, wall time, machine); "
-               "paragon, homogeneous and heterogeneous Recall@1 of every query net with 95 %% intervals beside "
+               "paragon, homogeneous and heterogeneous Recall@1 of every query net with 95 % intervals beside "
                "raw-pixel kNN; the search's accuracy-vs-latency front with the nets timed end to end and the "
                "MobileNetV3 baseline; the latency table's predictions against those timings; the chosen arch's "
                "per-block latency; query images with their top hits through the exported ONNX file and the faiss "

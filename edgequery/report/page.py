@@ -90,7 +90,7 @@ class Page:
         self.footer = ""
 
     def section(self, title: str, anchor: str | None = None) -> "Page":
-        anchor = anchor or re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+        anchor = re.sub(r"[^A-Za-z0-9_-]+", "-", anchor or title.lower()).strip("-")
         self.sections.append(Section(title, anchor))
         return self
 
@@ -147,10 +147,14 @@ class Page:
         return out
 
 
-_REFERENCE = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\(\s*["']?([^"')]+)""", re.I)
+_REFERENCE = re.compile(r"""\b(?:src|href|srcset|data|action|poster)\s*=\s*["']([^"']+)["']"""
+                        r"""|url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""", re.I)
+_REFRESH = re.compile(r"""http-equiv\s*=\s*["']?refresh""", re.I)
 
 
 def external_references(page: str) -> list[str]:
-    """Every ``src``/``href``/``url()`` of ``page`` that is neither a ``data:`` URI nor an anchor in the page."""
-    refs = [a or b for a, b in _REFERENCE.findall(page)]
-    return [r for r in refs if not (r.startswith("data:") or r.startswith("#"))]
+    """Every ``src``/``href``/``srcset``/``data``/``url()``/``@import`` of ``page`` that is neither a ``data:``
+    URI nor an anchor in the page, and any meta refresh: what a browser would load from elsewhere."""
+    refs = [next(x for x in m if x) for m in _REFERENCE.findall(page)]
+    bad = [r for r in refs if not (r.startswith("data:") or r.startswith("#"))]
+    return bad + (["<meta http-equiv=refresh>"] if _REFRESH.search(page) else [])

@@ -64,15 +64,17 @@ def run_report(run: Path, queries: int = 8, top: int = 5) -> Page:
                 "found at which measured latency, and what was exported.")
     pipeline_section(page, run, summary)
     accuracy_section(page, summary)
-    search = read_json(run / "search.json", "search result") if (run / "search.json").is_file() else None
+    ran_search = bool(summary.get("search"))   # a rerun with --no-search may leave an older search's files
+    search = read_json(run / "search.json", "search result") if ran_search and (run / "search.json").is_file() else None
     measured = (read_json(run / "latency-measured.json", "measured latencies")
-                if (run / "latency-measured.json").is_file() else None)
+                if ran_search and (run / "latency-measured.json").is_file() else None)
     search_section(page, summary, search, measured)
     lut_section(page, measured)
     blocks_section(page, run, summary, search)
     deploy = summary.get("deploy")
-    retrieval_section(page, run, deploy, queries, top)
-    export_section(page, run, deploy)
+    out = (summary.get("config") or {}).get("out")
+    retrieval_section(page, run, deploy, queries, top, out)
+    export_section(page, run, deploy, out)
     page.footer = f"edgequery report --run {run} (figures from the run's own files; nothing re-measured)."
     return page
 
@@ -119,7 +121,8 @@ def accuracy_section(page: Page, summary: dict[str, Any]) -> None:
         return
     first = next(iter(reports.values()))
     rows, css = [], []
-    rows.append(["ResNet-101 gallery model", "paragon (g,g)", pct_ci(first["paragon"]),
+    gallery_arch = (summary.get("gallery") or {}).get("arch", "gallery model")
+    rows.append([f"{gallery_arch} gallery model", "paragon (g,g)", pct_ci(first["paragon"]),
                  pct(first["paragon"]["recall@10"]), pct(first["paragon"]["map@r"])])
     css.append("")
     for name, report in reports.items():
@@ -134,7 +137,8 @@ def accuracy_section(page: Page, summary: dict[str, Any]) -> None:
     page.table(["net", "setting", "Recall@1 [95 % CI]", "Recall@10", "mAP@R"], rows, numeric=(2, 3, 4),
                row_css=css, name="accuracy",
                caption=f"{s.get('query', '?')} test queries against {s.get('gallery', '?')} gallery images. "
-                       "Heterogeneous: queries by the query net, gallery by ResNet-101 (what the product does). "
+                       f"Heterogeneous: queries by the query net, gallery by the gallery model ({gallery_arch}: what "
+                       "the product does). "
                        "Intervals: bootstrap over queries; two figures differ only where their intervals do not "
                        "overlap.")
     for warning in dict.fromkeys(w for r in reports.values() for w in r.get("warnings", [])):
@@ -187,13 +191,14 @@ def search_section(page: Page, summary: dict[str, Any], search: dict[str, Any] |
         f"budget {cfg['budget']} {cfg['cost_unit']}, reward {cfg['reward']} (mix {cfg['mix']}) on {cfg['metric']}, "
         f"population {cfg['population']}, {cfg['generations']} generations: {len(search['history'])} archs evaluated "
         "with the supernet's weights",
-        f"chosen: {chosen['arch']}, predicted {chosen.get('latency_ms') or chosen['cost']:.3f} ms, supernet "
+        f"chosen: {chosen['arch']}, predicted {_candidate_cost(chosen):.3f} {_unit(search)}, supernet "
         f"heterogeneous {cfg['metric']} {pct(chosen['m_het'])}",
     ])
     page.figure(pareto_plot(summary, search, measured), "Every arch the search evaluated (supernet weights, "
                 "validation queries) at its LUT-predicted latency, the Pareto front, and the nets timed end to end "
-                "(arrows: predicted -> measured). Stars: the chosen arch retrained with BCT and the MobileNetV3 "
-                "baseline with BCT, at measured latency, scored on the test queries.", name="pareto")
+                "(arrows: predicted -> measured). Stars: the chosen arch retrained with BCT and the "
+                f"{summary.get('query_arch', 'baseline')} baseline with BCT, at measured latency, scored on the test "
+                "queries.", name="pareto")
     if measured:
         rows = [[r["label"], r["arch"], "–" if r["predicted_ms"] is None else f"{r['predicted_ms']:.3f}",
                  f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}",
@@ -205,18 +210,23 @@ def search_section(page: Page, summary: dict[str, Any], search: dict[str, Any] |
                            "latency table's timing protocol.")
 
 
-def _candidate_ms(c: dict[str, Any]) -> float:
+def _candidate_cost(c: dict[str, Any]) -> float:
+    """What the search's budget limits: predicted latency (ms) or MFLOPs (``cost_unit``)."""
     return c["latency_ms"] if c.get("latency_ms") is not None else c["cost"]
+
+
+def _unit(search: dict[str, Any]) -> str:
+    return search["config"]["cost_unit"]
 
 
 def pareto_plot(summary: dict[str, Any], search: dict[str, Any], measured: dict[str, Any] | None) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     hist = search["history"]
-    ax.scatter([_candidate_ms(c) for c in hist], [100 * c["m_het"] for c in hist], s=14, color="lightgrey",
-               label="evaluated (predicted ms, supernet)")
-    front = sorted(search["pareto_front"], key=_candidate_ms)
-    ax.plot([_candidate_ms(c) for c in front], [100 * c["m_het"] for c in front], "-o", ms=4, color="tab:orange",
+    ax.scatter([_candidate_cost(c) for c in hist], [100 * c["m_het"] for c in hist], s=14, color="lightgrey",
+               label=f"evaluated (predicted {_unit(search)}, supernet)")
+    front = sorted(search["pareto_front"], key=_candidate_cost)
+    ax.plot([_candidate_cost(c) for c in front], [100 * c["m_het"] for c in front], "-o", ms=4, color="tab:orange",
             label="Pareto front (predicted)")
     het = {c["arch"]: c["m_het"] for c in hist}
     for r in (measured or {}).get("measured", []):
@@ -237,7 +247,8 @@ def pareto_plot(summary: dict[str, Any], search: dict[str, Any], measured: dict[
     if "bct" in reports and arch in ms:
         ax.plot(ms[arch], 100 * reports["bct"]["heterogeneous"]["recall@1"], "*", ms=14, color="tab:purple",
                 label=f"{arch} + BCT (measured ms, test)")
-    ax.set_xlabel("latency, batch 1 (ms)")
+    ax.set_xlabel("latency, batch 1 (ms)" if _unit(search) == "ms" else
+                  f"{_unit(search)} (evaluated archs); measured nets at their latency in ms")
     ax.set_ylabel("heterogeneous Recall@1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -296,9 +307,10 @@ def blocks_section(page: Page, run: Path, summary: dict[str, Any], search: dict[
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, label="ms", fraction=0.03, pad=0.01)
     page.figure(figure_png(fig), f"The {len(blocks)} blocks of {search['chosen']['arch']} in order, each its "
-                f"latency-table time ({lut.runtime}, {lut.threads} thread(s)); sum {br['raw_ms']:.3f} ms, predicted "
-                f"{br['predicted_ms']:.3f} ms with the per-inference overhead {br['overhead_ms']:.3f} ms"
-                f"{' and the calibration' if br['calibrated'] else ''}.", name="block-heatmap")
+                f"latency-table time without the runtime's per-invocation overhead ({lut.runtime}, {lut.threads} "
+                f"thread(s)). Their sum plus that overhead once ({br['overhead_ms']:.3f} ms) is the table's "
+                f"prediction, {br['raw_ms']:.3f} ms"
+                + (f", {br['predicted_ms']:.3f} ms calibrated." if br["calibrated"] else "."), name="block-heatmap")
 
 
 def block_label(key: str) -> str:
@@ -309,19 +321,26 @@ def block_label(key: str) -> str:
     return " ".join([kind, "x".join(map(str, out_shape)), *(f"{k}{v}" for k, v in fields.items())])
 
 
-def retrieval_section(page: Page, run: Path, deploy: dict[str, Any] | None, queries: int, top: int) -> None:
+def retrieval_section(page: Page, run: Path, deploy: dict[str, Any] | None, queries: int, top: int,
+                      out: str | None) -> None:
     page.section("Retrieval examples through the exported net", "retrieval")
     if not deploy:
         page.text("Nothing was exported in this run (edgequery demo --no-deploy).", "missing")
         return
-    grid, right, shown = retrieval_grid(run, deploy, queries, top)
+    try:
+        grid, right, shown = retrieval_grid(_path(deploy["export"], run, out), _path(deploy["index"], run, out),
+                                            queries, top)
+    except EdgeQueryError as exc:
+        page.text(f"No retrieval examples: {exc.problem} ({exc.fix})", "missing")
+        return
     page.figure(grid, f"{shown} test queries (left), embedded by the exported ONNX file (onnxruntime, batch 1), "
-                f"and their top {top} in the faiss gallery index built by ResNet-101; green: same class as the "
+                f"and their top {top} in the faiss index of the gallery model's embeddings; green: same class as the "
                 f"query, red: another. {right} of {shown * top} hits are right.", name="retrieval-grid")
 
 
-def retrieval_grid(run: Path, deploy: dict[str, Any], queries: int, top: int) -> tuple[bytes, int, int]:
-    """The grid's PNG, how many hits are right, how many queries it shows."""
+def retrieval_grid(export_dir: Path, index_dir: Path, queries: int, top: int) -> tuple[bytes, int, int]:
+    """The grid's PNG, how many hits are right, how many queries it shows: test queries of the export's data
+    through its float32 ONNX file, searched in the faiss index at ``index_dir``."""
     import torch
     from PIL import Image
 
@@ -330,13 +349,12 @@ def retrieval_grid(run: Path, deploy: dict[str, Any], queries: int, top: int) ->
     from ..export.options import file_runner
     from ..gallery.service import open_store
 
-    export_dir, index_dir = _path(deploy["export"], run), _path(deploy["index"], run)
     card = read_card(export_dir)[0]
     onnx = next((e for e in card.files if e.format == "onnx" and e.quantization == "none"), None)
     if onnx is None:
         raise EdgeQueryError(f"{export_dir} has no float32 ONNX file to embed the queries with",
                              "export with --formats onnx (edgequery demo does)")
-    spec = DataSpec(**card.model.data)
+    spec = DataSpec.from_dict(card.model.data)
     qs = load_splits(spec).query
     n = min(queries, len(qs))
     pick = torch.from_numpy(np.random.default_rng(0).choice(len(qs), n, replace=False))
@@ -382,14 +400,14 @@ def _show(ax, img: np.ndarray, title: str, colour: str, width: float) -> None:
     ax.set_title(title, fontsize=7)
 
 
-def export_section(page: Page, run: Path, deploy: dict[str, Any] | None) -> None:
+def export_section(page: Page, run: Path, deploy: dict[str, Any] | None, out: str | None) -> None:
     page.section("Export: parity, size and latency per runtime", "export")
     if not deploy:
         page.text("Nothing was exported in this run (edgequery demo --no-deploy).", "missing")
         return
     from ..export import read_card
 
-    card = read_card(_path(deploy["export"], run))[0]
+    card = read_card(_path(deploy["export"], run, out))[0]
     threads = sorted({t for e in card.files for t in e.latency}, key=lambda t: int(t.split("=")[1]))
     rows = []
     for e in card.files:
@@ -414,17 +432,18 @@ def export_section(page: Page, run: Path, deploy: dict[str, Any] | None) -> None
         page.text(f"No latency-table prediction: {lp.reason}", "missing")
 
 
-def _path(recorded: str, run: Path) -> Path:
-    """A folder the summary recorded (relative to where the demo ran): as written if it exists, else the same
-    place inside ``run`` (a run folder that was moved or is read from elsewhere)."""
+def _path(recorded: str, run: Path, out: str | None) -> Path:
+    """A folder the summary recorded (``out``: the demo's --out as it was given, relative to where the demo
+    ran): the same place inside ``run``, so a moved run folder, or one read from elsewhere, is read whole."""
     path = Path(recorded)
-    if path.exists():
+    if out is not None:
+        try:
+            return run / path.relative_to(out)
+        except ValueError:
+            pass
+    if path.is_absolute() and path.exists():
         return path
-    parts = path.parts
-    for i in range(len(parts)):
-        if (run / Path(*parts[i:])).exists():
-            return run / Path(*parts[i:])
-    raise EdgeQueryError(f"{recorded}, which {run / 'summary.json'} names, is neither there nor inside {run}",
+    raise EdgeQueryError(f"{recorded}, which {run / 'summary.json'} names, is not inside {run}",
                          "run the report on the demo's folder as the demo left it")
 
 
