@@ -254,8 +254,6 @@ def test_a_claim_between_seeds_holds_only_outside_every_ci(bench):
 
 def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatch):
     """paragon.py, bct_compat.py and the rest name the gallery recipe's checkpoint alike, so it trains once."""
-    from edgequery.artifacts.checkpoint import GALLERY_TRAIN
-
     monkeypatch.setattr(bench, "STORED_PARAGON", tmp_path / "no-stored-paragon.pt")
     asked = []
 
@@ -269,7 +267,7 @@ def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatc
     wf = Recorder()
     recipe = bench.paragon_checkpoint(wf, tmp_path)
     assert bench.paragon_checkpoint(wf, tmp_path, steps=None) == recipe, "None keeps the recipe's value"
-    assert bench.paragon_checkpoint(wf, tmp_path, steps=GALLERY_TRAIN["steps"]) == recipe
+    assert bench.paragon_checkpoint(wf, tmp_path, steps=bench.PARAGON_EXTRA["steps"]) == recipe
     assert bench.paragon_checkpoint(wf, tmp_path, seed=0) == recipe, "paragon.py names its seed; the others don't"
     assert bench.paragon_checkpoint(wf, tmp_path, steps=7) != recipe
     assert asked[-1][1] == {**bench.PARAGON_EXTRA, "steps": 7}, "the benchmarks' additions, then the change"
