@@ -59,7 +59,7 @@ import _bench
 
 log = _bench.log
 QUICK = {**{k: v for k, v in _bench.BCT_QUICK.items() if k not in ("query_steps", "seeds")}, "sizes": "20000",
-         "clients": "1,4", "requests": 40, "image_requests": 10}
+         "scale_sizes": "20000", "clients": "1,4", "requests": 40, "image_requests": 10}
 DIM = 128
 N_QUERIES = 1000
 LATENCY_QUERIES = 200
