@@ -53,6 +53,7 @@ class Step:
     extra: Callable[[Path, Path], list[str]] | None = None   # (out_dir, cache) -> arguments known only then
     cache_flag: bool = True                 # the script takes --cache / --out-dir
     quick_args: list[str] = field(default_factory=list)      # added in the quick run
+    quick_extra: Callable[[Path], list[str]] | None = None   # (out_dir) -> arguments of the quick run known only then
     produces: list[str] = field(default_factory=list)
 
 
@@ -61,6 +62,16 @@ def searched_query(out: Path, cache: Path) -> list[str]:
     res = json.loads((out / "search_ablation.json").read_text())["results"]
     net = next(r for r in res["retrained"] if r["net"] == "searched_r3" and r["seed"] == 0)
     return ["--gallery", str(_bench.STORED_PARAGON), "--searched-query", str(cache / net["checkpoint"])]
+
+
+def quick_table(out: Path) -> list[str]:
+    """timing_protocol's table in the quick run: the one lut_accuracy's quick preset just measured (its narrowed
+    space gives the file a suffix)."""
+    found = sorted(out.glob("lut-local-onnxruntime-r32*.json"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if not p.name.endswith(".validation.json")]
+    if not found:
+        raise SystemExit(f"no lut-local-onnxruntime-r32*.json in {out}: run the lut_accuracy step first")
+    return ["--lut", str(found[-1])]
 
 
 def search_lut_args(out: Path, cache: Path) -> list[str]:
@@ -72,7 +83,7 @@ STEPS = [
     Step("lut_accuracy", ["benchmarks/lut_accuracy.py"], produces=["lut_accuracy.json"]),
     # on the table lut_accuracy just measured (the quick one is onnxruntime's at 32 px)
     Step("timing_protocol", ["benchmarks/timing_protocol.py"], quick_args=["--runtime", "onnxruntime"],
-         produces=["timing_protocol.json"]),
+         quick_extra=quick_table, produces=["timing_protocol.json"]),
     Step("search_lut", ["-m", "edgequery.commands", "profile", "--device", "local", "--runtime", "litert", "--space", "mbv3",
                         "--resolution", "32"], quick=False, cache_flag=False, extra=search_lut_args,
          produces=[SEARCH_LUT]),
@@ -101,7 +112,7 @@ def command(step: Step, preset: str, out: Path, cache: Path) -> list[str]:
     if step.cache_flag:
         args += ["--out-dir", str(out), "--cache", str(cache)]
         if preset == "quick":
-            args += ["--preset", "quick", *step.quick_args]
+            args += ["--preset", "quick", *step.quick_args, *(step.quick_extra(out) if step.quick_extra else [])]
     if step.extra and not (preset == "quick" and step.name == "export_runtime"):  # quick: it trains its own nets
         args += step.extra(out, cache)
     return args
