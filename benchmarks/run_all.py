@@ -49,12 +49,10 @@ class Step:
     name: str
     args: list[str]
     quick: bool = True                      # run with --preset quick in the quick run
-    full: bool = True
-    extra: Callable[[Path, Path], list[str]] | None = None   # (out_dir, cache) -> arguments known only then
+    full_extra: Callable[[Path, Path], list[str]] | None = None   # (out_dir, cache) -> full-run arguments known then
     cache_flag: bool = True                 # the script takes --cache / --out-dir
     quick_args: list[str] = field(default_factory=list)      # added in the quick run
     quick_extra: Callable[[Path], list[str]] | None = None   # (out_dir) -> arguments of the quick run known only then
-    produces: list[str] = field(default_factory=list)
 
 
 def searched_query(out: Path, cache: Path) -> list[str]:
@@ -79,31 +77,27 @@ def search_lut_args(out: Path, cache: Path) -> list[str]:
 
 
 STEPS = [
-    Step("paragon", ["benchmarks/paragon.py"], produces=["paragon.json"]),
-    Step("lut_accuracy", ["benchmarks/lut_accuracy.py"], produces=["lut_accuracy.json"]),
+    Step("paragon", ["benchmarks/paragon.py"]),
+    Step("lut_accuracy", ["benchmarks/lut_accuracy.py"]),
     # on the table lut_accuracy just measured (the quick one is onnxruntime's at 32 px)
     Step("timing_protocol", ["benchmarks/timing_protocol.py"], quick_args=["--runtime", "onnxruntime"],
-         quick_extra=quick_table, produces=["timing_protocol.json"]),
+         quick_extra=quick_table),
     Step("search_lut", ["-m", "edgequery.commands", "profile", "--device", "local", "--runtime", "litert", "--space", "mbv3",
-                        "--resolution", "32"], quick=False, cache_flag=False, extra=search_lut_args,
-         produces=[SEARCH_LUT]),
+                        "--resolution", "32"], quick=False, cache_flag=False, full_extra=search_lut_args),
     Step("search_lut_calibration", ["-m", "edgequery.commands", "profile", "validate", "--n", "10", "--calibrate"],
-         quick=False, cache_flag=False, extra=lambda out, cache: ["--lut", str(out / SEARCH_LUT)]),
-    Step("bct_compat", ["benchmarks/bct_compat.py"], produces=["bct_compat.json"]),
-    Step("supernet_rank", ["benchmarks/supernet_rank.py", "--threads", "1"], produces=["supernet_rank.json"]),
-    Step("supernet_rank_sandwich", ["benchmarks/supernet_rank.py", "--threads", "1", "--sandwich"], quick=False,
-         produces=["supernet_rank-sandwich.json"]),
+         quick=False, cache_flag=False, full_extra=lambda out, cache: ["--lut", str(out / SEARCH_LUT)]),
+    Step("bct_compat", ["benchmarks/bct_compat.py"]),
+    Step("supernet_rank", ["benchmarks/supernet_rank.py", "--threads", "1"]),
+    Step("supernet_rank_sandwich", ["benchmarks/supernet_rank.py", "--threads", "1", "--sandwich"], quick=False),
     Step("supernet_rank_sandwich_distill", ["benchmarks/supernet_rank.py", "--threads", "1", "--sandwich",
-                                            "--inplace-distill", "1.0"], quick=False,
-         produces=["supernet_rank-sandwich-distill1.json"]),
-    Step("search_ablation", ["benchmarks/search_ablation.py"], produces=["search_ablation.json"]),
-    Step("reward_noise", ["benchmarks/reward_noise.py"], quick=False, produces=["reward_noise.json"]),
-    Step("export_runtime", ["benchmarks/export_runtime.py", "--resolutions", "32,224"], extra=searched_query,
-         produces=["export_runtime.json"]),
-    Step("search_224", ["benchmarks/search_224.py"], produces=["search_224.json"]),
-    Step("demo_gallery", ["benchmarks/demo_gallery.py"], produces=["demo_gallery.json"]),
-    Step("gallery_search", ["benchmarks/gallery_search.py"], produces=["gallery_search.json"]),
-    Step("browser_demo", ["benchmarks/browser_demo.py"], produces=["browser_demo.json"]),
+                                            "--inplace-distill", "1.0"], quick=False),
+    Step("search_ablation", ["benchmarks/search_ablation.py"]),
+    Step("reward_noise", ["benchmarks/reward_noise.py"], quick=False),
+    Step("export_runtime", ["benchmarks/export_runtime.py", "--resolutions", "32,224"], full_extra=searched_query),
+    Step("search_224", ["benchmarks/search_224.py"]),
+    Step("demo_gallery", ["benchmarks/demo_gallery.py"]),
+    Step("gallery_search", ["benchmarks/gallery_search.py"]),
+    Step("browser_demo", ["benchmarks/browser_demo.py"]),
 ]
 
 
@@ -113,8 +107,8 @@ def command(step: Step, preset: str, out: Path, cache: Path) -> list[str]:
         args += ["--out-dir", str(out), "--cache", str(cache)]
         if preset == "quick":
             args += ["--preset", "quick", *step.quick_args, *(step.quick_extra(out) if step.quick_extra else [])]
-    if step.extra and not (preset == "quick" and step.name == "export_runtime"):  # quick: it trains its own nets
-        args += step.extra(out, cache)
+    if preset == "full" and step.full_extra:
+        args += step.full_extra(out, cache)
     return args
 
 
@@ -155,7 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.cache = args.cache.resolve()   # the steps run from the repository's root
     out.mkdir(parents=True, exist_ok=True)
     if not args.index_only:
-        steps = [s for s in STEPS if (s.quick if args.preset == "quick" else s.full)]
+        steps = [s for s in STEPS if s.quick or args.preset == "full"]
         if args.only:
             names = [n.strip() for n in args.only.split(",") if n.strip()]
             unknown = sorted(set(names) - {s.name for s in STEPS})
@@ -350,9 +344,7 @@ def write_index(folder: Path) -> Path:
     for name, data in results.items():
         section_of(page, name, data, folder)
     page.footer = "python benchmarks/run_all.py --index-only rewrites this page from the results files."
-    path = folder / "index.html"
-    path.write_text(page.render(), encoding="utf-8")
-    return path
+    return page.write(folder / "index.html")
 
 
 if __name__ == "__main__":

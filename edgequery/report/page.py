@@ -14,6 +14,7 @@ import html
 import io
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 STYLE = """
@@ -145,6 +146,14 @@ class Page:
         if bad:
             raise AssertionError(f"the page would load {bad[:3]} from elsewhere")
         return out
+
+    def write(self, path: str | Path) -> Path:
+        """Render the page into ``path`` (atomically: a reader never sees half a page); returns the path."""
+        from ..files import atomic_write
+
+        text = self.render()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return Path(path)
 
 
 _REFERENCE = re.compile(r"""\b(?:src|href|srcset|data|action|poster)\s*=\s*["']([^"']+)["']"""

@@ -39,15 +39,8 @@ NET_TITLES = {"bct": "{arch} with BCT", "no_bct": "{arch} without BCT", "searche
 
 def write_run_report(run: str | Path, out: str | Path | None = None, queries: int = 8, top: int = 5) -> Path:
     """Write the report of run folder ``run`` to ``out`` (default ``<run>/report.html``); returns its path."""
-    from ..files import atomic_write
-
     run = Path(run)
-    page = run_report(run, queries, top)
-    out = Path(out) if out else run / REPORT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = page.render()
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return out
+    return run_report(run, queries, top).write(Path(out) if out else run / REPORT_NAME)
 
 
 def run_report(run: Path, queries: int = 8, top: int = 5) -> Page:
