@@ -10,6 +10,7 @@ file input's files, take a screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -43,35 +44,52 @@ class Chromium:
     def __init__(self):
         if CHROMIUM is None:
             raise BrowserError("no Chromium on PATH: apt-get install chromium (Debian's; nothing is downloaded)")
+        # The debugging pipe must be on fds 3 and 4.  bash's exec puts it there (a preexec_fn would
+        # run Python between fork and exec: unsafe in a multithreaded process, and JAX and torch start
+        # threads); its ends are first moved to fds 5 and up, so that wiring 3 and 4 never clobbers them.
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-
-        def wire_fds():  # in the child: fd 3 = commands in, fd 4 = replies out
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
-
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={self.profile}",
-             "--remote-debugging-pipe", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=wire_fds, pass_fds=(3, 4))
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (to_chrome_r, from_chrome_w)]
         os.close(to_chrome_r)
         os.close(from_chrome_w)
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self._stderr = Path(self.profile) / "stderr.log"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={self.profile}",
+                 "--remote-debugging-pipe", "about:blank"]
+        wire = f'exec 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-; exec "$0" "$@"'
+        with open(self._stderr, "wb") as err:
+            self.proc = subprocess.Popen(["bash", "-c", wire, CHROMIUM, *flags], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, pass_fds=ends)
+        for fd in ends:
+            os.close(fd)
         self._next_id, self._buffer, self.session = 0, b"", None
+
+    def _gone(self, what: str) -> BrowserError:
+        """The error for a browser that stopped answering: its exit status and the end of its stderr."""
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = self._stderr.read_text(errors="replace")[-2000:].strip() if self._stderr.exists() else ""
+        status = "still running" if code is None else f"exit status {code}"
+        return BrowserError(f"chromium {what} ({status}); its stderr ends with:\n{tail or '(nothing)'}")
 
     def send(self, method, params=None, timeout=60):
         self._next_id += 1
         msg = {"id": self._next_id, "method": method, "params": params or {}}
         if self.session:
             msg["sessionId"] = self.session
-        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        try:
+            os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        except BrokenPipeError:
+            raise self._gone(f"closed its debugging pipe before {method}") from None
         deadline = time.time() + timeout
         while time.time() < deadline:
             while b"\0" not in self._buffer:
                 chunk = os.read(self._from_chrome, 1 << 16)
                 if not chunk:
-                    raise BrowserError("chromium closed the debugging pipe")
+                    raise self._gone(f"closed its debugging pipe while answering {method}")
                 self._buffer += chunk
             raw, self._buffer = self._buffer.split(b"\0", 1)
             reply = json.loads(raw)
