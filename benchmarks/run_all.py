@@ -56,9 +56,10 @@ class Step:
 
 
 def searched_query(out: Path, cache: Path) -> list[str]:
-    """export_runtime times the headline net: search_ablation's searched R3 net, seed 0, from the cache."""
+    """export_runtime times the headline net: the one search_ablation's headline names, seed 0, from the cache."""
     res = json.loads((out / "search_ablation.json").read_text())["results"]
-    net = next(r for r in res["retrained"] if r["net"] == "searched_r3" and r["seed"] == 0)
+    name = f"searched_{res['headline']['searched_for']}"
+    net = next(r for r in res["retrained"] if r["net"] == name and r["seed"] == 0)
     return ["--gallery", str(_bench.STORED_PARAGON), "--searched-query", str(cache / net["checkpoint"])]
 
 

@@ -23,10 +23,12 @@ so a resumed run searches under the same budgets).  Then:
    identically, with every seed of ``--seeds``; a difference is claimed only where every
    seed's 95 % CI is clear of the other's).
 5. **The headline**: more R3 searches at the budgets that would make the net ``--curve-ratios``
-   times faster than the gallery model as a query encoder (default 80x, the paper's figure),
-   retrained like the rest; each searched net's measured latency ratio to the gallery model
-   (same runtime, same run) and its het Recall@1 gap to the paragon - the accuracy-vs-latency
-   curve - and the figures of the net searched under the smallest budget.
+   times faster than the gallery model as a query encoder (default 80x, the paper's figure, and
+   100x and 120x: a net predicted just under a budget can measure just over it), retrained like
+   the rest; each searched net's measured latency ratio to the gallery model (same runtime, same
+   run) and its het Recall@1 gap to the paragon - the accuracy-vs-latency curve - and the figures
+   of the headline net: of the nets measured at least 80x faster, the one closest to the paragon
+   (else the fastest, the best ratio reached).
 
 Candidates are scored on the validation split (its first fifth as queries, the rest as
 gallery); final figures come from the test query/gallery splits.  Every training run,
@@ -112,7 +114,7 @@ def parse(argv: list[str] | None, doc: str | None = None, extra=None):
                          "fast at it, about 1.5x faster here; a checkpoint name says when it is not fp32)")
     ap.add_argument("--budget", default="mobilenet_v3_large",
                     help="latency budget in ms, or a baseline name: its measured latency (default)")
-    ap.add_argument("--curve-ratios", default="80",
+    ap.add_argument("--curve-ratios", default="80,100,120",
                     help="more R3 searches, each at the budget that makes the net this many times faster than the "
                          "gallery model's measured latency as a query encoder (comma list; 'none' for none): their "
                          "winners, retrained like the rest, are the headline's accuracy-vs-latency curve")
@@ -444,11 +446,12 @@ def rewards_compared(rows: list[dict]) -> dict[str, str]:
             for a, b in pairs}
 
 
-def headline(by: dict, paragon: dict, gallery_ms: float, budgets: dict[str, float]) -> dict:
+def headline(by: dict, paragon: dict, gallery_ms: float, budgets: dict[str, float], goal_ratio: float = 80,
+             goal_gap: float = 0.5) -> dict:
     """The searched nets against the gallery model as a query encoder: each one's measured latency ratio and het
     Recall@1 gap to the paragon (with a conservative interval: the extremes of the CIs), fastest first (the
-    curve); the headline figures are those of the net searched under the smallest budget (the largest
-    ``--curve-ratios``, unless ``--budget`` is smaller still)."""
+    curve).  The headline net is the one closest to the paragon among those *measured* at least ``goal_ratio``
+    times faster; when none is, the fastest (the best ratio reached)."""
     def point(search: str) -> dict:
         net = by[f"searched_{search}"]
         lo = min(c[0] for c in net["recall_at_1_ci95_per_seed"])
@@ -460,14 +463,16 @@ def headline(by: dict, paragon: dict, gallery_ms: float, budgets: dict[str, floa
                                                        round(100 * (paragon["recall@1_ci95"][1] - lo), 2)]}
 
     curve = sorted((point(s) for s in budgets), key=lambda p: p["net_measured_ms"])
-    top = next(p for p in curve if p["search"] == min(budgets, key=budgets.get))
-    meets = [p for p in curve if p["het_gap_to_paragon_points"] <= 0.5]
+    fast_enough = [p for p in curve if p["latency_ratio_vs_gallery"] >= goal_ratio]
+    top = min(fast_enough, key=lambda p: p["het_gap_to_paragon_points"]) if fast_enough else curve[0]
+    meets = [p for p in curve if p["het_gap_to_paragon_points"] <= goal_gap]
     return {**{k: top[k] for k in ("net", "latency_ratio_vs_gallery", "het_gap_to_paragon_points",
                                    "het_gap_to_paragon_points_interval", "net_measured_ms")},
             "searched_for": top["search"], "gallery_measured_ms": gallery_ms, "curve": curve,
             "best_ratio_within_half_a_point": max((p["latency_ratio_vs_gallery"] for p in meets), default=None),
-            "goal": {"latency_ratio_ge": 80, "het_gap_le_points": 0.5,
-                     "met": bool(top["latency_ratio_vs_gallery"] >= 80 and top["het_gap_to_paragon_points"] <= 0.5)}}
+            "goal": {"latency_ratio_ge": goal_ratio, "het_gap_le_points": goal_gap,
+                     "met": bool(top["latency_ratio_vs_gallery"] >= goal_ratio
+                                 and top["het_gap_to_paragon_points"] <= goal_gap)}}
 
 
 def goal(by: dict, rows: list[dict]) -> dict:

@@ -252,6 +252,30 @@ def test_a_claim_between_seeds_holds_only_outside_every_ci(bench):
             bench.seeds(bad)
 
 
+def test_the_headline_is_the_net_closest_to_the_paragon_among_those_measured_fast_enough(bench):
+    """search_ablation's headline: of the nets measured >= 80x faster than the gallery model, the one with the
+    smallest gap to the paragon; none that fast: the fastest, and the goal not met."""
+    import search_ablation
+
+    def net(ms, r1):
+        return {"arch": f"net-{ms}", "measured_ms": ms, "het_r1": r1, "recall_at_1_ci95_per_seed": [[r1 - .02, r1 + .02]]}
+
+    paragon = {"recall@1": 0.90, "recall@1_ci95": [0.88, 0.92]}
+    by = {"searched_r3": net(0.2, 0.899), "searched_r3_x80": net(0.126, 0.880),   # 79.4x: just too slow
+          "searched_r3_x100": net(0.099, 0.897), "searched_r3_x120": net(0.083, 0.870)}
+    budgets = {"r3": 0.2, "r3_x80": 0.125, "r3_x100": 0.1, "r3_x120": 0.083}
+    h = search_ablation.headline(by, paragon, 10.0, budgets)
+    assert [p["search"] for p in h["curve"]] == ["r3_x120", "r3_x100", "r3_x80", "r3"], "fastest first"
+    assert h["searched_for"] == "r3_x100" and h["latency_ratio_vs_gallery"] == 101.01
+    assert h["het_gap_to_paragon_points"] == 0.3 and h["goal"]["met"]
+    assert h["het_gap_to_paragon_points_interval"] == [-3.7, 4.3]   # paragon CI against the net's CI extremes
+    assert h["best_ratio_within_half_a_point"] == 101.01
+    slow = search_ablation.headline({k: by[k] for k in ("searched_r3", "searched_r3_x80")}, paragon, 10.0,
+                                    {k: budgets[k] for k in ("r3", "r3_x80")})
+    assert slow["searched_for"] == "r3_x80" and slow["latency_ratio_vs_gallery"] == 79.37 and not slow["goal"]["met"]
+    assert slow["best_ratio_within_half_a_point"] == 50.0
+
+
 def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatch):
     """paragon.py, bct_compat.py and the rest name the gallery recipe's checkpoint alike, so it trains once."""
     monkeypatch.setattr(bench, "STORED_PARAGON", tmp_path / "no-stored-paragon.pt")
