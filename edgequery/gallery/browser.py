@@ -13,6 +13,7 @@ import base64
 import fcntl
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -65,10 +66,11 @@ class Chromium:
             os.close(fd)
         self._next_id, self._buffer, self.session = 0, b"", None
 
-    def _gone(self, what: str) -> BrowserError:
-        """The error for a browser that stopped answering: its exit status and the end of its stderr."""
+    def _gone(self, what: str, wait: float = 5) -> BrowserError:
+        """The error for a browser that stopped answering: its exit status (given ``wait`` seconds to exit) and
+        the end of its stderr."""
         try:
-            code = self.proc.wait(5)
+            code = self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             code = None
         tail = self._stderr.read_text(errors="replace")[-2000:].strip() if self._stderr.exists() else ""
@@ -84,9 +86,12 @@ class Chromium:
             os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
         except BrokenPipeError:
             raise self._gone(f"closed its debugging pipe before {method}") from None
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while True:
             while b"\0" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
+                    raise self._gone(f"sent no reply to {method} within {timeout} s", wait=0)
                 chunk = os.read(self._from_chrome, 1 << 16)
                 if not chunk:
                     raise self._gone(f"closed its debugging pipe while answering {method}")
@@ -99,7 +104,6 @@ class Chromium:
                     gone = any(m in str(error.get("message", "")) for m in _CONTEXT_GONE)
                     raise (NoPageContext if gone else BrowserError)(f"{method}: {error}")
                 return reply.get("result", {})
-        raise BrowserError(f"no reply to {method} within {timeout} s")
 
     def evaluate(self, expression):
         r = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
