@@ -121,6 +121,8 @@ def parse(argv: list[str] | None, doc: str | None = None, extra=None):
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=5)
     ap.add_argument("--mix", type=float, default=0.5)
+    ap.add_argument("--metric", choices=["map@r", "recall@1"], default=SearchConfig.model_fields["metric"].default,
+                    help="the search's M_het / M_hom (edgequery search's default: supernet_rank.py's finding)")
     ap.add_argument("--recal-batches", type=int, default=10)
     ap.add_argument("--n-random", type=int, default=40, help="random archs for the FLOPs / M_het correlation")
     ap.add_argument("--seed", type=int, default=0, help="seed of the searches and of the random archs")
@@ -322,8 +324,8 @@ def flops_budget(ab: Ablation, budget: float, seed: int) -> dict:
 
 def run_search(ab: Ablation, scorer: Memo, sck: dict, name: str, reward: str, unit: str, limit: float) -> dict:
     a = ab.args
-    cfg = SearchConfig(budget=limit, cost_unit=unit, reward=reward, mix=a.mix, population=a.population,
-                       generations=a.generations, seed=a.seed)
+    cfg = SearchConfig(budget=limit, cost_unit=unit, reward=reward, mix=a.mix, metric=a.metric,
+                       population=a.population, generations=a.generations, seed=a.seed)
     out = a.cache / f"search-{name}-{sck['model_version']}-{_bench.digest(cfg.model_dump(mode='json'))}.json"
     meta = {"supernet": {"model_version": sck["model_version"]},
             "lut": {"path": str(ab.lut_path), "device": ab.lut.device, "runtime": ab.lut.runtime,

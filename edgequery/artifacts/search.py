@@ -44,7 +44,7 @@ class SearchConfig(Strict):
     reward: str = "r3"
     mix: float = 0.5
     cost_weight: float = 0.0
-    metric: str = "recall@1"      # or map@r
+    metric: str = "map@r"         # or recall@1 (benchmarks/supernet_rank.py: map@r ranks archs better)
     population: int = 50
     generations: int = 20
     mutation_prob: float = 0.1

@@ -181,11 +181,12 @@ def search_section(page: Page, summary: dict[str, Any], search: dict[str, Any] |
         return
     cfg, chosen = search["config"], search["chosen"]
     page.items([
-        f"budget {cfg['budget']} {cfg['cost_unit']}, reward {cfg['reward']} (mix {cfg['mix']}) on {cfg['metric']}, "
+        f"budget {cfg['budget']} {cfg['cost_unit']}, reward {cfg['reward']} (mix {cfg['mix']}) on "
+        f"{METRIC_NAMES[cfg['metric']]}, "
         f"population {cfg['population']}, {cfg['generations']} generations: {len(search['history'])} archs evaluated "
         "with the supernet's weights",
         f"chosen: {chosen['arch']}, predicted {_candidate_cost(chosen):.3f} {_unit(search)}, supernet "
-        f"heterogeneous {cfg['metric']} {pct(chosen['m_het'])}",
+        f"heterogeneous {METRIC_NAMES[cfg['metric']]} {pct(chosen['m_het'])}",
     ])
     page.figure(pareto_plot(summary, search, measured), "Every arch the search evaluated (supernet weights, "
                 "validation queries) at its LUT-predicted latency, the Pareto front, and the nets timed end to end "
@@ -212,7 +213,12 @@ def _unit(search: dict[str, Any]) -> str:
     return search["config"]["cost_unit"]
 
 
+METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "mAP@R"}   # a search's metric as a reader writes it
+
+
 def pareto_plot(summary: dict[str, Any], search: dict[str, Any], measured: dict[str, Any] | None) -> bytes:
+    """The search's candidates and Pareto front on its own metric; the retrained nets on the same metric, test split."""
+    metric = search["config"]["metric"]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     hist = search["history"]
@@ -234,15 +240,15 @@ def pareto_plot(summary: dict[str, Any], search: dict[str, Any], measured: dict[
     ms = {r["label"]: r["median_ms"] for r in (measured or {}).get("measured", [])}
     reports = summary.get("eval") or {}
     if "searched" in reports and "chosen" in ms:
-        ax.plot(ms["chosen"], 100 * reports["searched"]["heterogeneous"]["recall@1"], "*", ms=14, color="tab:red",
+        ax.plot(ms["chosen"], 100 * reports["searched"]["heterogeneous"][metric], "*", ms=14, color="tab:red",
                 label="chosen, retrained (measured ms, test)")
     arch = summary.get("query_arch")
     if "bct" in reports and arch in ms:
-        ax.plot(ms[arch], 100 * reports["bct"]["heterogeneous"]["recall@1"], "*", ms=14, color="tab:purple",
+        ax.plot(ms[arch], 100 * reports["bct"]["heterogeneous"][metric], "*", ms=14, color="tab:purple",
                 label=f"{arch} + BCT (measured ms, test)")
     ax.set_xlabel("latency, batch 1 (ms)" if _unit(search) == "ms" else
                   f"{_unit(search)} (evaluated archs); measured nets at their latency in ms")
-    ax.set_ylabel("heterogeneous Recall@1 (%)")
+    ax.set_ylabel(f"heterogeneous {METRIC_NAMES[metric]} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return figure_png(fig)
