@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -24,10 +25,24 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from edgequery.artifacts.provenance import BenchmarkResult, Provenance, write_result
-from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt
-
 HERE = Path(__file__).resolve().parent
+
+
+def _this_checkouts_package() -> None:
+    """Run this checkout's ``edgequery`` - in this process and in the ones it starts (timing agents, workers) -
+    not the one a shared virtualenv has installed from another checkout: the provenance's commit is this one's."""
+    root = str(HERE.parent)
+    if sys.path[:1] != [root]:
+        sys.path.insert(0, root)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
+_this_checkouts_package()
+
+from edgequery.artifacts.provenance import BenchmarkResult, Provenance, write_result  # noqa: E402
+from edgequery.log import NORMAL, QUIET, VERBOSE, setup_logging, sigterm_as_interrupt  # noqa: E402
+
 RESULTS = HERE / "results"
 CACHE = HERE / ".cache"
 STORED_PARAGON = HERE / "assets" / "paragon-stored.pt"  # paragon.py writes it; committed (a few MB)
