@@ -196,7 +196,8 @@ def rank_correlations(rows: list[dict]) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Inherited vs stand-alone heterogeneous Recall@1 of every arch, titled with the supernet's rule and tau."""
+    """Inherited vs stand-alone heterogeneous Recall@1 and mAP@R of every arch (one panel each, titled with its
+    Kendall tau), under the supernet's sampling rule."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,18 +206,20 @@ def plot(results: dict, path: Path) -> None:
     rows, correlations = results["archs"], results["correlations"]
     sn = results["supernet"]
     rule = sn["sampling"] + (f" + in-place distillation {sn['distill']:g}" if sn.get("distill") else "")
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    x = [100 * r["standalone"]["het_r1"] for r in rows]
-    ax.scatter(x, [100 * r["inherited"]["het_r1"] for r in rows], label="inherited, BN recalibrated", zorder=3)
-    ax.scatter(x, [100 * r["inherited_no_recal"]["het_r1"] for r in rows], marker="x", color="#999999",
-               label="inherited, shared BN statistics", zorder=2)
-    ax.set_xlabel("stand-alone BCT training: het. Recall@1 (%)")
-    ax.set_ylabel("inherited from supernet: het. Recall@1 (%)")
-    c = correlations["het_r1_inherited_vs_standalone"]
-    title = (f"Kendall tau = {c['tau']:.2f} (p = {c['p_value']:.2f})" if c["tau"] is not None
-             else "Kendall tau undefined")
-    ax.set_title(f"{results['space']['space']} supernet ({rule}) ranking, {title}", fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    for ax, key, label in zip(axes, ("het_r1", "het_map_r"), ("Recall@1", "mAP@R")):
+        x = [100 * r["standalone"][key] for r in rows]
+        ax.scatter(x, [100 * r["inherited"][key] for r in rows], label="inherited, BN recalibrated", zorder=3)
+        ax.scatter(x, [100 * r["inherited_no_recal"][key] for r in rows], marker="x", color="#999999",
+                   label="inherited, shared BN statistics", zorder=2)
+        ax.set_xlabel(f"stand-alone BCT training: het. {label} (%)")
+        ax.set_ylabel(f"inherited from supernet: het. {label} (%)")
+        c = correlations[f"{key}_inherited_vs_standalone"]
+        ax.set_title(f"{label}: Kendall tau = {c['tau']:.2f} (p = {c['p_value']:.2f})" if c["tau"] is not None
+                     else f"{label}: Kendall tau undefined", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['space']['space']} supernet ({rule}): inherited vs stand-alone ranking of "
+                 f"{len(rows)} archs", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
