@@ -151,3 +151,22 @@ def test_an_embedded_gallery_in_use_by_another_process_says_so(gallery_copy, tmp
     store = MilvusGalleryStore(g.index)  # the lock went with the process
     assert len(store) == 200
     store.close()
+
+
+def test_a_busy_milvus_server_is_tried_again_and_a_refusing_one_is_not(edgequery_log):
+    """A server that accepts connections but does not answer (here: a bare TCP listener) gets another try, with a
+    warning; an address nobody listens on fails after the first (each try is pymilvus' 10 s channel wait)."""
+    import socket
+
+    from edgequery.gallery.milvus_store import connect
+
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        port = mute.getsockname()[1]
+        with pytest.raises(EdgeQueryError, match=f"cannot connect to Milvus at http://127.0.0.1:{port}"):
+            connect(f"http://127.0.0.1:{port}", attempts=2)
+    tries = {r.getMessage() for r in edgequery_log.records if "did not answer" in r.getMessage()}
+    assert len(tries) == 1 and "try 1 of 2" in tries.pop()   # (a set: the fixture may see a record twice)
+    edgequery_log.clear()
+    with pytest.raises(EdgeQueryError, match="cannot connect"):
+        connect(f"http://127.0.0.1:{port}", attempts=2)   # closed now: refused
+    assert not [r for r in edgequery_log.records if "did not answer" in r.getMessage()]

@@ -103,8 +103,9 @@ def parse_index_spec(spec: str) -> tuple[str, dict[str, int]]:
     return kind, params
 
 
-def connect(uri: str, create: bool = False):
-    """A ``MilvusClient`` for ``uri``, with errors that say what to do."""
+def connect(uri: str, create: bool = False, attempts: int = 3):
+    """A ``MilvusClient`` for ``uri``, with errors that say what to do.  A server that accepts connections but
+    does not answer in time (busy, still starting) is tried ``attempts`` times; one that refuses them, once."""
     try:
         from pymilvus import MilvusClient
     except ImportError:
@@ -124,17 +125,38 @@ def connect(uri: str, create: bool = False):
                                  f"build one with `edgequery index --backend milvus --out {uri} ...`")
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = str(path.resolve())
+    for attempt in range(1, attempts + 1):
+        try:
+            return MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
+        except Exception as exc:  # pymilvus raises its own hierarchy; the message is what matters
+            text = " ".join(str(exc).split())
+            if local and ("lock" in text.lower() or "open local milvus failed" in text.lower()):
+                raise EdgeQueryError(f"the Milvus gallery {uri} is in use by another process ({text[:200]})",
+                                     "stop that server or indexing run first; embedded Milvus opens in one process "
+                                     "at a time (serve it with `milvus-lite server` to share it)") from None
+            # pymilvus waits 10 s for the gRPC channel; a server that is listening but busy gets more tries
+            if attempt < attempts and not local and "fail connecting" in text.lower() and _listening(uri):
+                log.warning("Milvus at %s accepts connections but did not answer within 10 s (try %d of %d); "
+                            "trying again", uri, attempt, attempts)
+                continue
+            raise EdgeQueryError(f"cannot connect to Milvus at {uri}: {text[:300]}",
+                                 "check the URI (a path ending in .db, or http://host:19530), that the server is up, "
+                                 f"and ${TOKEN_ENV} for a server that needs credentials") from None
+
+
+def _listening(uri: str) -> bool:
+    """Whether something accepts TCP connections at a server URI's host and port (a typo'd URI: no)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        return False
     try:
-        return MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
-    except Exception as exc:  # pymilvus raises its own hierarchy; the message is what matters
-        text = " ".join(str(exc).split())
-        if local and ("lock" in text.lower() or "open local milvus failed" in text.lower()):
-            raise EdgeQueryError(f"the Milvus gallery {uri} is in use by another process ({text[:200]})",
-                                 "stop that server or indexing run first; embedded Milvus opens in one process "
-                                 "at a time (serve it with `milvus-lite server` to share it)") from None
-        raise EdgeQueryError(f"cannot connect to Milvus at {uri}: {text[:300]}",
-                             "check the URI (a path ending in .db, or http://host:19530), that the server is up, "
-                             f"and ${TOKEN_ENV} for a server that needs credentials") from None
+        socket.create_connection((parts.hostname, parts.port or 19530), timeout=2).close()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def release(uri: str) -> None:
