@@ -153,6 +153,7 @@ def test_an_embedded_gallery_in_use_by_another_process_says_so(gallery_copy, tmp
     store.close()
 
 
+@pytest.mark.slow   # three of pymilvus' 10 s channel waits
 def test_a_busy_milvus_server_is_tried_again_and_a_refusing_one_is_not(edgequery_log):
     """A server that accepts connections but does not answer (here: a bare TCP listener) gets another try, with a
     warning; an address nobody listens on fails after the first (each try is pymilvus' 10 s channel wait)."""
