@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 import _bench
+from edgequery.artifacts.search import METRICS
 from edgequery.checkpoint import load_checkpoint
 from edgequery.commands.common import add_space_args, space_from_args
 from edgequery.data import DataSpec
@@ -121,7 +122,7 @@ def parse(argv: list[str] | None, doc: str | None = None, extra=None):
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=5)
     ap.add_argument("--mix", type=float, default=0.5)
-    ap.add_argument("--metric", choices=["map@r", "recall@1"], default=SearchConfig.model_fields["metric"].default,
+    ap.add_argument("--metric", choices=METRICS, default=SearchConfig.model_fields["metric"].default,
                     help="the search's M_het / M_hom (edgequery search's default: supernet_rank.py's finding)")
     ap.add_argument("--recal-batches", type=int, default=10)
     ap.add_argument("--n-random", type=int, default=40, help="random archs for the FLOPs / M_het correlation")

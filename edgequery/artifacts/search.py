@@ -31,6 +31,9 @@ REWARDS = ("r1", "r2", "r3")
 COST_UNITS = ("ms", "MFLOPs")
 
 
+METRICS = ("map@r", "recall@1")   # what M_het / M_hom can be (the default first)
+
+
 class SearchConfig(Strict):
     """The evolutionary search's settings (``edgequery search`` flags); compared on resume.
 
@@ -69,8 +72,8 @@ class SearchConfig(Strict):
                                  "use r1 (homogeneous), r2 (heterogeneous) or r3 (mix)")
         if not 0.0 <= self.mix <= 1.0:
             raise EdgeQueryError(f"--mix {self.mix} is outside [0, 1]", "give the weight of M_het, e.g. 0.5")
-        if self.metric not in ("recall@1", "map@r"):
-            raise EdgeQueryError(f"unknown metric {self.metric!r}", "use recall@1 or map@r")
+        if self.metric not in METRICS:
+            raise EdgeQueryError(f"unknown metric {self.metric!r}", f"use {' or '.join(METRICS)}")
         if self.budget <= 0:
             raise EdgeQueryError(f"the budget {self.budget:g} {self.cost_unit} is not positive",
                                  "give a budget above zero")

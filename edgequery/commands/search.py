@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..artifacts.search import SearchConfig
+from ..artifacts.search import METRICS, SearchConfig
 from .common import HelpFormatter
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-weight", type=float, default=0.0,
                    help="MnasNet soft factor exponent w in reward x (LAT/T)^w; 0 = hard budget only, "
                         "negative favours faster nets")
-    p.add_argument("--metric", choices=["map@r", "recall@1"], default=SearchConfig.model_fields["metric"].default,
+    p.add_argument("--metric", choices=METRICS, default=SearchConfig.model_fields["metric"].default,
                    help="the retrieval figure M_het and M_hom are (map@r by default: on the benchmarks' gallery its "
                         "inherited scores rank stand-alone nets better, and it is less noisy than recall@1)")
     p.add_argument("--population", type=int, default=50)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 SETTINGS = (("heterogeneous", "heterogeneous (q,g)"), ("homogeneous", "homogeneous (q,q)"))
 NET_TITLES = {"bct": "{arch} with BCT", "no_bct": "{arch} without BCT", "searched": "searched arch with BCT"}
+METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "mAP@R"}   # a search's metric as a reader writes it
 
 
 def write_run_report(run: str | Path, out: str | Path | None = None, queries: int = 8, top: int = 5) -> Path:
@@ -211,9 +212,6 @@ def _candidate_cost(c: dict[str, Any]) -> float:
 
 def _unit(search: dict[str, Any]) -> str:
     return search["config"]["cost_unit"]
-
-
-METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "mAP@R"}   # a search's metric as a reader writes it
 
 
 def pareto_plot(summary: dict[str, Any], search: dict[str, Any], measured: dict[str, Any] | None) -> bytes:
