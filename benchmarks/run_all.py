@@ -230,7 +230,7 @@ def paper_vs_ours(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         verdicts = set(comp.values())
         verdict = ("cannot tell: every difference is within the noise" if verdicts == {"within the noise"}
                    else "; ".join(f"{k}: {v}" for k, v in comp.items()))
-        rows.append(["reward R3 (het + hom) beats R1 (het) and R2 (hom)", "R3 best on both benchmarks",
+        rows.append(["reward R3 (het + hom) beats R1 (hom) and R2 (het)", "R3 best on both benchmarks",
                      "; ".join(f"{n.replace('searched_', '').upper()}: {seeds_text(x)}" for n, x in r.items()),
                      verdict])
         h, g = sa["headline"], sa["headline"]["goal"]

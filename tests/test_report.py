@@ -85,7 +85,7 @@ def test_the_committed_index_is_what_run_all_writes_from_the_committed_results(t
     rows = run_all.paper_vs_ours(run_all.load_results(RESULTS))
     assert [r[0].split(":")[0] for r in rows] == [
         "BCT is necessary", "heterogeneous accuracy does not follow FLOPs",
-        "reward R3 (het + hom) beats R1 (het) and R2 (hom)", "cost reduction within a small accuracy loss of the paragon"]
+        "reward R3 (het + hom) beats R1 (hom) and R2 (het)", "cost reduction within a small accuracy loss of the paragon"]
     assert all(r[3] for r in rows), "every finding has a verdict"
 
 
