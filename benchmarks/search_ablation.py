@@ -510,8 +510,8 @@ def plot(out: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     budget = out["budget"]["ms"]
     ax = axes[0]
-    curve = [{"net": f"searched_{p['search']}", "measured_ms": p["net_measured_ms"], "het_r1": p["het_r1"]}
-             for p in out["headline"]["curve"] if p["search"] != "r3"]
+    by = per_net(out["retrained"])   # the curve's nets with their seeds' intervals (the headline keeps only the mean)
+    curve = [by[f"searched_{p['search']}"] for p in out["headline"]["curve"] if p["search"] != "r3"]
     for r in out["4_searched_vs_mobilenetv3"] + out["1_rewards"][:2] + curve:
         marker = "*" if r["net"].startswith("searched") else "o"
         cis = r.get("recall_at_1_ci95_per_seed")   # bars: from the lowest to the highest seed's 95 % bound
