@@ -276,6 +276,24 @@ def test_the_headline_is_the_net_closest_to_the_paragon_among_those_measured_fas
     assert slow["best_ratio_within_half_a_point"] == 50.0
 
 
+def test_the_search_ablation_figure_draws_every_net_with_its_seeds_intervals(bench, tmp_path, monkeypatch):
+    """search_ablation's first panel draws a bar per net, the curve's nets (the headline's among them) too: they
+    come from the retrained rows, as the committed results are redrawn by --replot."""
+    import matplotlib.axes
+    import search_ablation
+
+    stored = bench.previous(bench.HERE / "results" / "search_ablation.json", "search_ablation")
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, yerr=None, **kw: drawn.append((x, yerr)) or real(self, x, y, yerr=yerr, **kw))
+    search_ablation.plot(stored.results, tmp_path / "search_ablation.png")
+    nets = {r["net"] for r in stored.results["retrained"]}
+    assert len(drawn) == len(nets), "one point per retrained net"
+    assert all(yerr is not None for _, yerr in drawn), "every point has its seeds' interval"
+    assert (tmp_path / "search_ablation.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_the_benchmarks_share_one_gallery_model_file(bench, tmp_path, monkeypatch):
     """paragon.py, bct_compat.py and the rest name the gallery recipe's checkpoint alike, so it trains once."""
     monkeypatch.setattr(bench, "STORED_PARAGON", tmp_path / "no-stored-paragon.pt")
