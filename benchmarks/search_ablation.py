@@ -510,12 +510,10 @@ def plot(out: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     budget = out["budget"]["ms"]
     ax = axes[0]
-    by = per_net(out["retrained"])   # the curve's nets with their seeds' intervals (the headline keeps only the mean)
-    curve = [by[f"searched_{p['search']}"] for p in out["headline"]["curve"] if p["search"] != "r3"]
-    for r in out["4_searched_vs_mobilenetv3"] + out["1_rewards"][:2] + curve:
+    for r in per_net(out["retrained"]).values():   # every retrained net, with its seeds' intervals
         marker = "*" if r["net"].startswith("searched") else "o"
-        cis = r.get("recall_at_1_ci95_per_seed")   # bars: from the lowest to the highest seed's 95 % bound
-        yerr = [[r["het_r1"] - min(c[0] for c in cis)], [max(c[1] for c in cis) - r["het_r1"]]] if cis else None
+        cis = r["recall_at_1_ci95_per_seed"]   # bars: from the lowest to the highest seed's 95 % bound
+        yerr = [[r["het_r1"] - min(c[0] for c in cis)], [max(c[1] for c in cis) - r["het_r1"]]]
         ax.errorbar(r["measured_ms"], r["het_r1"], yerr=yerr, fmt=marker, ms=11 if marker == "*" else 7, capsize=3)
         ax.annotate(r["net"], (r["measured_ms"], r["het_r1"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     gallery, raw = out["gallery"], out["baselines"]["raw_pixel_knn"]

@@ -125,7 +125,7 @@ def connect(uri: str, create: bool = False, attempts: int = 3):
                                  f"build one with `edgequery index --backend milvus --out {uri} ...`")
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = str(path.resolve())
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, max(attempts, 1) + 1):   # at least one try
         try:
             return MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""))
         except Exception as exc:  # pymilvus raises its own hierarchy; the message is what matters
